@@ -1,0 +1,100 @@
+"""Registry of OOD scores: name -> ScoreSpec.
+
+Every score is a pure function over cached arrays (see docs/architecture.md) returning a float64
+vector with **higher = more in-distribution**. Scores that need training statistics have a ``fit``.
+
+    @register("energy", family="forward", defaults={"T": 1.0}, needs=("logits",))
+    def energy(arrays, state=None, *, T=1.0): ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+Arrays = Mapping[str, np.ndarray]
+ScoreFn = Callable[..., np.ndarray]
+FitFn = Callable[..., Any]
+
+FAMILIES = ("forward", "gradient", "decomposition", "lowdim", "ensemble")
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    name: str
+    family: str
+    fn: ScoreFn
+    fit: FitFn | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    needs: tuple[str, ...] = ("logits",)
+    paper: str = ""
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip()
+
+
+_REGISTRY: dict[str, ScoreSpec] = {}
+
+
+def register(
+    name: str,
+    *,
+    family: str,
+    defaults: dict[str, Any] | None = None,
+    grid: dict[str, list[Any]] | None = None,
+    needs: tuple[str, ...] = ("logits",),
+    fit: FitFn | None = None,
+    paper: str = "",
+) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator adding a score function to the registry."""
+    if family not in FAMILIES:
+        raise ValueError(f"score '{name}': family must be one of {FAMILIES}, got '{family}'")
+
+    def deco(fn: ScoreFn) -> ScoreFn:
+        if name in _REGISTRY:
+            raise ValueError(f"score '{name}' is registered twice")
+        _REGISTRY[name] = ScoreSpec(name, family, fn, fit, dict(defaults or {}), dict(grid or {}), needs, paper)
+        return fn
+
+    return deco
+
+
+def get(name: str) -> ScoreSpec:
+    """Look a score up by name; an unknown name lists the known ones."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown score '{name}'; known scores: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def names(family: str | None = None) -> list[str]:
+    """All registered score names (optionally of one family), in registration order."""
+    return [n for n, s in _REGISTRY.items() if family is None or s.family == family]
+
+
+def fit(name: str, train: Arrays, **params: Any) -> Any:
+    """Fit a score's training statistics (None for scores without a fit)."""
+    spec = get(name)
+    if spec.fit is None:
+        return None
+    return spec.fit(train, **{**spec.defaults, **params})
+
+
+def compute(name: str, arrays: Arrays, state: Any = None, **params: Any) -> np.ndarray:
+    """Score ``arrays`` with ``name``; params override the registered defaults."""
+    spec = get(name)
+    missing = [k for k in spec.needs if k not in arrays]
+    if missing:
+        raise KeyError(
+            f"score '{name}' needs arrays {list(spec.needs)}; missing {missing} (have {sorted(arrays)})"
+        )
+    unknown = set(params) - set(spec.defaults)
+    if unknown:
+        raise TypeError(f"score '{name}' has no parameter(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
+    out = np.asarray(spec.fn(arrays, state, **{**spec.defaults, **params}), dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        bad = int((~np.isfinite(out)).sum())
+        raise FloatingPointError(f"score '{name}' produced {bad} non-finite values; check its inputs")
+    return out
