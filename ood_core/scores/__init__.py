@@ -1,2 +1,6 @@
-"""OOD scores: one module per family, one registry (see registry.py)."""
+"""OOD scores: one module per family, one registry (see registry.py).
+
+Importing this package registers every score (forward, gradient, decomposition, lowdim, ensemble).
+"""
 from .registry import ScoreSpec, compute, fit, get, names, register  # noqa: F401
+from . import forward, lastlayer, grodin, decomposition, lowdim  # noqa: F401,E402  (registers scores)

@@ -1,0 +1,482 @@
+"""Scores -> metrics -> tables: the benchmark stage over one extracted analysis directory.
+
+Input (written by the extraction stage)::
+
+    <analysis_dir>/meta.json      profile, model, num_classes, id_accuracy, train, id_test,
+                                  ood {name: group}, lowdim_subspaces [...], grid {odin_T, odin_eps}
+    <analysis_dir>/arrays/<name>.npz   per-dataset arrays (docs/architecture.md)
+    <analysis_dir>/head.npz       W, b
+    <analysis_dir>/splits.npz     <name>__val, <name>__test for id_test and every OOD set
+
+For every method: fit on train (memoised per fit-relevant parameters), choose parameters on the
+validation parts under the protocol, score the TEST parts, compute metrics (+ bootstrap std of AUROC).
+
+Output in ``fig_dir``: metrics.csv/.md/.tex, ablation_grodin.*, ablation_rg_percentile.*,
+ablation_lowdim_k.*, ablation_lowdim_subspace.*, sweep_odin.csv, sweep_react.csv, sweep_knn.csv,
+chosen_hyperparams.json, reference.md, skipped.csv; and ``<analysis_dir>/scores/<name>.npz``
+(test-part scores; ``_test_idx`` = indices into that set's arrays; in the ID file ``<method>__vs__<ood>``
+holds the ID scores at the parameters used for that OOD set, ``<method>`` when they are the same for all).
+
+Sweep semantics: a sweep varies one method's parameter(s) over the listed values, other parameters
+at their registered defaults; ``auroc_val`` is always the set's OWN validation part (whatever the
+protocol), ``auroc_test`` its test part. Sweeps are for plots; the reported tables use the protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import pkgutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ood_core import metrics, tables
+from ood_core import scores as scores_pkg
+from ood_core.scores import registry
+from ood_core.tuning import PROTOCOLS, FitCache, Split, grid_points, test_part, tune
+
+log = logging.getLogger("analysis.benchmark")
+
+ODIN_METHODS = ("odin", "grodin_g", "grodin_sg")
+GRODIN_ABLATION_METHODS = ("grodin_g", "grodin_sg")
+REACT_METHODS = ("react", "rg")
+KNN_METHODS = ("knn", "lowdim_knn")
+RG_METHOD = "rg"                  # its percentile sweep becomes ablation_rg_percentile
+LOWDIM_KNN_METHOD = "lowdim_knn"  # k sweep over LOWDIM_K and subspace sweep -> ablation_lowdim_*
+LOWDIM_K = [1, 5, 10, 50]
+DEFAULT_PERCENTILES = [80, 85, 90, 95, 99]
+DEFAULT_KNN_K = [1, 5, 10, 50, 100, 200, 500, 1000]
+T_NAMES = ("T", "temperature")
+EPS_NAMES = ("eps", "epsilon", "noise")
+PCT_NAMES = ("percentile", "p", "pct", "clip_percentile")
+K_NAMES = ("k", "K", "n_neighbors")
+SUBSPACE_NAMES = ("subspace", "basis")
+ODIN_ARRAYS = ("odin_s", "grodin_sqnorm")
+
+
+# ------------------------------------------------------------------------------------ loading
+def load_score_modules() -> dict[str, str]:
+    """Import every module of ood_core.scores so their @register decorators run.
+    Returns {module: error} for modules that failed to import (logged, not raised)."""
+    failed: dict[str, str] = {}
+    for mod in pkgutil.iter_modules(scores_pkg.__path__):
+        name = f"{scores_pkg.__name__}.{mod.name}"
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a broken sibling module must not hide the others
+            failed[name] = f"{type(e).__name__}: {e}"
+            log.warning("could not import %s (%s); its scores are unavailable", name, failed[name])
+    return failed
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+class AnalysisData:
+    """Everything in one analysis directory, per-dataset arrays merged with the head (W, b)."""
+
+    def __init__(self, analysis_dir: Path):
+        d = Path(analysis_dir)
+        self.dir = d
+        self.meta: dict[str, Any] = json.loads((d / "meta.json").read_text())
+        head = _load_npz(d / "head.npz")
+        self.head = {k: head[k] for k in ("W", "b")}
+        self.train_name: str = self.meta["train"]
+        self.id_name: str = self.meta["id_test"]
+        self.groups: dict[str, str] = dict(self.meta["ood"])
+        self.ood_names = list(self.groups)
+        self.arrays: dict[str, dict[str, np.ndarray]] = {}
+        for name in [self.train_name, self.id_name, *self.ood_names]:
+            p = d / "arrays" / f"{name}.npz"
+            if not p.exists():
+                raise FileNotFoundError(f"missing arrays for dataset '{name}': {p}")
+            self.arrays[name] = {**_load_npz(p), **self.head}
+        sp = _load_npz(d / "splits.npz")
+        self.splits: dict[str, Split] = {}
+        for name in [self.id_name, *self.ood_names]:
+            try:
+                s = Split(sp[f"{name}__val"], sp[f"{name}__test"])
+            except KeyError as e:
+                raise KeyError(f"splits.npz lacks {e} (needs '{name}__val' and '{name}__test')") from None
+            n = len(self.arrays[name]["logits"]) if "logits" in self.arrays[name] else None
+            s.assert_disjoint()
+            if n is not None:
+                s.check_range(n)
+            self.splits[name] = s
+
+    @property
+    def train(self) -> dict[str, np.ndarray]:
+        return self.arrays[self.train_name]
+
+    @property
+    def id_dataset(self) -> str:
+        if self.meta.get("id_dataset"):
+            return str(self.meta["id_dataset"]).lower()
+        raw = "".join(ch for ch in str(self.meta.get("train", "")).lower() if ch.isalnum())
+        for known in ("cifar100", "cifar10", "imagenet", "svhn", "mnist"):
+            if raw.startswith(known):
+                return known
+        return raw
+
+
+# --------------------------------------------------------------------------------- scoring glue
+def _param_name(spec: registry.ScoreSpec, candidates: Sequence[str]) -> str | None:
+    return next((c for c in candidates if c in spec.defaults), None)
+
+
+def effective_grid(spec: registry.ScoreSpec, meta: Mapping[str, Any], id_arrays: Mapping[str, np.ndarray]) -> dict:
+    """The registered grid, with T / eps of perturbation-grid methods replaced by the grid the arrays
+    were extracted on (the ID test arrays' odin_T / odin_eps, else meta['grid']): nothing else can be
+    scored, and values are taken verbatim (scores look them up exactly)."""
+    grid = {k: list(v) for k, v in spec.grid.items()}
+    if set(spec.needs) & set(ODIN_ARRAYS):
+        mg = meta.get("grid") or {}
+        t_vals = id_arrays["odin_T"] if "odin_T" in id_arrays else mg.get("odin_T")
+        e_vals = id_arrays["odin_eps"] if "odin_eps" in id_arrays else mg.get("odin_eps")
+        tn, en = _param_name(spec, T_NAMES), _param_name(spec, EPS_NAMES)
+        if en and e_vals is not None:
+            grid[en] = [float(v) for v in np.asarray(e_vals).ravel()]
+        if tn and t_vals is not None:
+            grid[tn] = [float(v) for v in np.asarray(t_vals).ravel()]
+    return grid
+
+
+def _needed_arrays(spec: registry.ScoreSpec, params: Mapping[str, Any]) -> list[str]:
+    need = list(spec.needs)
+    sub = _param_name(spec, SUBSPACE_NAMES)
+    if sub is not None:
+        v = params.get(sub, spec.defaults[sub])
+        key = v if str(v).startswith("lowdim_") else f"lowdim_{v}"
+        if key not in need:
+            need.append(key)
+    return need
+
+
+def missing_arrays(spec: registry.ScoreSpec, data: AnalysisData, params: Mapping[str, Any] | None = None) -> str | None:
+    """Reason string if a needed array is missing in some dataset, else None."""
+    need = _needed_arrays(spec, params or {})
+    datasets = [data.id_name, *data.ood_names] + ([data.train_name] if spec.fit is not None else [])
+    miss = {ds: [k for k in need if k not in data.arrays[ds]] for ds in datasets}
+    miss = {ds: ks for ds, ks in miss.items() if ks}
+    if miss:
+        return "missing arrays " + "; ".join(f"{ds}: {ks}" for ds, ks in miss.items())
+    return None
+
+
+class Scorer:
+    """Memoised test-part scoring of one method (val parts are only touched by tuning.tune)."""
+
+    def __init__(self, name: str, data: AnalysisData, fits: FitCache):
+        self.name, self.data, self.fits = name, data, fits
+        self._test = {ds: test_part(data.arrays[ds], data.splits[ds]) for ds in [data.id_name, *data.ood_names]}
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    def test(self, dataset: str, params: Mapping[str, Any]) -> np.ndarray:
+        key = (dataset, json.dumps(params, sort_keys=True, default=str))
+        if key not in self._cache:
+            state = self.fits.get(self.name, **params)
+            self._cache[key] = registry.compute(self.name, self._test[dataset], state, **params)
+        return self._cache[key]
+
+    def test_auroc(self, ood: str, params: Mapping[str, Any]) -> float:
+        return metrics.auroc(self.test(self.data.id_name, params), self.test(ood, params))
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(params), default=tables._json_default))
+
+
+# ---------------------------------------------------------------------------------- main stage
+def run_benchmark(
+    analysis_dir: Path,
+    fig_dir: Path,
+    methods: list[str] | None = None,
+    protocol: str = "per_ood_val",
+    bootstrap_n: int = 100,
+    seed: int = 0,
+    held_out: str | None = None,
+    strict: bool = True,
+) -> Path:
+    """Run every (or the given) registered method; returns the path of ``fig_dir/metrics.csv``.
+
+    ``strict=False`` turns unexpected errors of a method into a skipped.csv entry instead of raising;
+    missing arrays always lead to a skip with the reason logged."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    analysis_dir, fig_dir = Path(analysis_dir), Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    import_failures = load_score_modules()
+    if methods is not None:  # only the requested methods matter; their absence fails below
+        import_failures = {}
+    data = AnalysisData(analysis_dir)
+    meta = data.meta
+    if protocol == "held_out_ood":
+        held_out = _pick_held_out(held_out, data)
+    methods = list(registry.names()) if methods is None else list(methods)
+    for m in methods:
+        registry.get(m)  # unknown names fail loudly, listing the known ones
+
+    fits = FitCache(data.train)
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = [
+        {"method": mod, "family": "", "reason": f"module import failed: {err}"} for mod, err in import_failures.items()
+    ]
+    chosen: dict[str, Any] = {}
+    score_out: dict[str, dict[str, np.ndarray]] = {ds: {} for ds in [data.id_name, *data.ood_names]}
+    sweeps: dict[str, list[dict[str, Any]]] = {"odin": [], "react": [], "knn": [], "subspace": []}
+    grodin_abl: list[dict[str, Any]] = []
+
+    for m in tqdm(methods, desc="benchmark", unit="method"):
+        spec = registry.get(m)
+        reason = missing_arrays(spec, data)
+        if reason:
+            log.warning("skip %s: %s", m, reason)
+            skipped.append({"method": m, "family": spec.family, "reason": reason})
+            continue
+        try:
+            res = _run_method(m, spec, data, fits, protocol, held_out, bootstrap_n, seed)
+        except KeyError as e:
+            log.warning("skip %s: missing input (%s)", m, e)
+            skipped.append({"method": m, "family": spec.family, "reason": f"missing input: {e}"})
+            continue
+        except Exception as e:
+            if strict:
+                raise
+            log.exception("skip %s after an error", m)
+            skipped.append({"method": m, "family": spec.family, "reason": f"error: {type(e).__name__}: {e}"})
+            continue
+        rows += res["rows"]
+        chosen[m] = res["chosen"]
+        for ds, d in res["scores"].items():
+            score_out[ds].update(d)
+        scorer, tr, grid = res["scorer"], res["tune"], res["grid"]
+        if m in ODIN_METHODS:
+            sw = _sweep_odin(m, spec, data, scorer, tr, grid, fits)
+            sweeps["odin"] += sw
+            if m in GRODIN_ABLATION_METHODS and sw:
+                grodin_abl += _grodin_ablation(m, sw, data, protocol, held_out)
+        if m in REACT_METHODS:
+            sweeps["react"] += _sweep_param(m, spec, data, scorer, PCT_NAMES, "percentile",
+                                            _values(spec, PCT_NAMES, DEFAULT_PERCENTILES))
+        if m in KNN_METHODS:
+            ks = LOWDIM_K if m == LOWDIM_KNN_METHOD else _values(spec, K_NAMES, DEFAULT_KNN_K)
+            sweeps["knn"] += _sweep_param(m, spec, data, scorer, K_NAMES, "k", ks)
+        if m == LOWDIM_KNN_METHOD and meta.get("lowdim_subspaces"):
+            sweeps["subspace"] += _sweep_param(m, spec, data, scorer, SUBSPACE_NAMES, "subspace",
+                                               list(meta["lowdim_subspaces"]))
+
+    info = {"model": meta.get("model"), "id_accuracy": meta.get("id_accuracy"), "protocol": protocol,
+            "n_id": int(data.splits[data.id_name].test.size), "bootstrap_n": bootstrap_n,
+            "title": f"{meta.get('profile', '')} / {meta.get('model', '')}"}
+    if protocol == "held_out_ood":
+        info["protocol"] = f"held_out_ood (held-out: {held_out})"
+    metrics_csv = fig_dir / "metrics.csv"
+    if rows:
+        tables.write_metrics_tables(rows, fig_dir, info)
+    else:
+        tables.write_metrics_csv(rows, metrics_csv)
+        log.warning("no method produced results; wrote an empty metrics.csv")
+    _write_sweeps_and_ablations(fig_dir, sweeps, grodin_abl, protocol)
+    tables.write_csv(skipped, fig_dir / "skipped.csv", ["method", "family", "reason"])
+    (fig_dir / "chosen_hyperparams.json").write_text(json.dumps(
+        {"protocol": protocol, "held_out": held_out, "bootstrap_n": bootstrap_n, "seed": seed,
+         "profile": meta.get("profile"), "model": meta.get("model"), "methods": chosen},
+        indent=2, sort_keys=False, default=tables._json_default))
+    tables.write_reference_md(rows, fig_dir / "reference.md", id_dataset=data.id_dataset,
+                              model=str(meta.get("model")), protocol=str(info["protocol"]),
+                              preprocessing=str(meta.get("preprocessing", "see the profile config")))
+    _write_scores(analysis_dir / "scores", score_out, data)
+    if skipped:
+        log.warning("skipped %d method(s); see %s", len(skipped), fig_dir / "skipped.csv")
+    return metrics_csv
+
+
+def _pick_held_out(held_out: str | None, data: AnalysisData) -> str:
+    if held_out is None:
+        held_out = data.meta.get("held_out")
+    if held_out is None:
+        near = [o for o in data.ood_names if data.groups[o] == "near"]
+        held_out = "tinyimagenet" if "tinyimagenet" in data.ood_names else (near or data.ood_names)[0]
+        log.warning("protocol held_out_ood: no held-out set given; using '%s'", held_out)
+    if held_out not in data.ood_names:
+        raise KeyError(f"held-out set '{held_out}' is not an OOD set of this analysis ({data.ood_names})")
+    return held_out
+
+
+def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out, bootstrap_n, seed) -> dict:
+    grid = effective_grid(spec, data.meta, data.arrays[data.id_name])
+    tr = tune(m, protocol=protocol, id_arrays=data.arrays[data.id_name], id_split=data.splits[data.id_name],
+              ood_arrays={o: data.arrays[o] for o in data.ood_names},
+              ood_splits={o: data.splits[o] for o in data.ood_names},
+              fitted_state_fn=fits.state_fn(m), grid=grid, held_out=held_out)
+    scorer = Scorer(m, data, fits)
+    rows, per_set = [], {}
+    scores: dict[str, dict[str, np.ndarray]] = {data.id_name: {}, **{o: {} for o in data.ood_names}}
+    for o in data.ood_names:
+        params = tr.params[o]
+        s_id, s_o = scorer.test(data.id_name, params), scorer.test(o, params)
+        ev = metrics.evaluate(s_id, s_o)
+        _, sd = metrics.bootstrap(metrics.auroc, s_id, s_o, n=bootstrap_n, seed=seed) if bootstrap_n >= 2 else (0, None)
+        src = tr.tuned_on(o)
+        val_auc = None
+        if src is not None:
+            val_auc = dict((json.dumps(p, sort_keys=True, default=str), v) for p, v in tr.tables[src]).get(
+                json.dumps({k: params[k] for k in grid}, sort_keys=True, default=str))
+        rows.append({
+            "method": m, "family": spec.family, "ood_set": o, "group": data.groups[o],
+            "auroc": ev["auroc"], "auroc_std": sd, "fpr95": ev["fpr95_id_pos"], "fpr95_ood_pos": ev["fpr95_ood_pos"],
+            "aupr_in": ev["aupr_in"], "aupr_out": ev["aupr_out"], "hyperparams": _jsonable(params),
+            "protocol": protocol if grid else f"{protocol} (no grid: defaults)", "n_id": ev["n_id"],
+            "n_ood": ev["n_ood"], "id_accuracy": data.meta.get("id_accuracy"), "model": data.meta.get("model"),
+        })
+        per_set[o] = {"params": _jsonable(params), "tuned_on": src, "val_auroc": val_auc}
+        scores[o][m] = s_o.astype(np.float32)
+        scores[data.id_name][f"{m}__vs__{o}"] = s_id.astype(np.float32)
+    if len({json.dumps(v["params"], sort_keys=True) for v in per_set.values()}) == 1:
+        scores[data.id_name][m] = next(iter(scores[data.id_name].values()))
+    chosen = {"family": spec.family, "grid": _jsonable(grid), "defaults": _jsonable(spec.defaults),
+              "per_set": per_set}
+    return {"rows": rows, "chosen": chosen, "scores": scores, "scorer": scorer, "tune": tr, "grid": grid}
+
+
+# ----------------------------------------------------------------------------------- sweeps
+def _values(spec, names: Sequence[str], fallback: list[Any]) -> list[Any]:
+    p = _param_name(spec, names)
+    if p is None:
+        return []
+    vals = list(spec.grid.get(p) or fallback)
+    d = spec.defaults[p]
+    if d not in vals:
+        vals = sorted([*vals, d]) if all(isinstance(v, (int, float)) for v in [*vals, d]) else [*vals, d]
+    return vals
+
+
+def _sweep_param(m, spec, data: AnalysisData, scorer: Scorer, names, label: str, values: list[Any]) -> list[dict]:
+    """Test AUROC of ``m`` for each value of one parameter (others at defaults)."""
+    p = _param_name(spec, names)
+    if p is None or not values:
+        log.info("no %s sweep for %s: it has no parameter named %s", label, m, list(names))
+        return []
+    out = []
+    for v in values:
+        params = {**spec.defaults, p: v}
+        reason = missing_arrays(spec, data, params)
+        if reason:
+            log.warning("%s sweep of %s: skip %s=%s (%s)", label, m, p, v, reason)
+            continue
+        for o in data.ood_names:
+            out.append({"method": m, label: v, "ood_set": o, "group": data.groups[o],
+                        "auroc_test": scorer.test_auroc(o, params)})
+    return out
+
+
+def _sweep_odin(m, spec, data: AnalysisData, scorer: Scorer, tr, grid, fits: FitCache) -> list[dict]:
+    tn, en = _param_name(spec, T_NAMES), _param_name(spec, EPS_NAMES)
+    if tn is None or en is None or tn not in grid or en not in grid:
+        log.info("no eps/T sweep for %s (parameters %s)", m, sorted(spec.defaults))
+        return []
+    if tr.protocol == "per_ood_val" and tr.tables:
+        tables_val = tr.tables
+    else:  # the set's own validation part (a tuning pass: guarded slicing in tune)
+        tables_val = tune(m, protocol="per_ood_val", id_arrays=data.arrays[data.id_name],
+                          id_split=data.splits[data.id_name],
+                          ood_arrays={o: data.arrays[o] for o in data.ood_names},
+                          ood_splits={o: data.splits[o] for o in data.ood_names},
+                          fitted_state_fn=fits.state_fn(m), grid=grid).tables
+    out = []
+    for o in data.ood_names:
+        for point, auc_val in tables_val[o]:
+            params = {**spec.defaults, **point}
+            out.append({"method": m, "ood_set": o, "group": data.groups[o], "eps": point[en], "T": point[tn],
+                        "auroc_val": auc_val, "auroc_test": scorer.test_auroc(o, params)})
+    return out
+
+
+def _grodin_ablation(m, sweep: list[dict], data: AnalysisData, protocol: str, held_out: str | None) -> list[dict]:
+    """vanilla (eps0, T0) / only eps (T=T0) / only T (eps=eps0) / both, chosen on validation AUROC
+    (own set's val part, or the held-out set's under held_out_ood); eps0 = 0 and T0 = 1 when in
+    the grid, else the smallest grid value (recorded in the rows)."""
+    eps_vals = sorted({r["eps"] for r in sweep})
+    t_vals = sorted({r["T"] for r in sweep})
+    eps0 = 0.0 if 0.0 in eps_vals else eps_vals[0]
+    t0 = 1.0 if 1.0 in t_vals else t_vals[0]
+    keep = {"vanilla": lambda r: r["eps"] == eps0 and r["T"] == t0, "only_eps": lambda r: r["T"] == t0,
+            "only_T": lambda r: r["eps"] == eps0, "both": lambda r: True}
+    out = []
+    for o in data.ood_names:
+        own = [r for r in sweep if r["ood_set"] == o]
+        src = held_out if protocol == "held_out_ood" else o
+        val_of = {(r["eps"], r["T"]): r["auroc_val"] for r in sweep if r["ood_set"] == src}
+        for setting, ok in keep.items():
+            cand = [r for r in own if ok(r)]
+            best = cand[0]
+            for r in cand[1:]:
+                if val_of[(r["eps"], r["T"])] > val_of[(best["eps"], best["T"])]:
+                    best = r
+            out.append({"method": m, "setting": setting, "ood_set": o, "group": data.groups[o],
+                        "auroc": best["auroc_test"], "eps": best["eps"], "T": best["T"],
+                        "auroc_val": val_of[(best["eps"], best["T"])], "selected_on": f"{src} val"})
+    return out
+
+
+def _write_sweeps_and_ablations(fig_dir: Path, sweeps, grodin_abl, protocol: str) -> None:
+    tables.write_csv(sweeps["odin"], fig_dir / "sweep_odin.csv",
+                     ["method", "ood_set", "group", "eps", "T", "auroc_val", "auroc_test"])
+    tables.write_csv(sweeps["react"], fig_dir / "sweep_react.csv", ["method", "percentile", "ood_set", "group", "auroc_test"])
+    tables.write_csv(sweeps["knn"], fig_dir / "sweep_knn.csv", ["method", "k", "ood_set", "group", "auroc_test"])
+    if grodin_abl:
+        tables.write_grodin_ablation(grodin_abl, fig_dir, note=f"selection: {protocol}")
+    rg = [r for r in sweeps["react"] if r["method"] == RG_METHOD]
+    if rg:
+        tables.write_sweep_ablation(rg, "percentile", fig_dir / "ablation_rg_percentile",
+                                    "RG: test AUROC (%) vs clipping percentile (other parameters at defaults)")
+    lk = [r for r in sweeps["knn"] if r["method"] == LOWDIM_KNN_METHOD]
+    if lk:
+        tables.write_sweep_ablation(lk, "k", fig_dir / "ablation_lowdim_k",
+                                    "Low-dim gradient KNN: test AUROC (%) vs k (default subspace)")
+    if sweeps["subspace"]:
+        tables.write_sweep_ablation(sweeps["subspace"], "subspace", fig_dir / "ablation_lowdim_subspace",
+                                    "Low-dim gradient KNN: test AUROC (%) per subspace / parameter subset (default k)")
+
+
+def _write_scores(out_dir: Path, score_out: Mapping[str, Mapping[str, np.ndarray]], data: AnalysisData) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ds, d in score_out.items():
+        payload = {"_test_idx": data.splits[ds].test, **d}
+        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".npz.tmp")
+        os.close(fd)
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+        os.replace(tmp, out_dir / f"{ds}.npz")
+
+
+# -------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("analysis_dir", type=Path)
+    ap.add_argument("--fig-dir", type=Path, required=True)
+    ap.add_argument("--methods", nargs="*", default=None, help="score names (default: all registered)")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="per_ood_val")
+    ap.add_argument("--bootstrap-n", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-out", default=None, help="held-out OOD set for --protocol held_out_ood")
+    ap.add_argument("--keep-going", action="store_true", help="skip (not raise on) methods that error")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = run_benchmark(a.analysis_dir, a.fig_dir, a.methods or None, a.protocol, a.bootstrap_n, a.seed,
+                        a.held_out, strict=not a.keep_going)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Stage 2 — low-dim gradient subspaces, then one extraction pass per dataset.
+
+    python -m analysis.extract --profile demo
+
+Writes the analysis cache (docs/architecture.md): ``arrays/<name>.npz`` for train, id_test and
+each OOD set, ``head.npz``, ``splits.npz`` (seeded validation/test parts of id_test and every OOD
+set), ``meta.json`` and ``timings.csv``. Each file records the hash of what it was made from
+(model sha256 + dataset spec + preprocessing + extraction config) and is reused when it matches.
+Subspaces (Wu et al.) go to ``<cache>/lowdim/<name>.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
+from ood_core.config import odin_eps_grid
+from ood_core.data import split_indices
+from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, iterate_batches
+
+from .common import Context, add_common_args, make_context, record_run
+from .datasets import all_specs, load_named, spec_key
+from .train import load_model
+
+SPLIT_ROLES_EXCLUDED = ("train",)
+
+
+def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict) -> tuple[Subspace, str]:
+    """Compute (or load) one low-dim subspace of Wu et al. from the training set."""
+    from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
+
+    lcfg = ctx.cfg["lowdim"]
+    common = {k: lcfg[k] for k in ("params", "normalisation", "n_samples")}
+    key = hash_config(model_sha, common, spec, spec_key(ctx.cfg, "train"), ctx.cfg["seed"])
+    path = ctx.lowdim_dir / f"{name}.pt"
+    if path.is_file() and not ctx.force:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("key") == key:
+            return Subspace(name, blob["V"], (blob["mean"], blob["scale"]), lcfg["params"]), key
+    train = load_named(ctx, "train", memo)
+    if lcfg["n_samples"]:
+        rng = np.random.default_rng(ctx.cfg["seed"])
+        train = train.take(np.sort(rng.choice(len(train), int(lcfg["n_samples"]), replace=False)))
+    pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
+    device, bs = ctx.device(), int(lcfg["batch_size"])
+
+    def batches():
+        return iterate_batches(train.images, bs, pre, device)
+
+    def batches_with_labels():
+        for i, xb in enumerate(batches()):
+            yield xb, torch.as_tensor(train.labels[i * bs : (i + 1) * bs], device=device)
+
+    t0 = time.perf_counter()
+    stats = gradient_stats(model, batches(), lcfg["params"], normalisation=lcfg["normalisation"])
+    kind = spec.get("kind")
+    if kind == "pca":
+        V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], lcfg["params"])
+    elif kind == "class_mean":
+        V = class_mean_subspace(model, batches_with_labels(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, lcfg["params"])
+    else:
+        raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
+    mean, scale = stats
+    with atomic_path(path, ".pt") as tmp:
+        torch.save({"key": key, "V": V.cpu(), "mean": mean.cpu(), "scale": scale.cpu(), "seconds": time.perf_counter() - t0}, tmp)
+    print(f"[extract] subspace '{name}' ({kind}, K={V.shape[1]}) in {time.perf_counter() - t0:.1f}s")
+    return Subspace(name, V, stats, lcfg["params"]), key
+
+
+def _split(ctx: Context, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    v = ctx.cfg["data"]["val"]
+    seed = int(v["seed"]) + zlib.crc32(name.encode()) % 10_000  # a different permutation per set
+    return split_indices(n, v["n_val"], seed)
+
+
+def run(ctx: Context) -> Path:
+    t_start = time.perf_counter()
+    out = ctx.analysis_dir
+    model, meta_ck = load_model(ctx)
+    device = ctx.device()
+    model.to(device)
+    model_sha = meta_ck["sha256"]
+    memo: dict = {}
+    subspaces: list[Subspace] = []
+    sub_keys: dict[str, str] = {}
+    if ctx.cfg["lowdim"]["enabled"]:
+        for name, spec in ctx.cfg["lowdim"]["subspaces"].items():
+            sub, k = _subspace(ctx, model, model_sha, name, spec, memo)
+            sub.V = sub.V.to(device)
+            sub.stats = tuple(s.to(device) for s in sub.stats)
+            subspaces.append(sub)
+            sub_keys[name] = k
+    ecfg = ctx.cfg["extract"]
+    Ts, epss = [float(t) for t in ecfg["odin_T"]], odin_eps_grid(ctx.cfg)
+    pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
+    timings: dict[str, dict] = {}
+    splits: dict[str, np.ndarray] = {}
+    specs = all_specs(ctx.cfg)
+    for name in specs:
+        key = hash_config(model_sha, spec_key(ctx.cfg, name), ecfg, Ts, epss, sub_keys)
+        path = out / "arrays" / f"{name}.npz"
+        if path.is_file() and not ctx.force and npz_key(path) == key:
+            print(f"[extract] cached: {name}")
+            n = len(load_npz(path)["y"])
+        else:
+            ds = load_named(ctx, name, memo)
+            is_ood = name not in ("train", "id_test")
+            if not is_ood:
+                ds.check_labels(int(ctx.cfg["model"]["kwargs"]["num_classes"]))
+            res: ExtractResult = extract_arrays(
+                model, ds, pre, ecfg, device, odin_T=Ts, odin_eps=epss, subspaces=subspaces, is_ood=is_ood, desc=name
+            )
+            save_npz(path, res.arrays, key=key)
+            timings[name] = {"n": res.n, **res.seconds}
+            n = res.n
+            print(f"[extract] {name}: {n} images, " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
+        if name not in SPLIT_ROLES_EXCLUDED:
+            val, test = _split(ctx, name, n)
+            splits[f"{name}__val"], splits[f"{name}__test"] = val, test
+    W, b = model.head_weights()
+    save_npz(out / "head.npz", {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()})
+    save_npz(out / "splits.npz", splits)
+    test_arrays = load_npz(out / "arrays" / "id_test.npz")
+    id_acc = float((test_arrays["logits"].argmax(1) == test_arrays["y"]).mean())
+    meta = {
+        "profile": ctx.profile,
+        "model": ctx.cfg["model"]["name"],
+        "model_sha256": model_sha,
+        "num_classes": int(ctx.cfg["model"]["kwargs"]["num_classes"]),
+        "class_names": load_named(ctx, "id_test", memo).class_names if "id_test" in memo else meta_ck.get("class_names"),
+        "id_accuracy": id_acc,
+        "train": "train",
+        "id_test": "id_test",
+        "ood": {n: s.get("group", "ood") for n, s in ctx.cfg["data"]["ood"].items()},
+        "lowdim_subspaces": [s.name for s in subspaces],
+        "grid": {"odin_T": Ts, "odin_eps": epss},
+        "eps_space": ecfg["eps_space"],
+        "val": ctx.cfg["data"]["val"],
+        "seed": ctx.cfg["seed"],
+        "device": ctx.device_name,
+    }
+    write_json(out / "meta.json", meta)
+    if timings:
+        _write_timings(out / "timings.csv", timings, ctx.device_name, int(ecfg["batch_size"]), len(Ts) * len(epss))
+    record_run(ctx, "extract", time.perf_counter() - t_start, {"timings": timings, "id_accuracy": id_acc})
+    print(f"[extract] analysis cache: {out} (ID accuracy {id_acc:.4f})")
+    return out
+
+
+def _write_timings(path: Path, timings: dict, device: str, batch_size: int, n_grid: int) -> None:
+    """Seconds per 1,000 images of each extraction component, pooled over the datasets of this run."""
+    tot: dict[str, float] = {}
+    n = sum(t["n"] for t in timings.values())
+    for t in timings.values():
+        for k, v in t.items():
+            if k != "n":
+                tot[k] = tot.get(k, 0.0) + v
+    rows = [{"method": k, "seconds_per_1000": 1000 * v / n, "device": device, "batch_size": batch_size, "n_images": n} for k, v in tot.items()]
+    if "grodin_grid" in tot:
+        rows.append({"method": "grodin_one_grid_point", "seconds_per_1000": 1000 * tot["grodin_grid"] / n / n_grid,
+                     "device": device, "batch_size": batch_size, "n_images": n})
+    with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    run(make_context(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Stage 1 — train the profile's model (or take the checkpoint the profile names).
+
+    python -m analysis.train --profile demo
+
+Writes ``<cache>/model/model.pt`` (a plain state dict, loadable with ``weights_only=True``) and
+``model.pt.json`` (sha256, config, seed, test accuracy, library versions, training log). Skipped when
+a checkpoint made from the same config exists (``--force`` retrains). With ``train.checkpoint_every``
+> 0 a partial checkpoint is kept so an interrupted run resumes from its last saved epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ood_core.cache import hash_config
+from ood_core.checkpoint import load_checkpoint, save_checkpoint
+from ood_core.models import OODModel, build_model
+from ood_core.train import accuracy, seed_everything, train_model
+
+from .common import Context, add_common_args, make_context, record_run, versions
+from .datasets import load_named, spec_key
+
+
+def train_key(ctx: Context) -> str:
+    c = ctx.cfg
+    return hash_config(c["model"], c["train"], spec_key(c, "train"), spec_key(c, "id_test"), c["seed"])
+
+
+def model_path(ctx: Context) -> Path:
+    """The checkpoint the later stages use: the profile's ``model.checkpoint`` or the trained one."""
+    ck = ctx.cfg["model"]["checkpoint"]
+    if ck:
+        p = Path(ck).expanduser()
+        from .common import REPO
+
+        return p if p.is_absolute() else REPO / p
+    return ctx.model_dir / "model.pt"
+
+
+def load_model(ctx: Context) -> tuple[OODModel, dict]:
+    """Build the profile's model and load its checkpoint (sha256-checked, weights only)."""
+    m = ctx.cfg["model"]
+    path = model_path(ctx)
+    model = build_model(m["name"], **m["kwargs"])
+    if m["checkpoint"] and not path.with_name(path.name + ".json").is_file():
+        from ood_core.checkpoint import load_state_dict_file
+        from ood_core.cache import sha256_file
+
+        state, meta = load_state_dict_file(path), {"sha256": sha256_file(path), "source": str(path)}
+        if m["name"] == "resnet50_tv":  # torchvision names its head 'fc'
+            state = {k.replace("fc.", "head.", 1) if k.startswith("fc.") else "body." + k: v for k, v in state.items()}
+    else:
+        state, meta = load_checkpoint(path)
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def _tensors(ctx: Context, name: str):
+    from ood_core.extract import Preprocess
+
+    ds = load_named(ctx, name)
+    pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
+    return pre(ds.images, torch.device("cpu")), torch.as_tensor(ds.labels)
+
+
+def run(ctx: Context) -> Path:
+    path = model_path(ctx)
+    if ctx.cfg["model"]["checkpoint"]:
+        print(f"[train] using the profile's checkpoint {path} (no training)")
+        return path
+    key = train_key(ctx)
+    side = path.with_name(path.name + ".json")
+    if side.is_file() and path.is_file() and not ctx.force and json.loads(side.read_text()).get("cache_key") == key:
+        print(f"[train] cached: {path}")
+        return path
+    t0 = time.perf_counter()
+    seed = int(ctx.cfg["seed"])
+    seed_everything(seed)
+    x_tr, y_tr = _tensors(ctx, "train")
+    x_te, y_te = _tensors(ctx, "id_test")
+    m = ctx.cfg["model"]
+    model = build_model(m["name"], **m["kwargs"])
+    tcfg = ctx.cfg["train"]
+    partial = ctx.model_dir / "partial.pt"
+    start, opt_state = 0, None
+    if partial.is_file() and not ctx.force:
+        state, meta = load_checkpoint(partial)
+        if meta.get("cache_key") == key:
+            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__opt__")})
+            start = int(meta["epoch"])
+            opt_state = torch.load(ctx.model_dir / "partial_opt.pt", weights_only=True) if (ctx.model_dir / "partial_opt.pt").is_file() else None
+            print(f"[train] resuming from epoch {start}")
+
+    def on_epoch_end(epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        every = int(tcfg["checkpoint_every"])
+        if every and epoch % every == 0 and epoch < tcfg["epochs"]:
+            from ood_core.cache import atomic_path
+
+            with atomic_path(ctx.model_dir / "partial_opt.pt", ".pt") as tmp:
+                torch.save(opt.state_dict(), tmp)
+            save_checkpoint(partial, net.state_dict(), {"cache_key": key, "epoch": epoch})
+
+    device = ctx.device()
+    result = train_model(model, x_tr, y_tr, x_te, y_te, tcfg, seed, device, on_epoch_end, start, opt_state)
+    model.cpu().eval()
+    meta = {
+        "cache_key": key,
+        "model": m,
+        "seed": seed,
+        "test_accuracy": result.test_accuracy,
+        "train_seconds": round(result.train_seconds, 2),
+        "device": ctx.device_name,
+        "versions": versions(),
+        "train_config": tcfg,
+        "history": result.history,
+    }
+    save_checkpoint(path, model.state_dict(), meta, half=bool(tcfg["half_checkpoint"]))
+    if tcfg["half_checkpoint"]:  # report the accuracy of the weights as saved (float16 -> float32)
+        reloaded, _ = load_model(ctx)
+        acc16 = accuracy(reloaded, x_te, y_te)
+        meta["test_accuracy_saved_weights"] = acc16
+        save_checkpoint(path, reloaded.state_dict(), meta, half=True)
+    partial.unlink(missing_ok=True)
+    (ctx.model_dir / "partial_opt.pt").unlink(missing_ok=True)
+    record_run(ctx, "train", time.perf_counter() - t0, {"test_accuracy": result.test_accuracy})
+    print(f"[train] test accuracy {result.test_accuracy:.4f} in {result.train_seconds:.1f}s on {ctx.device_name}; saved {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    run(make_context(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""One batched pass per (model, dataset): every per-sample array the scores need.
+
+For each batch the model runs once for (h, logits); the gradient quantities that truly need the
+network (ODIN/GRODIN on the eps x T grid, the all-weights KL gradient norm, Wu et al.'s low-dim
+projections) are computed on the same batch, so the data is read once. Output keys follow
+docs/architecture.md. Timings per component are returned beside the arrays.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageSet, to_tensor
+
+
+@dataclass
+class Preprocess:
+    """How uint8 images become model inputs."""
+
+    size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+    def __call__(self, images_u8: np.ndarray, device: torch.device) -> torch.Tensor:
+        return to_tensor(images_u8, self.mean, self.std, self.size, self.channels).to(device)
+
+
+@dataclass
+class Subspace:
+    """A low-dim gradient subspace: V (P, K) and the whitening statistics of Wu et al."""
+
+    name: str
+    V: torch.Tensor
+    stats: Any
+    params: Any
+
+
+@dataclass
+class ExtractResult:
+    arrays: dict[str, np.ndarray]
+    seconds: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+
+
+def iterate_batches(images: np.ndarray, batch_size: int, pre: Preprocess, device: torch.device) -> Iterator[torch.Tensor]:
+    """Yield normalized float batches (N,C,H,W) on ``device``."""
+    for i in range(0, len(images), batch_size):
+        yield pre(images[i : i + batch_size], device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def extract_arrays(
+    model: torch.nn.Module,
+    data: ImageSet,
+    pre: Preprocess,
+    cfg: Mapping[str, Any],
+    device: torch.device,
+    *,
+    odin_T: list[float] | None = None,
+    odin_eps: list[float] | None = None,
+    subspaces: list[Subspace] = (),
+    is_ood: bool = False,
+    desc: str = "extract",
+) -> ExtractResult:
+    """Run the extraction pass of ``cfg`` (the profile's ``extract`` section) over ``data``."""
+    from .grads import grodin_grid, kl_allweights_sqnorm
+    from .grads.lowdim import project
+
+    model.eval().to(device)
+    bs = int(cfg["batch_size"])
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    seconds: dict[str, float] = defaultdict(float)
+    use_grodin = bool(cfg["grodin"]) and odin_T and odin_eps
+    for xb in tqdm(iterate_batches(data.images, bs, pre, device), total=-(-len(data.images) // bs), desc=desc, leave=False):
+        t = time.perf_counter()
+        with torch.no_grad():
+            h = model.features(xb)
+            logits = model.head(h)
+        _sync(device)
+        seconds["forward"] += time.perf_counter() - t
+        parts["h"].append(h.float().cpu().numpy())
+        parts["logits"].append(logits.float().cpu().numpy())
+        if use_grodin:
+            t = time.perf_counter()
+            g = grodin_grid(model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]))
+            _sync(device)
+            seconds["grodin_grid"] += time.perf_counter() - t
+            parts["odin_s"].append(np.asarray(g["odin_s"], dtype=np.float32))
+            parts["grodin_sqnorm"].append(np.asarray(g["grodin_sqnorm"], dtype=np.float32))
+        if cfg["kl_allweights"]:
+            t = time.perf_counter()
+            kl = kl_allweights_sqnorm(model, xb)
+            _sync(device)
+            seconds["kl_allweights"] += time.perf_counter() - t
+            parts["kl_allw_sqnorm"].append(np.asarray(kl.detach().cpu(), dtype=np.float32))
+        for sub in subspaces:
+            t = time.perf_counter()
+            z = project(model, [xb], sub.V, sub.stats, sub.params)
+            _sync(device)
+            seconds[f"lowdim_{sub.name}"] += time.perf_counter() - t
+            parts[f"lowdim_{sub.name}"].append(np.asarray(z, dtype=np.float32))
+    arrays: dict[str, np.ndarray] = {}
+    for key, chunks in parts.items():
+        axis = -1 if key in ("odin_s", "grodin_sqnorm") else 0
+        arrays[key] = np.concatenate(chunks, axis=axis)
+    arrays["y"] = np.full(len(data.images), -1, np.int64) if is_ood else data.labels.astype(np.int64)
+    if use_grodin:
+        arrays["odin_T"] = np.asarray(odin_T, np.float64)
+        arrays["odin_eps"] = np.asarray(odin_eps, np.float64)
+    return ExtractResult(arrays, dict(seconds), len(data.images))

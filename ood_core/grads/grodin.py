@@ -1,0 +1,114 @@
+"""ODIN / GRODIN over an (eps, T) grid, and the all-weights KL gradient norm.
+
+For every (eps, T): x~ = ODIN-perturbed x (eps, T); S = max softmax(f(x~)/T) (= ODIN's score = GRODIN
+S); SG = ||grad_theta CE(f(x~)/T, yhat(x~))||^2 over ALL trainable weights (GRODIN; loss at the label
+predicted at x~). GRODIN's G score is SG / S^2 (grad = S * G, anchors 1.9).
+
+Cost per chunk: one forward at x serves every T (its backward for T gives both the input-gradient
+sign used for the perturbation and the eps = 0 norms, retain_graph across T); then one forward +
+one backward per (eps > 0, T) at x~, since x~ differs per (eps, T).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .per_sample import (
+    DEFAULT_MAX_BYTES,
+    HookEngine,
+    ParamSpec,
+    ce_pred_delta,
+    kl_uniform_delta,
+    model_device_dtype,
+    per_sample_sq_norms,
+)
+from .perturb import SPACES, apply_sign_step
+
+__all__ = ["grodin_grid", "kl_allweights_sqnorm"]
+
+
+def grodin_grid(
+    model: nn.Module,
+    x: torch.Tensor,
+    Ts: Sequence[float],
+    epss: Sequence[float],
+    *,
+    chunk: int = 64,
+    space: str = "normalized",
+    std: Sequence[float] | torch.Tensor | None = None,
+    params: ParamSpec = "all",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, np.ndarray]:
+    """Returns ``{"odin_s": (nE, nT, N) float32, "grodin_sqnorm": (nE, nT, N) float32}``.
+
+    ``x`` may live on the CPU (it is moved chunk by chunk to the model's device)."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    Ts = [float(t) for t in Ts]
+    epss = [float(e) for e in epss]
+    if any(t <= 0 for t in Ts):
+        raise ValueError(f"temperatures must be > 0, got {Ts}")
+    n, nT, nE = x.shape[0], len(Ts), len(epss)
+    dev, pdt = model_device_dtype(model)
+    odin_s = np.empty((nE, nT, n), np.float32)
+    sqn = np.empty((nE, nT, n), np.float32)
+    zero = [e for e, v in enumerate(epss) if v == 0.0]
+    nonzero = [e for e, v in enumerate(epss) if v != 0.0]
+    eng = HookEngine(model, params, max_bytes=max_bytes)
+    with eng:
+        for s in range(0, n, chunk):
+            sl = slice(s, min(n, s + chunk))
+            xc = x[sl].to(device=dev, dtype=pdt)
+            # one forward at x: eps = 0 entries for all T + the input-gradient signs for all T
+            logits = eng.forward(xc, amp_dtype=amp_dtype)
+            z = logits.detach().float() if logits.dtype != torch.float64 else logits.detach()
+            signs: list[torch.Tensor] = []
+            for t, T in enumerate(Ts):
+                need_sign = bool(nonzero)
+                last = t == nT - 1
+                if not zero and not need_sign:
+                    break
+                res = eng.sq_norms(ce_pred_delta(T)(z), retain_graph=not last, input_grad=need_sign)
+                sq, gx = res if need_sign else (res, None)
+                if need_sign:
+                    signs.append(gx.sign().to(torch.int8))
+                if zero:
+                    S = torch.softmax(z / T, dim=1).amax(1)
+                    for e in zero:
+                        odin_s[e, t, sl] = S.cpu().numpy()
+                        sqn[e, t, sl] = sq.cpu().numpy()
+            eng.logits = None
+            # perturbed inputs: one forward + backward per (eps != 0, T)
+            for t, T in enumerate(Ts):
+                for e in nonzero:
+                    xt = apply_sign_step(xc, signs[t], epss[e], space=space, std=std)
+                    lg = eng.forward(xt, amp_dtype=amp_dtype)
+                    zt = lg.detach().float() if lg.dtype != torch.float64 else lg.detach()
+                    sq = eng.sq_norms(ce_pred_delta(T)(zt))
+                    odin_s[e, t, sl] = torch.softmax(zt / T, dim=1).amax(1).cpu().numpy()
+                    sqn[e, t, sl] = sq.cpu().numpy()
+    return {"odin_s": odin_s, "grodin_sqnorm": sqn}
+
+
+def kl_allweights_sqnorm(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    chunk: int = 64,
+    params: ParamSpec = "all",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """(N,) float32: ||d/dtheta KL(u || softmax f(x))||^2 over all trainable weights (T = 1, eps = 0)."""
+    dev, pdt = model_device_dtype(model)
+    out = []
+    for s in range(0, x.shape[0], chunk):
+        xc = x[s: s + chunk].to(device=dev, dtype=pdt)
+        _, sq = per_sample_sq_norms(model, xc, kl_uniform_delta, params=params, max_bytes=max_bytes,
+                                    amp_dtype=amp_dtype)
+        out.append(sq.cpu().numpy().astype(np.float32))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -1,0 +1,313 @@
+"""Low-dimensional gradients (Wu, Li, Cheng, Yang, Huang, arXiv 2310.17163; anchors 1.12).
+
+Per-sample gradient g(x) = grad_theta logsumexp(f(x)) (energy; other targets via ``delta_fn``) over
+a parameter subset (``"all"``, ``"head"``, ``"last_block"`` = last residual stage + head, or a list
+of parameter-name prefixes). Whitening "nfk": z_bar = mean training gradient, sigma^2 = population
+variance per coordinate, scale = 1/sigma with zero-variance coordinates given the largest finite
+scale; g~ = (g - z_bar) * scale. ``stats=None`` means normalisation "none" (g~ = g).
+
+Nothing here holds an N x P matrix: every function streams over a data iterator (``batches`` yields
+normalized x tensors, or (x, y, ...) tuples whose first item is x) and over chunks of per-sample
+gradients from ``per_sample_grads_flat``. Subspace bases V (P, K) and the stats live on the model's
+device; P x K must fit there (ResNet-18, K = 200: 2.2 G entries = 9 GB in float32).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .per_sample import (
+    DeltaFn,
+    HookEngine,
+    ParamSpec,
+    energy_delta,
+    model_device_dtype,
+    select_param_names,
+)
+
+__all__ = [
+    "GradStats",
+    "class_mean_subspace",
+    "gradient_stats",
+    "iter_whitened_grads",
+    "last_block_prefixes",
+    "pca_subspace",
+    "project",
+    "resolve_params",
+    "whiten",
+]
+
+GradStats = tuple[torch.Tensor, torch.Tensor]  # (mean (P,), scale (P,))
+DEFAULT_CHUNK = 16  # samples whose full gradients are materialised at once (Wu et al.: 16 on CIFAR)
+
+
+# --------------------------------------------------------------------------------------------------
+# parameter subsets
+
+
+def last_block_prefixes(model: nn.Module) -> list[str]:
+    """Parameter-name prefixes of the last residual stage + head for the zoo's models."""
+    from .. import models as zoo
+
+    if isinstance(model, zoo.ResNet18Cifar):
+        return ["layer4", "head"]
+    if isinstance(model, zoo.TorchvisionResNet50):
+        return ["body.layer4", "head"]
+    if isinstance(model, zoo.WideResNet):
+        blocks = list(model.blocks)
+        width = blocks[-1].conv2.out_channels
+        last = [i for i, b in enumerate(blocks) if b.conv2.out_channels == width]
+        return [f"blocks.{i}" for i in last] + ["bn", "head"]
+    if isinstance(model, zoo.SmallCNN):  # no residual stage: the last conv block
+        return ["conv3", "bn3", "head"]
+    # generic: the highest-numbered top-level child named layerN
+    layers = sorted((int(n[5:]), n) for n, _ in model.named_children() if n.startswith("layer") and n[5:].isdigit())
+    if layers and hasattr(model, "head"):
+        return [layers[-1][1], "head"]
+    raise ValueError(f"no 'last_block' rule for {type(model).__name__}; pass a list of parameter prefixes")
+
+
+def resolve_params(model: nn.Module, params: ParamSpec = "all") -> list[str]:
+    """Selected parameter names; adds the ``"last_block"`` shortcut to per_sample's selection forms."""
+    if isinstance(params, str) and params == "last_block":
+        params = last_block_prefixes(model)
+    return select_param_names(model, params)
+
+
+# --------------------------------------------------------------------------------------------------
+# streaming per-sample gradients
+
+
+def _first(item):
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _iter_raw(model: nn.Module, batches: Iterable, names: list[str], delta_fn: DeltaFn, chunk: int,
+              with_labels: bool = False) -> Iterator:
+    """Yields (G (n, P) on the model device, labels or None) for consecutive chunks of samples."""
+    dev, pdt = model_device_dtype(model)
+    eng = HookEngine(model, names)
+    with eng:
+        for item in batches:
+            x = _first(item)
+            y = item[1] if with_labels else None
+            for s in range(0, x.shape[0], chunk):
+                xc = x[s: s + chunk].to(device=dev, dtype=pdt)
+                lg = eng.forward(xc)
+                g = eng.grads_flat(delta_fn(lg.detach()))
+                yield g, (None if y is None else torch.as_tensor(y[s: s + chunk]).to(dev))
+
+
+def whiten(g: torch.Tensor, stats: GradStats | None) -> torch.Tensor:
+    """g~ = (g - mean) * scale, or g if ``stats`` is None (normalisation "none")."""
+    if stats is None:
+        return g
+    mean, scale = stats
+    return (g - mean.to(g.dtype)) * scale.to(g.dtype)
+
+
+def iter_whitened_grads(model: nn.Module, batches: Iterable, stats: GradStats | None = None,
+                        params: ParamSpec = "all", *, delta_fn: DeltaFn = energy_delta,
+                        chunk: int = DEFAULT_CHUNK) -> Iterator[torch.Tensor]:
+    """Chunks (n, P) of whitened per-sample gradients, in data order."""
+    names = resolve_params(model, params)
+    for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
+        yield whiten(g, stats)
+
+
+def _out_dtype(model: nn.Module) -> torch.dtype:
+    return torch.float64 if model_device_dtype(model)[1] == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics
+
+
+def gradient_stats(model: nn.Module, batches: Iterable, params: ParamSpec = "all", *,
+                   delta_fn: DeltaFn = energy_delta, chunk: int = DEFAULT_CHUNK) -> GradStats:
+    """NFK whitening statistics over the samples of ``batches``: ``(mean (P,), scale (P,))``.
+
+    One pass; chunk means and centred sums of squares are merged in float64 (Chan et al.), so no
+    cancellation. Variance is the population variance (ddof = 0, as Wu et al.). scale = 1/sigma;
+    coordinates with sigma = 0 get the largest finite scale (1 if there is none)."""
+    names = resolve_params(model, params)
+    count = 0
+    mean = m2 = None
+    for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
+        g = g.to(torch.float64)
+        nb = g.shape[0]
+        mb = g.mean(0)
+        m2b = (g - mb).pow(2).sum(0)
+        if mean is None:
+            mean, m2, count = mb, m2b, nb
+            continue
+        tot = count + nb
+        d = mb - mean
+        mean = mean + d * (nb / tot)
+        m2 = m2 + m2b + d.pow(2) * (count * nb / tot)
+        count = tot
+    if mean is None:
+        raise ValueError("gradient_stats: the batch iterator yielded no samples")
+    sigma = torch.sqrt(m2 / count)
+    scale = torch.where(sigma > 0, 1.0 / sigma, torch.full_like(sigma, float("inf")))
+    finite = torch.isfinite(scale)
+    fill = scale[finite].max() if bool(finite.any()) else torch.tensor(1.0, dtype=scale.dtype, device=scale.device)
+    scale = torch.where(finite, scale, fill)
+    dt = _out_dtype(model)
+    return mean.to(dt), scale.to(dt)
+
+
+# --------------------------------------------------------------------------------------------------
+# subspaces
+
+
+def _acc_dtype(model: nn.Module, P: int, k: int, budget: int = 2**30) -> torch.dtype:
+    """float64 accumulation of (P, k) products when it costs <= ``budget`` bytes, else float32."""
+    if model_device_dtype(model)[1] == torch.float64 or P * k * 8 <= budget:
+        return torch.float64
+    return torch.float32
+
+
+def _orth(a: torch.Tensor) -> torch.Tensor:
+    q, _ = torch.linalg.qr(a, mode="reduced")
+    return q
+
+
+def pca_subspace(
+    model: nn.Module,
+    batches_factory: Callable[[], Iterable],
+    k: int,
+    n_iter: int = 10,
+    stats: GradStats | None = None,
+    seed: int = 0,
+    params: ParamSpec = "all",
+    *,
+    oversample: int = 10,
+    delta_fn: DeltaFn = energy_delta,
+    chunk: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Top-k right singular vectors V (P, k) (orthonormal columns) of the whitened N x P gradient
+    matrix A, by randomized truncated SVD (Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1):
+
+        Y = A Omega -> Q;  n_iter x { Z = A^T Q -> QR; Y = A Z -> QR };  B^T = A^T Q;  SVD(B).
+
+    Only the products A @ M (N x l, streamed row chunks) and A^T @ Q (P x l, accumulated) are formed,
+    l = k + oversample; ``batches_factory()`` must replay the same samples in the same order on each
+    of the 2 + 2 n_iter passes. (N x l) products are float64; (P x l) accumulators float64 when
+    they fit in 1 GiB, else float32."""
+    names = resolve_params(model, params)
+    dev, _ = model_device_dtype(model)
+    P = HookEngine(model, names).num_params
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > P:
+        raise ValueError(f"k = {k} exceeds the number of parameters P = {P}")
+    l = min(P, k + max(0, int(oversample)))
+    acc = _acc_dtype(model, P, l)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    omega = torch.randn(P, l, generator=gen, dtype=torch.float64).to(device=dev, dtype=acc)
+
+    def chunks():
+        return (whiten(g, stats) for g, _ in _iter_raw(model, batches_factory(), names, delta_fn, chunk))
+
+    n_rows: list[int] = []
+
+    def times(m: torch.Tensor) -> torch.Tensor:  # A @ m, (N, l) float64
+        rows = []
+        for g in chunks():
+            rows.append((g.to(acc) @ m).to(torch.float64))
+        y = torch.cat(rows)
+        if n_rows and y.shape[0] != n_rows[0]:
+            raise RuntimeError(f"batches_factory gave {y.shape[0]} samples, an earlier pass {n_rows[0]}")
+        n_rows.append(y.shape[0])
+        return y
+
+    def t_times(q: torch.Tensor) -> torch.Tensor:  # A^T @ q, (P, l)
+        out = torch.zeros(P, q.shape[1], dtype=acc, device=dev)
+        s = 0
+        for g in chunks():
+            n = g.shape[0]
+            out.addmm_(g.to(acc).T, q[s: s + n].to(acc))
+            s += n
+        if s != q.shape[0]:
+            raise RuntimeError(f"batches_factory gave {s} samples, an earlier pass {q.shape[0]}")
+        return out
+
+    q = _orth(times(omega))
+    if q.shape[1] < k:
+        raise ValueError(f"k = {k} exceeds the number of samples N = {q.shape[0]}")
+    for _ in range(int(n_iter)):
+        z = _orth(t_times(q))
+        q = _orth(times(z))
+    bt = t_times(q)  # (P, l) = (Q^T A)^T
+    q2, r2 = torch.linalg.qr(bt, mode="reduced")
+    ur, _, _ = torch.linalg.svd(r2.to(torch.float64), full_matrices=False)
+    v = q2 @ ur[:, :k].to(q2.dtype)
+    return v.to(_out_dtype(model))
+
+
+def class_mean_subspace(
+    model: nn.Module,
+    batches_with_labels: Iterable,
+    num_classes: int,
+    stats: GradStats | None = None,
+    params: ParamSpec = "all",
+    *,
+    classes: Sequence[int] | None = None,
+    delta_fn: DeltaFn = energy_delta,
+    chunk: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """V (P, C): column c = whitened mean gradient of the samples labelled c, scaled to unit L2 norm
+    (not orthogonalised; Wu et al.'s "average gradient" subspace). ``classes`` computes only those
+    columns (in that order), for V that do not fit at once (ImageNet: blocks of classes)."""
+    names = resolve_params(model, params)
+    cls = list(range(num_classes)) if classes is None else [int(c) for c in classes]
+    dev, _ = model_device_dtype(model)
+    P = HookEngine(model, names).num_params
+    acc = _acc_dtype(model, P, len(cls))
+    lookup = torch.full((num_classes,), -1, dtype=torch.long, device=dev)
+    lookup[torch.tensor(cls, device=dev)] = torch.arange(len(cls), device=dev)
+    sums = torch.zeros(len(cls), P, dtype=acc, device=dev)
+    counts = torch.zeros(len(cls), dtype=torch.float64, device=dev)
+    for g, y in _iter_raw(model, batches_with_labels, names, delta_fn, chunk, with_labels=True):
+        y = y.long()
+        if bool(((y < 0) | (y >= num_classes)).any()):
+            raise ValueError(f"labels must lie in [0, {num_classes}), got {y.unique().tolist()}")
+        col = lookup[y]
+        keep = col >= 0
+        if bool(keep.any()):
+            sums.index_add_(0, col[keep], g[keep].to(acc))
+            counts.index_add_(0, col[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=dev))
+    empty = [c for c, n in zip(cls, counts.tolist()) if n == 0]
+    if empty:
+        raise ValueError(f"classes {empty} have no samples; their mean gradient is undefined")
+    means = sums / counts.to(acc)[:, None]
+    v = whiten(means, stats).T  # whitening is affine: mean of whitened = whitened mean
+    v = v / v.norm(dim=0, keepdim=True)
+    return v.to(_out_dtype(model))
+
+
+def project(
+    model: nn.Module,
+    batches: Iterable,
+    V: torch.Tensor,
+    stats: GradStats | None = None,
+    params: ParamSpec = "all",
+    *,
+    delta_fn: DeltaFn = energy_delta,
+    chunk: int = DEFAULT_CHUNK,
+) -> np.ndarray:
+    """G_low = g~(x)^T V for every sample of ``batches``: (N, K) float32 numpy."""
+    names = resolve_params(model, params)
+    out = []
+    for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
+        if g.shape[1] != V.shape[0]:
+            raise ValueError(f"V has {V.shape[0]} rows, the selected parameters number {g.shape[1]}")
+        gt = whiten(g, stats)
+        out.append((gt.to(V.dtype) @ V).float().cpu().numpy())
+    if not out:
+        return np.zeros((0, V.shape[1]), np.float32)
+    return np.concatenate(out).astype(np.float32)

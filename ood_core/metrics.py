@@ -1,0 +1,212 @@
+"""OOD detection metrics over score vectors with **higher = more in-distribution**.
+
+Every function takes ``s_id`` (scores of in-distribution samples) and ``s_ood`` (scores of OOD
+samples). AUROC is label-agnostic; the others are not, so the convention is in the name:
+
+* ``auroc``         ID = positive class (label 1), score as is (sklearn ``roc_auc_score``).
+* ``aupr_in``       ID positive, score as is (sklearn ``average_precision_score``).
+* ``aupr_out``      OOD positive, score negated.
+* ``fpr95_id_pos``  seed papers (GradNorm / ReAct / KNN / GRODIN / Wu et al.): fraction of **OOD**
+                    accepted as ID at the threshold that keeps ~95 % of **ID** (see the function).
+* ``fpr95_ood_pos`` OpenOOD v1.5 / pytorch-ood: fraction of **ID** flagged OOD at the first threshold
+                    that catches >= 95 % of **OOD**.
+
+Values are fractions in [0, 1]; tables multiply by 100.
+
+Invalid input (empty, non-1-D, NaN or inf) raises ``ValueError`` naming the side (ID / OOD) and the
+number of bad values -- never a silent 0.5.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+RECALL_LEVEL = 0.95
+
+
+# ------------------------------------------------------------------------------------ validation
+def _check(s: np.ndarray, side: str) -> np.ndarray:
+    """Return ``s`` as a 1-D float64 array or raise ``ValueError`` naming ``side``."""
+    a = np.asarray(s)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ValueError(f"{side} scores must be numeric, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1:
+        raise ValueError(f"{side} scores must be a 1-D vector, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{side} scores are empty (0 samples); cannot compute an OOD metric")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        n_nan = int(np.isnan(a).sum())
+        n_inf = int(np.isinf(a).sum())
+        raise ValueError(
+            f"{side} scores contain {int(bad.sum())} non-finite value(s) of {a.size} "
+            f"({n_nan} NaN, {n_inf} inf); fix the score instead of evaluating it"
+        )
+    return a
+
+
+def _pair(s_id, s_ood) -> tuple[np.ndarray, np.ndarray]:
+    return _check(s_id, "ID"), _check(s_ood, "OOD")
+
+
+def _labels_scores(s_id: np.ndarray, s_ood: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.r_[np.ones(s_id.size, dtype=np.int8), np.zeros(s_ood.size, dtype=np.int8)]
+    return y, np.r_[s_id, s_ood]
+
+
+# ---------------------------------------------------------------------------------- the metrics
+def auroc(s_id, s_ood) -> float:
+    """Area under the ROC curve, ID = positive (ties count 1/2)."""
+    a, b = _pair(s_id, s_ood)
+    y, s = _labels_scores(a, b)
+    return float(roc_auc_score(y, s))
+
+
+def aupr_in(s_id, s_ood) -> float:
+    """Average precision with ID as the positive class and the score as is."""
+    a, b = _pair(s_id, s_ood)
+    y, s = _labels_scores(a, b)
+    return float(average_precision_score(y, s))
+
+
+def aupr_out(s_id, s_ood) -> float:
+    """Average precision with OOD as the positive class and the negated score."""
+    a, b = _pair(s_id, s_ood)
+    y, s = _labels_scores(a, b)
+    return float(average_precision_score(1 - y, -s))
+
+
+def _operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thresholds t = every distinct score value, descending, with
+    tp(t) = #{pos >= t} and fp(t) = #{neg >= t} (a sample tied with t counts as accepted)."""
+    t = np.unique(np.r_[pos, neg])[::-1]
+    pos_sorted = np.sort(pos)
+    neg_sorted = np.sort(neg)
+    tp = pos.size - np.searchsorted(pos_sorted, t, side="left")
+    fp = neg.size - np.searchsorted(neg_sorted, t, side="left")
+    return t, tp, fp
+
+
+def fpr_at_recall(pos, neg, recall_level: float = RECALL_LEVEL, rule: str = "nearest") -> float:
+    """FPR of the negatives at the threshold where the positives' recall is ``recall_level``.
+
+    Scores: higher = more positive. Operating points are the distinct score values t (a sample with
+    score == t is accepted as positive: ties between positives and negatives are resolved *against*
+    the detector, i.e. tied negatives count as false positives).
+
+    rule="nearest" (default; identical to ``fpr_and_fdr_at_recall`` of gradnorm_ood / Hendrycks et al.,
+        used by GradNorm, ReAct, KNN): among the operating points from the highest threshold down to the
+        first one reaching recall 1, take the one whose recall tp/n_pos is *closest* to
+        ``recall_level`` (|recall - level| compared in float64 exactly as the reference does); an exact
+        tie in that distance goes to the lower threshold (higher recall, higher FPR -- conservative).
+        The chosen recall may be slightly *below* the level when no point hits it exactly.
+    rule="at_least": the highest threshold whose recall is >= ``recall_level`` (never below the level).
+
+    With n_pos * level integral and no ties among the positives both rules coincide.
+    """
+    p = np.asarray(pos, dtype=np.float64)
+    n = np.asarray(neg, dtype=np.float64)
+    t, tp, fp = _operating_points(p, n)
+    recall = tp / tp[-1]
+    if rule == "nearest":
+        last = int(np.searchsorted(tp, tp[-1]))  # first point with full recall (tp is non-decreasing)
+        dist = np.abs(recall[: last + 1] - recall_level)
+        # reference scans from the lowest threshold upwards and takes the first minimum
+        cut = last - int(np.argmin(dist[::-1]))
+    elif rule == "at_least":
+        cut = int(np.argmax(recall >= recall_level))
+    else:
+        raise ValueError(f"rule must be 'nearest' or 'at_least', got {rule!r}")
+    return float(fp[cut] / n.size)
+
+
+def fpr95_id_pos(s_id, s_ood, recall_level: float = RECALL_LEVEL, rule: str = "nearest") -> float:
+    """Seed-paper FPR95: fraction of OOD samples with score >= t, where t is the operating point
+    keeping ~95 % of ID samples (ID recall). See :func:`fpr_at_recall` for the exact threshold and
+    tie handling (default = gradnorm_ood ``fpr_and_fdr_at_recall``)."""
+    a, b = _pair(s_id, s_ood)
+    return fpr_at_recall(a, b, recall_level, rule)
+
+
+def fpr95_ood_pos(s_id, s_ood, recall_level: float = RECALL_LEVEL) -> float:
+    """OpenOOD v1.5 / pytorch-ood FPR95: OOD is the positive class scored by -s; the threshold is the
+    first operating point (from the most OOD-looking end) whose OOD recall is >= 95 %, and the value
+    is the fraction of ID samples with -s >= that threshold (ID tied with it count as flagged).
+
+    Equals ``fpr[argmax(tpr >= 0.95)]`` of ``sklearn.metrics.roc_curve(ood_label, -s,
+    drop_intermediate=False)``; OpenOOD calls roc_curve with drop_intermediate=True, which can only
+    differ when the crossing point lies on a dropped collinear diagonal run (rare, measure-zero for
+    continuous scores)."""
+    a, b = _pair(s_id, s_ood)
+    return fpr_at_recall(-b, -a, recall_level, rule="at_least")
+
+
+METRICS: dict[str, Metric] = {
+    "auroc": auroc,
+    "aupr_in": aupr_in,
+    "aupr_out": aupr_out,
+    "fpr95_id_pos": fpr95_id_pos,
+    "fpr95_ood_pos": fpr95_ood_pos,
+}
+
+
+def evaluate(s_id, s_ood) -> dict[str, float]:
+    """All metrics of one (ID, OOD) pair plus the sample counts."""
+    a, b = _pair(s_id, s_ood)
+    out: dict[str, float] = {k: f(a, b) for k, f in METRICS.items()}
+    out["n_id"] = int(a.size)
+    out["n_ood"] = int(b.size)
+    return out
+
+
+# ----------------------------------------------------------------------------------- bootstrap
+def _resample_indices(n_id: int, n_ood: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_id, size=(n, n_id)), rng.integers(0, n_ood, size=(n, n_ood))
+
+
+def _bootstrap_auroc(a: np.ndarray, b: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
+    """Exact AUROC of every resample without re-sorting: with c_j the multiplicity of OOD sample j
+    in a resample, AUROC = sum over drawn ID i of (#drawn OOD < s_i + 1/2 #drawn OOD == s_i) / (n1 n0)."""
+    n, n1 = ii.shape
+    n0 = jj.shape[1]
+    order = np.argsort(b, kind="stable")
+    rank_of = np.empty(n0, dtype=np.int64)
+    rank_of[order] = np.arange(n0)
+    b_sorted = b[order]
+    lo = np.searchsorted(b_sorted, a, side="left")  # OOD strictly below s_i: sorted positions < lo
+    hi = np.searchsorted(b_sorted, a, side="right")
+    # multiplicity of each OOD sample (in sorted order) in each resample, then cumulative counts
+    flat = (rank_of[jj] + (np.arange(n) * n0)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n * n0).reshape(n, n0)
+    cum = np.zeros((n, n0 + 1), dtype=np.int64)
+    np.cumsum(counts, axis=1, out=cum[:, 1:])
+    rows = np.arange(n)[:, None]
+    less = cum[rows, lo[ii]]
+    eq = cum[rows, hi[ii]] - less
+    return (less + 0.5 * eq).sum(axis=1) / (n1 * n0)
+
+
+def bootstrap(
+    metric: Metric | str, s_id, s_ood, n: int = 100, seed: int = 0
+) -> tuple[float, float]:
+    """Mean and standard deviation (ddof=1) of ``metric`` over ``n`` bootstrap resamples, ID and OOD
+    resampled independently with replacement (sizes kept). Deterministic given ``seed``.
+    AUROC uses an exact vectorised path; other metrics loop over the same resamples."""
+    a, b = _pair(s_id, s_ood)
+    if n < 2:
+        raise ValueError(f"bootstrap needs n >= 2 resamples, got {n}")
+    fn = METRICS[metric] if isinstance(metric, str) else metric
+    ii, jj = _resample_indices(a.size, b.size, n, seed)
+    if fn is auroc:
+        vals = _bootstrap_auroc(a, b, ii, jj)
+    else:
+        vals = np.array([fn(a[ii[k]], b[jj[k]]) for k in range(n)], dtype=np.float64)
+    return float(vals.mean()), float(vals.std(ddof=1))

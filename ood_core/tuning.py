@@ -1,0 +1,286 @@
+"""Hyper-parameter selection on **validation parts only**.
+
+Protocols (each result row records which one was used):
+
+* ``per_ood_val``   GRODIN: every OOD set gets its own parameters, chosen on ID-val vs *that* set's
+                    validation part.
+* ``held_out_ood``  OpenOOD v1.5 APS: one held-out OOD set's validation part (e.g. TinyImageNet for
+                    CIFAR-10) chooses one parameter set, used for every OOD set.
+* ``paper_defaults`` no tuning: the score's registered defaults.
+
+Selection maximises AUROC over the Cartesian product of the grid (keys in dict order, values in list
+order, the last key varying fastest); ties go to the first grid point in that order.
+
+Leakage guard: :func:`tune` receives the *full* arrays of each dataset plus a :class:`Split` and slices
+the validation part itself through :func:`val_part`, which asserts that no index of the test part is
+used. Fitted statistics (``fit(name, train, **params)``) go through :class:`FitCache`, memoised on the
+parameters the fit actually takes, so a grid over a scoring-only parameter never refits.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import metrics
+from .scores import registry
+
+Arrays = Mapping[str, np.ndarray]
+Params = dict[str, Any]
+
+PROTOCOLS = ("per_ood_val", "held_out_ood", "paper_defaults")
+
+# arrays that are not per-sample (never sliced) and per-sample arrays whose sample axis is the last one
+STATIC_KEYS = frozenset({"W", "b", "odin_T", "odin_eps"})
+LAST_AXIS_KEYS = frozenset({"odin_s", "grodin_sqnorm"})
+
+
+class LeakageError(AssertionError):
+    """A test index reached a tuning step (or val and test parts overlap)."""
+
+
+# ---------------------------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class Split:
+    """Validation / test indices into one dataset's arrays."""
+
+    val: np.ndarray
+    test: np.ndarray
+
+    def __post_init__(self) -> None:
+        for part in ("val", "test"):
+            a = np.asarray(getattr(self, part))
+            if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)):
+                raise ValueError(f"Split.{part} must be a 1-D integer index array, got {a.dtype} {a.shape}")
+            object.__setattr__(self, part, a.astype(np.int64, copy=False))
+
+    def assert_disjoint(self) -> "Split":
+        """Raise :class:`LeakageError` if the val and test parts share an index."""
+        both = np.intersect1d(self.val, self.test)
+        if both.size:
+            raise LeakageError(
+                f"val and test parts overlap in {both.size} index(es) (first: {both[:5].tolist()})"
+            )
+        return self
+
+    def check_range(self, n: int) -> "Split":
+        for part in ("val", "test"):
+            a = getattr(self, part)
+            if a.size and (a.min() < 0 or a.max() >= n):
+                raise IndexError(f"Split.{part} has indices outside [0, {n})")
+        return self
+
+
+def n_samples(arrays: Arrays) -> int:
+    """Number of samples of an Arrays mapping (from its per-sample arrays)."""
+    for k, v in arrays.items():
+        if k not in STATIC_KEYS:
+            v = np.asarray(v)
+            return int(v.shape[-1] if k in LAST_AXIS_KEYS else v.shape[0])
+    raise ValueError(f"no per-sample array among {sorted(arrays)}")
+
+
+def take(arrays: Arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows ``idx`` of every per-sample array; model-level / grid arrays are passed through."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in arrays.items():
+        if k in STATIC_KEYS:
+            out[k] = v
+        elif k in LAST_AXIS_KEYS:
+            out[k] = np.asarray(v)[..., idx]
+        else:
+            out[k] = np.asarray(v)[idx]
+    return out
+
+
+def val_part(arrays: Arrays, split: Split) -> dict[str, np.ndarray]:
+    """The validation part of ``arrays``; asserts that not one test index is used."""
+    split.assert_disjoint()
+    idx = split.val
+    leaked = np.isin(idx, split.test)
+    if leaked.any():  # redundant with assert_disjoint by construction; kept as the asserted guard
+        raise LeakageError(f"{int(leaked.sum())} test index(es) would be used for tuning")
+    if idx.size == 0:
+        raise ValueError("the validation part is empty; cannot tune on it")
+    return take(arrays, idx)
+
+
+def test_part(arrays: Arrays, split: Split) -> dict[str, np.ndarray]:
+    """The test part of ``arrays`` (for final scoring only)."""
+    split.assert_disjoint()
+    return take(arrays, split.test)
+
+
+test_part.__test__ = False  # not a pytest test
+
+
+# -------------------------------------------------------------------------------------- fitting
+def _fit_param_names(fit_fn: Callable | None) -> tuple[str, ...] | None:
+    """Parameters a fit function's result can depend on: its named keyword parameters; ``None``
+    (= all parameters) when it also takes a ``**kwargs`` it may use. A ``**kwargs`` whose name starts
+    with an underscore (``**_``) is the registry's "ignore the rest" convention and is not counted."""
+    if fit_fn is None:
+        return ()
+    try:
+        sig = inspect.signature(fit_fn)
+    except (TypeError, ValueError):
+        return None
+    ps = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD and not p.name.startswith("_") for p in ps):
+        return None
+    return tuple(p.name for p in ps[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _freeze(v: Any) -> str:
+    if isinstance(v, np.generic):
+        v = v.item()
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+class FitCache:
+    """Memoised ``registry.fit(name, train, **params)``, keyed on the parameters the fit takes."""
+
+    def __init__(self, train: Arrays):
+        self.train = train
+        self._cache: dict[tuple, Any] = {}
+        self.n_fits = 0
+
+    def key(self, name: str, params: Mapping[str, Any]) -> tuple:
+        spec = registry.get(name)
+        full = {**spec.defaults, **params}
+        used = _fit_param_names(spec.fit)
+        items = sorted((k, _freeze(v)) for k, v in full.items() if used is None or k in used)
+        return (name, tuple(items))
+
+    def get(self, name: str, **params: Any) -> Any:
+        if registry.get(name).fit is None:
+            return None
+        k = self.key(name, params)
+        if k not in self._cache:
+            self._cache[k] = registry.fit(name, self.train, **params)
+            self.n_fits += 1
+        return self._cache[k]
+
+    def state_fn(self, name: str) -> Callable[..., Any]:
+        return lambda **params: self.get(name, **params)
+
+
+# ----------------------------------------------------------------------------------- selection
+def grid_points(grid: Mapping[str, list[Any]]) -> list[Params]:
+    """Cartesian product in grid order (last key fastest); an empty grid gives one empty point."""
+    keys = list(grid)
+    for k in keys:
+        if len(grid[k]) == 0:
+            raise ValueError(f"grid for '{k}' is empty")
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def _val_aurocs(
+    score_name: str,
+    val_id: Arrays,
+    val_oods: Mapping[str, Arrays],
+    fitted_state_fn: Callable[..., Any],
+    grid: Mapping[str, list[Any]],
+) -> dict[str, list[tuple[Params, float]]]:
+    """AUROC of every grid point for every OOD set (ID-val scores computed once per point)."""
+    tables: dict[str, list[tuple[Params, float]]] = {o: [] for o in val_oods}
+    for point in grid_points(grid):
+        state = fitted_state_fn(**point)
+        s_id = registry.compute(score_name, val_id, state, **point)
+        for o, arr in val_oods.items():
+            s_o = registry.compute(score_name, arr, state, **point)
+            tables[o].append((point, metrics.auroc(s_id, s_o)))
+    return tables
+
+
+def best_of(table: list[tuple[Params, float]]) -> Params:
+    """Grid point with the highest AUROC; ties -> the first in grid order."""
+    if not table:
+        raise ValueError("empty tuning table")
+    best_i = 0
+    for i, (_, v) in enumerate(table):
+        if v > table[best_i][1]:
+            best_i = i
+    return dict(table[best_i][0])
+
+
+def select(
+    score_name: str,
+    val_id_arrays: Arrays,
+    val_ood_arrays: Arrays,
+    fitted_state_fn: Callable[..., Any],
+    grid: Mapping[str, list[Any]],
+) -> tuple[Params, list[tuple[Params, float]]]:
+    """Pick the grid point maximising AUROC of ID-val vs OOD-val (arrays already restricted to the
+    validation parts; use :func:`tune` to slice from full arrays with the leakage guard).
+
+    Returns ``(best_params, [(params, val_auroc), ...])`` with the table in grid order."""
+    table = _val_aurocs(score_name, val_id_arrays, {"ood": val_ood_arrays}, fitted_state_fn, grid)["ood"]
+    return best_of(table), table
+
+
+@dataclass
+class TuneResult:
+    protocol: str
+    params: dict[str, Params]                       # OOD set -> full parameters (defaults merged)
+    tables: dict[str, list[tuple[Params, float]]] = field(default_factory=dict)  # val set -> table
+    held_out: str | None = None
+
+    def tuned_on(self, ood_set: str) -> str | None:
+        """Which OOD set's validation part chose the parameters of ``ood_set``."""
+        if self.protocol == "per_ood_val" and self.tables:
+            return ood_set
+        if self.protocol == "held_out_ood" and self.tables:
+            return self.held_out
+        return None
+
+
+def tune(
+    score_name: str,
+    *,
+    protocol: str,
+    id_arrays: Arrays,
+    id_split: Split,
+    ood_arrays: Mapping[str, Arrays],
+    ood_splits: Mapping[str, Split],
+    fitted_state_fn: Callable[..., Any],
+    grid: Mapping[str, list[Any]] | None = None,
+    held_out: str | None = None,
+) -> TuneResult:
+    """Choose the parameters of ``score_name`` for every OOD set under ``protocol``.
+
+    Takes FULL arrays and their splits; only validation parts are ever scored here. ``grid`` defaults
+    to the registered grid; an empty grid (or ``paper_defaults``) returns the registered defaults."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+    spec = registry.get(score_name)
+    grid = dict(spec.grid if grid is None else grid)
+    for s in [id_split, *ood_splits.values()]:
+        s.assert_disjoint()
+    missing = set(ood_arrays) - set(ood_splits)
+    if missing:
+        raise KeyError(f"no split for OOD set(s) {sorted(missing)}")
+    defaults = dict(spec.defaults)
+    if protocol == "paper_defaults" or not grid:
+        return TuneResult(protocol, {o: dict(defaults) for o in ood_arrays}, {}, held_out)
+
+    val_id = val_part(id_arrays, id_split)
+    if protocol == "per_ood_val":
+        val_oods = {o: val_part(ood_arrays[o], ood_splits[o]) for o in ood_arrays}
+        tables = _val_aurocs(score_name, val_id, val_oods, fitted_state_fn, grid)
+        params = {o: {**defaults, **best_of(tables[o])} for o in ood_arrays}
+        return TuneResult(protocol, params, tables, None)
+
+    # held_out_ood
+    if held_out is None:
+        raise ValueError("protocol 'held_out_ood' needs the name of the held-out OOD set")
+    if held_out not in ood_arrays:
+        raise KeyError(f"held-out OOD set '{held_out}' not among {sorted(ood_arrays)}")
+    val_ho = val_part(ood_arrays[held_out], ood_splits[held_out])
+    tables = _val_aurocs(score_name, val_id, {held_out: val_ho}, fitted_state_fn, grid)
+    best = {**defaults, **best_of(tables[held_out])}
+    return TuneResult(protocol, {o: dict(best) for o in ood_arrays}, tables, held_out)

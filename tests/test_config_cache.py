@@ -1,0 +1,85 @@
+"""Profiles (strict keys), cache keys and atomic writes, safe checkpoints."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz
+from ood_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_file, save_checkpoint
+from ood_core.config import ConfigError, load_profile, odin_eps_grid
+
+
+def test_every_shipped_profile_loads():
+    for name in ("demo", "cifar10", "cifar10_torchvision", "imagenet"):
+        cfg = load_profile(name)
+        assert cfg["profile"] == name
+        assert cfg["data"]["ood"]
+
+
+def test_typo_key_is_rejected_with_its_path(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text((Path(__file__).parents[1] / "analysis/configs/demo.yaml").read_text().replace("  epochs:", "  epoch:"))
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'; allowed keys at this level: .*epochs"):
+        load_profile(str(p))
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown profile 'nope'; known profiles: .*demo"):
+        load_profile("nope")
+
+
+def test_odin_eps_grid_is_21_points_to_0004():
+    g = odin_eps_grid(load_profile("demo"))
+    assert len(g) == 21 and g[0] == 0.0 and abs(g[-1] - 0.004) < 1e-12 and abs(g[1] - 0.0002) < 1e-12
+
+
+def test_hash_config_is_order_independent_and_sensitive():
+    assert hash_config({"a": 1, "b": 2}) == hash_config({"b": 2, "a": 1})
+    assert hash_config({"a": 1}) != hash_config({"a": 2})
+
+
+def test_save_npz_roundtrip_and_key(tmp_path):
+    p = tmp_path / "x.npz"
+    save_npz(p, {"a": np.arange(3)}, key="k1")
+    assert npz_key(p) == "k1"
+    assert set(load_npz(p)) == {"a"}
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_roundtrip_and_sha_mismatch(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, net.state_dict(), {"seed": 0})
+    sd, meta = load_checkpoint(path)
+    assert torch.equal(sd["weight"], net.weight.detach()) and meta["seed"] == 0
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"m\.pt: sha256 mismatch"):
+        load_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_code_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(1), "x": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="needs pickle code execution to load and was refused"):
+        load_state_dict_file(path)
