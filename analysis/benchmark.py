@@ -30,6 +30,7 @@ import logging
 import os
 import pkgutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -76,8 +77,9 @@ def load_score_modules() -> dict[str, str]:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    from ood_core.cache import load_npz
+
+    return load_npz(path)
 
 
 class AnalysisData:
@@ -334,7 +336,8 @@ def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out,
             "method": m, "family": spec.family, "ood_set": o, "group": data.groups[o],
             "auroc": ev["auroc"], "auroc_std": sd, "fpr95": ev["fpr95_id_pos"], "fpr95_ood_pos": ev["fpr95_ood_pos"],
             "aupr_in": ev["aupr_in"], "aupr_out": ev["aupr_out"], "hyperparams": _jsonable(params),
-            "protocol": protocol if grid else f"{protocol} (no grid: defaults)", "n_id": ev["n_id"],
+            "protocol": protocol if (grid or protocol == "paper_defaults") else f"{protocol} (no grid: defaults)",
+            "n_id": ev["n_id"],
             "n_ood": ev["n_ood"], "id_accuracy": data.meta.get("id_accuracy"), "model": data.meta.get("model"),
         })
         per_set[o] = {"params": _jsonable(params), "tuned_on": src, "val_auroc": val_auc}
@@ -459,22 +462,67 @@ def _write_scores(out_dir: Path, score_out: Mapping[str, Mapping[str, np.ndarray
 
 
 # -------------------------------------------------------------------------------------- CLI
+def _code_digest() -> str:
+    """Hash of the code that turns cached arrays into tables (scores, metrics, tuning, tables)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "ood_core" / "scores").glob("*.py")) + [
+        root / "ood_core" / f for f in ("metrics.py", "tuning.py", "tables.py", "reference.py")
+    ] + [Path(__file__)]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _inputs_digest(analysis_dir: Path) -> str:
+    """Hash of the analysis cache a benchmark reads (meta, splits, head and every arrays file's key)."""
+    import hashlib
+
+    from ood_core.cache import npz_key
+
+    h = hashlib.sha256()
+    for f in ("meta.json", "splits.npz", "head.npz"):
+        p = analysis_dir / f
+        h.update(p.read_bytes() if p.is_file() else b"<missing>")
+    for p in sorted((analysis_dir / "arrays").glob("*.npz")):
+        h.update(p.name.encode() + str(npz_key(p)).encode())
+    return h.hexdigest()[:16]
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("analysis_dir", type=Path)
-    ap.add_argument("--fig-dir", type=Path, required=True)
-    ap.add_argument("--methods", nargs="*", default=None, help="score names (default: all registered)")
-    ap.add_argument("--protocol", choices=PROTOCOLS, default="per_ood_val")
-    ap.add_argument("--bootstrap-n", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
+    from ood_core.cache import hash_config, write_json
+
+    from .common import add_common_args, make_context, record_run
+
+    ap = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    ap.add_argument("--methods", nargs="*", default=None, help="score names (default: the profile's, else all registered)")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default=None, help="tuning protocol (default: the profile's)")
+    ap.add_argument("--bootstrap-n", type=int, default=None, help="bootstrap resamples (default: the profile's)")
     ap.add_argument("--held-out", default=None, help="held-out OOD set for --protocol held_out_ood")
     ap.add_argument("--keep-going", action="store_true", help="skip (not raise on) methods that error")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    out = run_benchmark(a.analysis_dir, a.fig_dir, a.methods or None, a.protocol, a.bootstrap_n, a.seed,
-                        a.held_out, strict=not a.keep_going)
-    print(out)
+    ctx = make_context(a)
+    b = ctx.cfg["benchmark"]
+    methods = a.methods or b["methods"] or None
+    protocol = a.protocol or b["protocol"]
+    boot = a.bootstrap_n if a.bootstrap_n is not None else int(b["bootstrap"])
+    held_out = a.held_out or b["held_out"]
+    stamp = hash_config(_inputs_digest(ctx.analysis_dir), _code_digest(), methods, protocol, boot, held_out, ctx.cfg["seed"])
+    stamp_file = ctx.fig_dir / ".benchmark_stamp.json"
+    if (not ctx.force and stamp_file.is_file() and (ctx.fig_dir / "metrics.csv").is_file()
+            and json.loads(stamp_file.read_text()).get("stamp") == stamp):
+        print(f"[benchmark] cached: {ctx.fig_dir / 'metrics.csv'}")
+        return ctx.fig_dir / "metrics.csv"
+    t0 = time.perf_counter()
+    out = run_benchmark(ctx.analysis_dir, ctx.fig_dir, methods, protocol, boot, int(ctx.cfg["seed"]), held_out,
+                        strict=not a.keep_going)
+    write_json(stamp_file, {"stamp": stamp})
+    record_run(ctx, "benchmark", time.perf_counter() - t0, {"protocol": protocol, "bootstrap": boot})
+    print(f"[benchmark] {out} in {time.perf_counter() - t0:.1f}s")
     return out
 
 

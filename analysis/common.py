@@ -91,6 +91,10 @@ def resolve_device(cli: str | None, cfg_device: str) -> str:
 def make_context(args: argparse.Namespace) -> Context:
     cfg = load_profile(args.profile)
     profile = cfg["profile"]
+    if cfg["threads"]:
+        import torch
+
+        torch.set_num_threads(int(cfg["threads"]))
     cache_dir = Path(args.cache_dir) if args.cache_dir else REPO / "cache" / profile
     analysis_dir = Path(args.analysis_dir) if args.analysis_dir else cache_dir / "analysis"
     fig_dir = Path(args.fig_dir) if args.fig_dir else REPO / "figures" / profile

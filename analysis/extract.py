@@ -43,7 +43,8 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     if path.is_file() and not ctx.force:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") == key:
-            return Subspace(name, blob["V"], (blob["mean"], blob["scale"]), lcfg["params"]), key
+            stats = (blob["mean"], blob["scale"]) if "mean" in blob else None
+            return Subspace(name, blob["V"], stats, lcfg["params"]), key
     train = load_named(ctx, "train", memo)
     if lcfg["n_samples"]:
         rng = np.random.default_rng(ctx.cfg["seed"])
@@ -59,7 +60,10 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
             yield xb, torch.as_tensor(train.labels[i * bs : (i + 1) * bs], device=device)
 
     t0 = time.perf_counter()
-    stats = gradient_stats(model, batches(), lcfg["params"], normalisation=lcfg["normalisation"])
+    norm = lcfg["normalisation"]
+    if norm not in ("nfk", "none"):
+        raise ValueError(f"lowdim.normalisation must be 'nfk' or 'none', got {norm!r}")
+    stats = gradient_stats(model, batches(), lcfg["params"]) if norm == "nfk" else None
     kind = spec.get("kind")
     if kind == "pca":
         V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], lcfg["params"])
@@ -67,9 +71,11 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
         V = class_mean_subspace(model, batches_with_labels(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, lcfg["params"])
     else:
         raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
-    mean, scale = stats
+    blob = {"key": key, "V": V.cpu(), "seconds": time.perf_counter() - t0}
+    if stats is not None:
+        blob["mean"], blob["scale"] = stats[0].cpu(), stats[1].cpu()
     with atomic_path(path, ".pt") as tmp:
-        torch.save({"key": key, "V": V.cpu(), "mean": mean.cpu(), "scale": scale.cpu(), "seconds": time.perf_counter() - t0}, tmp)
+        torch.save(blob, tmp)
     print(f"[extract] subspace '{name}' ({kind}, K={V.shape[1]}) in {time.perf_counter() - t0:.1f}s")
     return Subspace(name, V, stats, lcfg["params"]), key
 
@@ -94,7 +100,7 @@ def run(ctx: Context) -> Path:
         for name, spec in ctx.cfg["lowdim"]["subspaces"].items():
             sub, k = _subspace(ctx, model, model_sha, name, spec, memo)
             sub.V = sub.V.to(device)
-            sub.stats = tuple(s.to(device) for s in sub.stats)
+            sub.stats = None if sub.stats is None else tuple(s.to(device) for s in sub.stats)
             subspaces.append(sub)
             sub_keys[name] = k
     ecfg = ctx.cfg["extract"]
@@ -115,7 +121,8 @@ def run(ctx: Context) -> Path:
             if not is_ood:
                 ds.check_labels(int(ctx.cfg["model"]["kwargs"]["num_classes"]))
             res: ExtractResult = extract_arrays(
-                model, ds, pre, ecfg, device, odin_T=Ts, odin_eps=epss, subspaces=subspaces, is_ood=is_ood, desc=name
+                model, ds, pre, ecfg, device, odin_T=Ts, odin_eps=epss, subspaces=subspaces, is_ood=is_ood,
+                with_grodin=name != "train", desc=name
             )
             save_npz(path, res.arrays, key=key)
             timings[name] = {"n": res.n, **res.seconds}
@@ -157,15 +164,17 @@ def run(ctx: Context) -> Path:
 def _write_timings(path: Path, timings: dict, device: str, batch_size: int, n_grid: int) -> None:
     """Seconds per 1,000 images of each extraction component, pooled over the datasets of this run."""
     tot: dict[str, float] = {}
-    n = sum(t["n"] for t in timings.values())
+    cnt: dict[str, int] = {}
     for t in timings.values():
         for k, v in t.items():
             if k != "n":
                 tot[k] = tot.get(k, 0.0) + v
-    rows = [{"method": k, "seconds_per_1000": 1000 * v / n, "device": device, "batch_size": batch_size, "n_images": n} for k, v in tot.items()]
+                cnt[k] = cnt.get(k, 0) + int(t["n"])
+    rows = [{"method": k, "seconds_per_1000": 1000 * v / cnt[k], "device": device, "batch_size": batch_size, "n_images": cnt[k]}
+            for k, v in tot.items()]
     if "grodin_grid" in tot:
-        rows.append({"method": "grodin_one_grid_point", "seconds_per_1000": 1000 * tot["grodin_grid"] / n / n_grid,
-                     "device": device, "batch_size": batch_size, "n_images": n})
+        rows.append({"method": "grodin_one_grid_point", "seconds_per_1000": 1000 * tot["grodin_grid"] / cnt["grodin_grid"] / n_grid,
+                     "device": device, "batch_size": batch_size, "n_images": cnt["grodin_grid"]})
     with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

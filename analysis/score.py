@@ -62,7 +62,8 @@ def list_scores() -> str:
     lines = []
     for name in S.names():
         spec = S.get(name)
-        first = spec.doc.splitlines()[0] if spec.doc else ""
+        first = " ".join(spec.doc.split("\n\n")[0].split())  # first paragraph, one line
+        first = first if len(first) <= 200 else first[:197] + "..."
         grid = {k: (v if len(v) <= 8 else f"{len(v)} values {v[0]}..{v[-1]}") for k, v in spec.grid.items()}
         fitted = "fit" if spec.fit is not None else "-"
         lines.append(f"{name:22s} {spec.family:13s} {fitted:4s} defaults={spec.defaults} grid={grid}\n"

@@ -6,9 +6,11 @@ Layout (written by the pipeline stages, see docs/architecture.md)::
     <analysis_dir>/arrays/<name>.npz   h, logits, y, odin_*, grodin_sqnorm, kl_allw_sqnorm,
                                        lowdim_<subspace>                                     (extract stage)
     <analysis_dir>/head.npz            W (C, D), b (C,)                                      (extract stage)
-    <analysis_dir>/splits.npz          <name>__val, <name>__test index arrays                (score stage)
-    <analysis_dir>/scores/<name>.npz   one key per method: test-part scores, higher = ID    (score stage)
-    <analysis_dir>/timings.csv         method, seconds_per_1000, device, batch_size         (bench_scores stage)
+    <analysis_dir>/splits.npz          <name>__val, <name>__test index arrays                (extract stage)
+    <analysis_dir>/timings.csv         method, seconds_per_1000, device, batch_size         (extract stage)
+    <analysis_dir>/scores/<name>.npz   one key per method: test-part scores, higher = ID;   (benchmark stage)
+                                       ``_test_idx`` = the rows of arrays/<name>.npz scored; in the ID
+                                       file ``<method>__vs__<ood>`` where parameters differ per OOD set
 
     cache = AnalysisCache("../cache/demo/analysis")
     h = cache.arrays(cache.meta["id_test"])["h"]
@@ -28,9 +30,9 @@ PRODUCERS = {
     "meta.json": "the extract stage (python -m analysis.extract)",
     "arrays": "the extract stage (python -m analysis.extract)",
     "head.npz": "the extract stage (python -m analysis.extract)",
-    "splits.npz": "the score stage (python -m analysis.score)",
-    "scores": "the score stage (python -m analysis.score)",
-    "timings.csv": "the bench_scores stage (python -m analysis.bench_scores)",
+    "splits.npz": "the extract stage (python -m analysis.extract)",
+    "scores": "the benchmark stage (python -m analysis.benchmark)",
+    "timings.csv": "the extract stage (python -m analysis.extract)",
     "metrics.csv": "the benchmark stage (python -m analysis.benchmark)",
 }
 
@@ -134,12 +136,24 @@ class AnalysisCache:
             raise KeyError(f"splits.npz has no split for '{name}' (keys: {sorted(sp)})")
         return sp[kv], sp[kt]
 
-    def test_arrays(self, name: str) -> dict[str, np.ndarray]:
-        """Per-sample arrays of ``name`` restricted to its test part (grid arrays indexed on N)."""
-        arr = self.arrays(name)
+    def test_index(self, name: str) -> np.ndarray | None:
+        """Rows of ``arrays/<name>.npz`` in the test part: the scores' ``_test_idx`` when stored
+        (that is the order of the stored scores), else ``splits.npz``; None when neither exists."""
+        if self.has_scores(name):
+            raw = self._raw_scores(name)
+            if "_test_idx" in raw:
+                return raw["_test_idx"]
         try:
-            _, idx = self.split(name)
+            return self.split(name)[1]
         except (FileNotFoundError, KeyError):
+            return None
+
+    def test_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """Per-sample arrays of ``name`` restricted to its test part (grid arrays indexed on N),
+        in the order of the stored scores. All rows when there is no split."""
+        arr = self.arrays(name)
+        idx = self.test_index(name)
+        if idx is None:
             return dict(arr)
         ref = next((k for k in ("y", "logits", "h") if k in arr), None)
         n = arr[ref].shape[0] if ref else len(idx)
@@ -155,11 +169,29 @@ class AnalysisCache:
                 out[k] = v
         return out
 
-    def scores(self, name: str) -> dict[str, np.ndarray]:
-        """{method: test-part scores} of dataset ``name`` (higher = more in-distribution)."""
+    def _raw_scores(self, name: str) -> dict[str, np.ndarray]:
         if name not in self._scores:
             self._scores[name] = self._npz(self.root / "scores" / f"{name}.npz", "scores")
         return self._scores[name]
+
+    def scores(self, name: str) -> dict[str, np.ndarray]:
+        """{method: test-part scores} of dataset ``name`` (higher = more in-distribution).
+
+        Private keys (``_test_idx``) are left out; in the ID file a method tuned per OOD set appears
+        as ``<method>__vs__<ood>`` (see :meth:`score`)."""
+        return {k: v for k, v in self._raw_scores(name).items() if not k.startswith("_")}
+
+    def score(self, name: str, method: str, ood: str | None = None) -> np.ndarray | None:
+        """Stored test-part scores of ``method`` on ``name``; for the ID set, ``<method>__vs__<ood>``
+        is used when the plain key is absent (``ood`` = None: the first OOD set that has one).
+        None when not stored."""
+        if not self.has_scores(name):
+            return None
+        sc = self.scores(name)
+        if method in sc:
+            return sc[method]
+        cands = [f"{method}__vs__{o}" for o in ([ood] if ood else self.ood_names)]
+        return next((sc[k] for k in cands if k in sc), None)
 
     def has_scores(self, name: str) -> bool:
         return (self.root / "scores" / f"{name}.npz").is_file()

@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "profile": "demo",
     "seed": 0,
     "device": "auto",
+    "threads": None,
     "data": {
         "root": None,
         "train": {},
@@ -78,6 +79,10 @@ FREE_FORM = {
 }
 
 
+# Paths that take either a list or a mapping (e.g. an explicit eps list or {start, stop, num}).
+ANY_SHAPE = {("extract", "odin_eps")}
+
+
 class ConfigError(ValueError):
     """A profile file that cannot be used as written."""
 
@@ -91,7 +96,9 @@ def _merge(base: dict, override: dict, path: tuple[str, ...], source: str) -> di
             raise ConfigError(
                 f"{source}: unknown key '{where}'; allowed keys at this level: {', '.join(sorted(base))}"
             )
-        if here in FREE_FORM:
+        if here in ANY_SHAPE:
+            out[key] = copy.deepcopy(value)
+        elif here in FREE_FORM:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{'.'.join(here)}' must be a mapping, got {type(value).__name__}")
             out[key] = copy.deepcopy(value)

@@ -71,6 +71,7 @@ def extract_arrays(
     odin_eps: list[float] | None = None,
     subspaces: list[Subspace] = (),
     is_ood: bool = False,
+    with_grodin: bool = True,
     desc: str = "extract",
 ) -> ExtractResult:
     """Run the extraction pass of ``cfg`` (the profile's ``extract`` section) over ``data``."""
@@ -81,7 +82,7 @@ def extract_arrays(
     bs = int(cfg["batch_size"])
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     seconds: dict[str, float] = defaultdict(float)
-    use_grodin = bool(cfg["grodin"]) and odin_T and odin_eps
+    use_grodin = bool(cfg["grodin"]) and bool(odin_T) and bool(odin_eps) and with_grodin
     for xb in tqdm(iterate_batches(data.images, bs, pre, device), total=-(-len(data.images) // bs), desc=desc, leave=False):
         t = time.perf_counter()
         with torch.no_grad():
@@ -93,7 +94,7 @@ def extract_arrays(
         parts["logits"].append(logits.float().cpu().numpy())
         if use_grodin:
             t = time.perf_counter()
-            g = grodin_grid(model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]))
+            g = grodin_grid(model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"], std=pre.std)
             _sync(device)
             seconds["grodin_grid"] += time.perf_counter() - t
             parts["odin_s"].append(np.asarray(g["odin_s"], dtype=np.float32))
@@ -103,7 +104,7 @@ def extract_arrays(
             kl = kl_allweights_sqnorm(model, xb)
             _sync(device)
             seconds["kl_allweights"] += time.perf_counter() - t
-            parts["kl_allw_sqnorm"].append(np.asarray(kl.detach().cpu(), dtype=np.float32))
+            parts["kl_allw_sqnorm"].append(np.asarray(kl, dtype=np.float32))
         for sub in subspaces:
             t = time.perf_counter()
             z = project(model, [xb], sub.V, sub.stats, sub.params)

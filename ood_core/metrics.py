@@ -95,42 +95,50 @@ def _operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def fpr_at_recall(pos, neg, recall_level: float = RECALL_LEVEL, rule: str = "nearest") -> float:
-    """FPR of the negatives at the threshold where the positives' recall is ``recall_level``.
+    """FPR of the negatives at the operating point where the positives' recall is ``recall_level``.
 
-    Scores: higher = more positive. Operating points are the distinct score values t (a sample with
-    score == t is accepted as positive: ties between positives and negatives are resolved *against*
-    the detector, i.e. tied negatives count as false positives).
+    Scores: higher = more positive. Operating points are the distinct score values t, from the highest
+    down to the lowest positive score (the first point of full recall); at t a sample with score >= t
+    is accepted, so a negative tied with t counts as a false positive.
+
+    Several thresholds can give the same recall (those between two consecutive positive scores); the
+    rules differ in which one they take:
 
     rule="nearest" (default; identical to ``fpr_and_fdr_at_recall`` of gradnorm_ood / Hendrycks et al.,
-        used by GradNorm, ReAct, KNN): among the operating points from the highest threshold down to the
-        first one reaching recall 1, take the one whose recall tp/n_pos is *closest* to
-        ``recall_level`` (|recall - level| compared in float64 exactly as the reference does); an exact
-        tie in that distance goes to the lower threshold (higher recall, higher FPR -- conservative).
-        The chosen recall may be slightly *below* the level when no point hits it exactly.
-    rule="at_least": the highest threshold whose recall is >= ``recall_level`` (never below the level).
-
-    With n_pos * level integral and no ties among the positives both rules coincide.
+        used by GradNorm, ReAct, KNN): the point whose recall tp/n_pos is *closest* to the level
+        (|recall - level| in float64, as the reference); among equal distances the LOWEST threshold
+        (conservative: the largest FPR). So FPR = fraction of negatives scoring above the highest
+        rejected positive. The recall may sit slightly *below* the level when no point hits it, e.g.
+        n_pos = 10 picks recall 0.9 over 1.0 because float64 |0.9 - 0.95| < |1.0 - 0.95|.
+    rule="at_least": the smallest achievable recall >= level, and among its thresholds the lowest
+        (conservative, never below the level).
+    rule="roc_first": the first point of ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``
+        with tpr >= level, i.e. the HIGHEST threshold reaching the level (OpenOOD / pytorch-ood).
     """
     p = np.asarray(pos, dtype=np.float64)
     n = np.asarray(neg, dtype=np.float64)
     t, tp, fp = _operating_points(p, n)
     recall = tp / tp[-1]
+    last = int(np.searchsorted(tp, tp[-1]))  # first point with full recall (tp is non-decreasing)
     if rule == "nearest":
-        last = int(np.searchsorted(tp, tp[-1]))  # first point with full recall (tp is non-decreasing)
         dist = np.abs(recall[: last + 1] - recall_level)
-        # reference scans from the lowest threshold upwards and takes the first minimum
-        cut = last - int(np.argmin(dist[::-1]))
+        cut = last - int(np.argmin(dist[::-1]))  # scan from the low-threshold end, first minimum
     elif rule == "at_least":
+        r = recall[: last + 1]
+        target = r[r >= recall_level].min()
+        cut = int(np.flatnonzero(r == target)[-1])
+    elif rule == "roc_first":
         cut = int(np.argmax(recall >= recall_level))
     else:
-        raise ValueError(f"rule must be 'nearest' or 'at_least', got {rule!r}")
+        raise ValueError(f"rule must be 'nearest', 'at_least' or 'roc_first', got {rule!r}")
     return float(fp[cut] / n.size)
 
 
 def fpr95_id_pos(s_id, s_ood, recall_level: float = RECALL_LEVEL, rule: str = "nearest") -> float:
-    """Seed-paper FPR95: fraction of OOD samples with score >= t, where t is the operating point
-    keeping ~95 % of ID samples (ID recall). See :func:`fpr_at_recall` for the exact threshold and
-    tie handling (default = gradnorm_ood ``fpr_and_fdr_at_recall``)."""
+    """Seed-paper FPR95: fraction of OOD samples accepted (score >= t) at the operating point t that
+    keeps ~95 % of ID samples (ID recall). Default rule = gradnorm_ood ``fpr_and_fdr_at_recall``:
+    with no ID/OOD ties this is the fraction of OOD scoring above the highest rejected ID score.
+    See :func:`fpr_at_recall` for the exact threshold and tie handling."""
     a, b = _pair(s_id, s_ood)
     return fpr_at_recall(a, b, recall_level, rule)
 
@@ -145,7 +153,7 @@ def fpr95_ood_pos(s_id, s_ood, recall_level: float = RECALL_LEVEL) -> float:
     differ when the crossing point lies on a dropped collinear diagonal run (rare, measure-zero for
     continuous scores)."""
     a, b = _pair(s_id, s_ood)
-    return fpr_at_recall(-b, -a, recall_level, rule="at_least")
+    return fpr_at_recall(-b, -a, recall_level, rule="roc_first")
 
 
 METRICS: dict[str, Metric] = {

@@ -152,7 +152,8 @@ def _fmt(v: float | None, decimals: int = 2) -> str:
 def tex_escape(s: Any) -> str:
     s = str(s)
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}"),
+                 ("±", r"$\pm$"), ("—", "--"), ("−", "-")):
         s = s.replace(a, b)
     return s
 
@@ -188,8 +189,9 @@ def _info_from_rows(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any] |
         r0 = rows[0]
         for k in ("model", "id_accuracy", "protocol", "n_id"):
             out.setdefault(k, r0.get(k))
-        if len({r.get("protocol") for r in rows}) > 1:
-            out["protocol"] = "mixed: " + ", ".join(sorted({str(r.get("protocol")) for r in rows}))
+        protos = {str(r.get("protocol")) for r in rows}
+        if "protocol" not in (info or {}) and len(protos) > 1:
+            out["protocol"] = "mixed: " + ", ".join(sorted(protos))
     return out
 
 
@@ -304,7 +306,7 @@ def write_table(body: Sequence[Mapping[str, Any]], index: Sequence[str], columns
     md_lines = [[str(e[k]) for k in index] + [cell(i, e, c, False) for c in columns] for i, e in enumerate(body)]
     md = f"{caption}\n\n" + _md_table([*index, *columns], md_lines) + "\n"
     tex = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(caption)}}}",
-           rf"\label{{tab:{tex_escape(stem.name)}}}",
+           rf"\label{{tab:{stem.name.replace('_', '-')}}}",
            rf"\begin{{tabular}}{{{'l' * len(index)}{'r' * len(columns)}}}", r"\toprule",
            " & ".join(tex_escape(c) for c in [*index, *columns]) + r" \\", r"\midrule"]
     for i, e in enumerate(body):

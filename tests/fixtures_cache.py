@@ -4,8 +4,8 @@
 
     analysis/meta.json, analysis/head.npz, analysis/splits.npz, analysis/timings.csv
     analysis/arrays/{toy_train,toy_test,toy_near,toy_far}.npz
-    analysis/scores/{toy_test,toy_near,toy_far}.npz
-    figures/metrics.csv, metrics.md, ablation_{grodin,lowdim,rg}.{csv,md},
+    analysis/scores/{toy_test,toy_near,toy_far}.npz   (with _test_idx; ID file: odin__vs__<ood>)
+    figures/metrics.csv, metrics.md, ablation_{grodin,lowdim_k,lowdim_subspace,rg_percentile}.{csv,md},
     figures/sweep_odin.csv, sweep_react.csv, sweep_knn.csv
 
 Self-consistency: ``logits = h @ W.T + b`` exactly as stored (float32), so the Igoe et al. factor
@@ -181,7 +181,11 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
     scores = {}
     for name in [ID_TEST, *OOD]:
         scores[name] = _scores(arrays[name], splits[f"{name}__test"], arrays[TRAIN])
-        np.savez(adir / "scores" / f"{name}.npz", **scores[name])
+        payload = {"_test_idx": splits[f"{name}__test"], **scores[name]}
+        if name == ID_TEST:  # as the benchmark stage does for methods tuned per OOD set
+            payload.pop("odin")
+            payload.update({f"odin__vs__{o}": scores[name]["odin"] for o in OOD})
+        np.savez(adir / "scores" / f"{name}.npz", **payload)
 
     acc = float((arrays[ID_TEST]["logits"].argmax(1) == arrays[ID_TEST]["y"]).mean())
     meta = {
@@ -211,13 +215,16 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
     (fdir / "metrics.md").write_text("## AUROC (tiny)\n\n" + _md_table(md_rows, ["method", *OOD]))
 
     # ---- ablations ------------------------------------------------------------------------------
-    abl = {
-        "grodin": [{"variant": v, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
-                   for v in ("S", "G", "SG") for o in OOD],
-        "lowdim": [{"variant": f"K={k}", "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
-                   for k in (2, 4, 6) for o in OOD],
-        "rg": [{"variant": v, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
-               for v in ("clipped", "raw") for o in OOD],
+    abl = {  # the benchmark stage's file names
+        "grodin": [{"method": m, "setting": v, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
+                   for m in ("odin", "grodin_g", "grodin_sg") for v in ("vanilla", "only_eps", "only_T", "both")
+                   for o in OOD],
+        "lowdim_k": [{"k": k, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
+                     for k in (1, 5, 10) for o in OOD],
+        "lowdim_subspace": [{"subspace": "pca", "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
+                            for o in OOD],
+        "rg_percentile": [{"percentile": q, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
+                          for q in (85, 90, 95, 99) for o in OOD],
     }
     for k, r in abl.items():
         _write_csv(fdir / f"ablation_{k}.csv", r)
@@ -237,16 +244,17 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
                 g_o = a_o["grodin_sqnorm"][ie, it] / s_o ** 2
                 for m, (xi, xo) in {"odin": (s_i, s_o), "grodin_g": (-g_i, -g_o),
                                     "grodin_sg": (-a_id["grodin_sqnorm"][ie, it], -a_o["grodin_sqnorm"][ie, it])}.items():
-                    sw.append({"method": m, "ood_set": o, "eps": float(eps), "T": float(T),
+                    sw.append({"method": m, "ood_set": o, "group": OOD[o], "eps": float(eps), "T": float(T),
                                "auroc_val": _auroc(xi[vi], xo[vo]), "auroc_test": _auroc(xi[ti], xo[to])})
     _write_csv(fdir / "sweep_odin.csv", sw)
     _write_csv(fdir / "sweep_react.csv", [
-        {"method": m, "percentile": p, "ood_set": o, "auroc_test": float(rng.uniform(0.6, 0.95))}
-        for m in ("react", "rg") for p in (85, 90, 95, 99) for o in OOD])
+        {"method": m, "percentile": p, "ood_set": o, "group": g, "auroc_test": float(rng.uniform(0.6, 0.95))}
+        for m in ("react", "rg") for p in (85, 90, 95, 99) for o, g in OOD.items()])
     _write_csv(fdir / "sweep_knn.csv", [
-        {"k": k, "ood_set": o, "auroc_test": float(rng.uniform(0.6, 0.95))} for k in (1, 5, 10, 20) for o in OOD])
+        {"method": m, "k": k, "ood_set": o, "group": g, "auroc_test": float(rng.uniform(0.6, 0.95))}
+        for m, ks in (("knn", (1, 10, 50, 100)), ("lowdim_knn", (1, 5, 10))) for k in ks for o, g in OOD.items()])
     _write_csv(adir / "timings.csv", [
-        {"method": m, "seconds_per_1000": float(s), "device": "cpu (synthetic)", "batch_size": 64}
+        {"method": m, "seconds_per_1000": float(s), "device": "cpu (synthetic)", "batch_size": 64, "n_images": 240}
         for m, s in [("msp", 0.01), ("energy", 0.01), ("gradnorm", 0.02), ("exgrad", 0.02),
                      ("knn", 0.3), ("odin", 2.0), ("grodin_sg", 6.0), ("lowdim_knn", 8.0)]])
     return adir, fdir

@@ -394,7 +394,7 @@ def test_to_tensor_resize_and_errors():
     x = np.full((4, 8, 8, 3), 200, np.uint8)
     up = to_tensor(x, 0.0, 1.0, size=32, channels=3)
     assert up.shape == (4, 3, 32, 32)
-    torch.testing.assert_close(up, torch.full_like(up, 200 / 255))
+    np.testing.assert_allclose(up.numpy(), 200 / 255, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="must be uint8"):
         to_tensor(x.astype(np.float32), 0.0, 1.0, 8, 3)
     with pytest.raises(ValueError, match="mean has 2 values, expected 1 or 3"):
@@ -448,8 +448,10 @@ def test_random_corruptions_depend_on_seed(name):
 def test_corruption_values():
     x = np.zeros((1, 4, 4, 1), np.uint8)
     x[0, :2] = 200  # mean 100
-    c = corrupt(x, "contrast", 1, seed=0)  # (x - m) * 0.75 + m, truncated to uint8
-    assert c[0, 0, 0, 0] == int((200 / 255 - 100 / 255) * 0.75 * 255 + 100) and c[0, 3, 3, 0] == 25
+    c = corrupt(x, "contrast", 1, seed=0)  # ((x - m) * 0.75 + m) * 255, truncated like CIFAR-10-C
+    m = np.mean(x / 255.0)
+    assert c[0, 0, 0, 0] == 175 == np.uint8(((200 / 255 - m) * 0.75 + m) * 255)
+    assert c[0, 3, 3, 0] == 24 == np.uint8(((0 - m) * 0.75 + m) * 255)  # 24.999..., not rounded to 25
     flat = np.full((2, 8, 8, 3), 90, np.uint8)  # blurs keep flat images flat (up to truncation)
     for name in ("gaussian_blur", "defocus_blur", "glass_blur"):
         assert np.abs(corrupt(flat, name, 5).astype(int) - 90).max() <= 1

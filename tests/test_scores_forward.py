@@ -253,3 +253,32 @@ def test_registry_errors():
         S.compute("energy", {"logits": LOGITS}, temperature=2)
     with pytest.raises(KeyError, match="needs arrays"):
         S.compute("react", {"logits": LOGITS})
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_scores_npz(tmp_path, train, capsys):
+    import json
+
+    from analysis.score import main
+
+    arr = tmp_path / "arrays"
+    arr.mkdir()
+    W, b = train["W"], train["b"]
+    np.savez(tmp_path / "head.npz", W=W, b=b)
+    np.savez(arr / "train.npz", **{k: v for k, v in train.items() if k not in ("W", "b")})
+    test = _arrays(np.abs(RNG.normal(size=(7, D))), W, b)
+    np.savez(arr / "ood.npz", **{k: v for k, v in test.items() if k not in ("W", "b")})
+    out = tmp_path / "s.npz"
+    assert main(["--arrays", str(arr), "--train", "train", "--eval", "ood", "train",
+                 "--scores", "msp", "energy", "react", "--set", "energy.T=2", "--out", str(out)]) == 0
+    z = np.load(out)
+    assert np.allclose(z["energy/ood"], 2 * logsumexp(test["logits"] / 2, axis=1))
+    assert np.allclose(z["react/ood"], S.compute("react", test, S.fit("react", train)))
+    assert json.loads(str(z["__meta__"]))["params"]["energy"] == {"T": 2}
+    assert main(["--list"]) == 0 and "lowdim_knn_react" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no parameter 'tau'"):
+        main(["--arrays", str(arr), "--train", "train", "--eval", "ood", "--scores", "energy",
+              "--set", "energy.tau=2", "--out", str(out)])
+    # 'all' scores every score whose arrays exist (all of them here, W/b from ../head.npz)
+    assert main(["--arrays", str(arr), "--train", "train", "--eval", "ood", "--out", str(out)]) == 0
+    assert {f"{n}/ood" for n in S.names()} <= set(np.load(out).files)

@@ -2,6 +2,7 @@
 The demo profile uses digits 0-4 as ID and 5-9 as OOD."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -10,6 +11,22 @@ from .base import ImageSet, PathLike, fail, register_loader
 
 TEST_SIZE = 0.3
 SPLIT_SEED = 0
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x uint8 (1797,8,8), y int64, train idx, test idx); read-only, computed once per process."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = sk_load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    y = d.target.astype(np.int64)
+    tr, te = train_test_split(np.arange(len(y)), test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y)
+    out = (x, y, np.sort(tr), np.sort(te))
+    for a in out:
+        a.setflags(write=False)
+    return out
 
 
 @register_loader("digits")
@@ -26,20 +43,12 @@ def load_digits(
     filtering so the same image is always on the same side. ``classes``: digits to keep; labels
     are re-indexed 0..len-1 in the given order. ``root`` is ignored.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-    from sklearn.model_selection import train_test_split
-
     name = "digits" if classes is None else f"digits{''.join(str(c) for c in classes)}"
     name = f"{name}_{split}"
     if split not in ("train", "test", "all"):
         raise fail(name, "sklearn", f"split must be 'train', 'test' or 'all', got '{split}'")
-    d = sk_load_digits()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    y = d.target.astype(np.int64)
-    idx = np.arange(len(y))
-    if split != "all":
-        tr, te = train_test_split(idx, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y)
-        idx = np.sort(tr if split == "train" else te)
+    x, y, tr, te = _digits_arrays()
+    idx = {"all": np.arange(len(y)), "train": tr, "test": te}[split]
     names = [str(c) for c in range(10)]
     if classes is not None:
         classes = [int(c) for c in classes]

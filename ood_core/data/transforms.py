@@ -41,6 +41,8 @@ def to_tensor(
     bilinear resize with ``antialias=True`` when H or W != size; ``(x - mean) / std`` per channel.
     The uint8 batch is moved to ``device`` before conversion (4x less transfer).
     """
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # torch warns on read-only buffers
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8:
         raise ValueError(f"to_tensor: images must be uint8, got {x.dtype}")

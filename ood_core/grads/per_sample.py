@@ -42,6 +42,7 @@ DeltaFn = Callable[[torch.Tensor], torch.Tensor]
 ParamSpec = Union[str, Sequence[str], Callable[[str], bool], None]
 
 DEFAULT_MAX_BYTES = 512 * 2**20  # working-memory budget of one layer's per-sample computation
+VMAP_DEFAULT_CHUNK = 32  # vmap materialises (chunk, P) gradients: samples per vmap call when chunk=None
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -351,7 +352,8 @@ class HookEngine:
         self._where = where
         self._shapes = dict((n, p.shape) for n, p in model.named_parameters() if n in sel)
         self._handles: list = []
-        self._clone: set[str] = set()
+        self._clone: set[str] = set()     # modules whose output is modified in place downstream
+        self._clone_in: set[str] = set()  # modules whose input is modified in place afterwards
         self._ctx: contextlib.ExitStack | None = None
         self._reset()
 
@@ -380,6 +382,7 @@ class HookEngine:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
+        self._in_versions: dict[str, int] = {}
         self.logits: torch.Tensor | None = None
         self.x: torch.Tensor | None = None
 
@@ -390,7 +393,9 @@ class HookEngine:
                     f"module '{mname}' ({type(mod).__name__}) is called more than once per forward; "
                     "per-sample norms of summed contributions need method='vmap'."
                 )
-            self.inputs[mname] = inp[0].detach()
+            a = inp[0].detach()
+            self.inputs[mname] = a.clone() if mname in self._clone_in else a
+            self._in_versions[mname] = inp[0]._version
             self.outputs[mname] = out
             self._versions[mname] = out._version
             if mname in self._clone:  # a later in-place op (e.g. ReLU(inplace=True)) would rebase `out`
@@ -412,11 +417,14 @@ class HookEngine:
             with torch.enable_grad(), _autocast(dev, amp_dtype):
                 logits = self.model(x)
             changed = {m for m, o in self.outputs.items() if o._version != self._versions[m]}
-            if not changed:
+            changed_in = {m for m, a in self.inputs.items()
+                          if m not in self._clone_in and a._version != self._in_versions[m]}
+            if not changed and not changed_in:
                 break
             self._clone |= changed
+            self._clone_in |= changed_in
         else:  # pragma: no cover
-            raise RuntimeError(f"outputs of {sorted(changed)} are modified in place; cannot record them")
+            raise RuntimeError(f"tensors of {sorted(changed | changed_in)} are modified in place; cannot record them")
         missing = [m for m, _, _ in self.plan if m not in self.outputs]
         if missing:
             raise UnsupportedModuleError(
@@ -550,10 +558,14 @@ def per_sample_sq_norms(
 
     Returns ``(logits (N, C), sq_norm (N,))``, both detached; ``sq_norm`` is accumulated in float64
     and returned in float64 for float64 models, float32 otherwise. ``chunk`` = samples per
-    forward/backward (None: all); ``max_bytes`` bounds the per-layer working memory (hooks);
-    ``amp_dtype`` (e.g. torch.bfloat16) runs the forward under autocast.
+    forward/backward (None: all for hooks, 32 for vmap); ``max_bytes`` bounds the per-layer working
+    memory (hooks); ``amp_dtype`` (e.g. torch.bfloat16) runs the forward under autocast and the norm
+    arithmetic in float32. (vmap + autocast fails on CPU for BatchNorm models in torch 2.14: the
+    batching rule of batch_norm rejects bf16 inputs with float32 running statistics.)
     """
     n = x.shape[0]
+    if method == "vmap" and chunk is None:
+        chunk = VMAP_DEFAULT_CHUNK
     chunk = _default_chunk(n, chunk)
     _, pdt = model_device_dtype(model)
     out_dt = torch.float64 if pdt == torch.float64 else torch.float32
@@ -588,6 +600,8 @@ def per_sample_grads_flat(
     ``model.named_parameters()`` restricted to ``param_filter`` (same forms as ``params``;
     None = all). Memory is N x P: call it on chunks that fit."""
     n = x.shape[0]
+    if method == "vmap" and chunk is None:
+        chunk = VMAP_DEFAULT_CHUNK
     chunk = _default_chunk(n, chunk)
     if method == "vmap":
         names = select_param_names(model, param_filter)

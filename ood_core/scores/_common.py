@@ -105,15 +105,19 @@ def l2_normalize(x: np.ndarray, tiny: float = 1e-300) -> np.ndarray:
 
 
 def kth_nn_distance(
-    query: np.ndarray, bank: np.ndarray, k: int, q_chunk: int = 4096, b_chunk: int = 65536, device: str = "cpu"
+    query: np.ndarray, bank: np.ndarray, k: int, q_chunk: int = 4096, b_chunk: int = 65536, device: str | None = None
 ) -> np.ndarray:
     """Exact Euclidean distance from every query row to its k-th nearest row of ``bank``.
 
     Batched exact search in float64 with torch matmul + top-k, chunked over queries and over the
     bank (running top-k merge), so memory is O(q_chunk * (b_chunk + k)). ``k`` must be
     1 <= k <= len(bank) (callers cap it). Squared distances use |q|^2 + |b|^2 - 2 q.b (clamped at 0).
+    ``device=None`` uses CUDA when available (still float64, still exact), else the CPU.
     """
     import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
 
     q = torch.as_tensor(as_2d(query, "query"), dtype=torch.float64, device=device)
     B = torch.as_tensor(as_2d(bank, "bank"), dtype=torch.float64, device=device)
@@ -214,5 +218,5 @@ def max_neg_mahalanobis(X: np.ndarray, means: np.ndarray, prec: np.ndarray) -> n
     best = np.full(len(X), -np.inf)
     for mu in means:
         d = X - mu
-        best = np.maximum(best, -np.einsum("nd,de,ne->n", d, prec, d, optimize=True))
+        best = np.maximum(best, -((d @ prec) * d).sum(axis=1))
     return best

@@ -100,7 +100,7 @@ def _make(q: int, vname: str) -> Callable[..., np.ndarray]:
     score.__name__ = f"family_q{q}_{vname}"
     score.__doc__ = (
         f"Igoe et al. family member: s = ||h||_{q}^a * V_{vname}(p), V_{vname}: "
-        f"{(V.__doc__ or '').strip().splitlines()[0]} (Igoe, Chung, Char, Schneider 2022, "
+        f"{(V.__doc__ or '').strip().splitlines()[0].rstrip('.')} (Igoe, Chung, Char, Schneider 2022, "
         "\"How useful are gradients for OOD detection really?\"); a = 1 by default."
     )
     return score

@@ -139,8 +139,9 @@ def fit_vim(train: Arrays, *, dim: int | None = None, **_: Any) -> dict[str, Any
     W, b = f64(train["W"]), f64(train["b"])
     D = h.shape[1]
     k = _vim_dim(dim, D)
-    if not 0 <= k <= D:
-        raise ValueError(f"vim: dim must be in [0, D={D}], got {k}")
+    if k < 0:
+        raise ValueError(f"vim: dim must be >= 0, got {k}")
+    k = min(k, D)  # dim >= D: empty residual, the score is energy (OpenOOD's 1000 on a 512-d ResNet-18)
     o = -np.linalg.pinv(W) @ b
     X = h - o
     cov = X.T @ X / len(X)  # EmpiricalCovariance(assume_centered=True), as OpenOOD
@@ -159,7 +160,7 @@ def vim_residual(h: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     return np.linalg.norm((as_2d(h, "h") - state["origin"]) @ state["NS"], axis=1)
 
 
-@register("vim", family="forward", defaults={"dim": None}, grid={"dim": [None, 256, 1000]},
+@register("vim", family="forward", defaults={"dim": None}, grid={"dim": [None, 16, 64, 256, 1000]},
           needs=("h", "logits"), fit=fit_vim, paper="Wang et al., CVPR 2022")
 def vim(arrays: Arrays, state: Any = None, *, dim: int | None = None) -> np.ndarray:
     """ViM: s = logsumexp(f) - alpha * ||R^T (h - o)||_2 with o = -pinv(W) b, R the eigenvectors

@@ -1,0 +1,342 @@
+"""Benchmark of gradient-score computation routes: throughput (images/s) and peak memory.
+
+Methods (per batch size unless marked *loop*):
+  forward              model(x) under no_grad
+  fwd_bwd              batched forward + backward of sum(logits) w.r.t. all parameters
+  lastlayer_closed     forward (h, logits) + closed-form GradNorm / ExGrad / GRODIN-SG last layer
+  grodin_allw_hooks    all-weights GRODIN ||grad CE(f, yhat)||^2 per sample, hooks engine (eps=0, T=1)
+  grodin_allw_vmap     the same via torch.func vmap(grad)
+  loop_gradnorm_last   *loop*, batch 1: torch.autograd.grad per image, last-layer GradNorm
+  loop_grodin_allw     *loop*, batch 1: torch.autograd.grad per image, all-weights GRODIN
+Speed-up: lastlayer_closed vs loop_gradnorm_last; grodin_allw_* vs loop_grodin_allw.
+
+Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident-set growth over
+the pre-run level, sampled every ms from /proc/self/statm (resource.ru_maxrss growth elsewhere).
+
+    python analysis/bench_scores.py --model small_cnn --device cpu --out /tmp/bench
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ood_core.grads import ce_pred_delta, per_sample_sq_norms  # noqa: E402
+from ood_core.models import build_model  # noqa: E402
+
+INPUTS = {"small_cnn": ((1, 8, 8), 5), "resnet18_cifar": ((3, 32, 32), 10)}
+
+
+# --------------------------------------------------------------------------------------------------
+# memory probes
+
+
+class _RSSPeak:
+    """Peak RSS growth (bytes) while the context runs (CPU)."""
+
+    def __init__(self):
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._proc = Path("/proc/self/statm").exists()
+
+    def _rss(self) -> int:
+        if self._proc:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * self._page
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __enter__(self):
+        gc.collect()
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        if self._proc:
+            self._t = threading.Thread(target=self._poll, daemon=True)
+            self._t.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._proc:
+            self._t.join()
+        self.peak = max(self.peak, self._rss())
+        self.bytes = self.peak - self.base
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def measure(fn: Callable[[], None], n_images: int, dev: torch.device, warmup: int, repeats: int):
+    """(images/s as the median over repeats, peak MB, memory kind)."""
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    times = []
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+        peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+        kind = "cuda_max_allocated"
+    else:
+        with _RSSPeak() as probe:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        peak = probe.bytes / 2**20
+        kind = "rss_growth"
+    return n_images / statistics.median(times), peak, kind
+
+
+# --------------------------------------------------------------------------------------------------
+# methods
+
+
+def _autocast(dev: torch.device, bf16: bool):
+    if not bf16:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
+
+def _lastlayer_fn(model, x, dev, bf16):
+    try:
+        from ood_core.scores import lastlayer as ll  # lazy: the scores package may be incomplete
+    except Exception as exc:  # pragma: no cover - depends on the tree
+        print(f"[bench] ood_core.scores.lastlayer unavailable ({exc}); using inline torch formulas")
+        ll = None
+
+    def run():
+        with torch.no_grad(), _autocast(dev, bf16):
+            h = model.features(x)
+            logits = model.head(h)
+        h, logits = h.float(), logits.float()
+        if ll is not None:
+            arrays = {"h": h.cpu().numpy(), "logits": logits.cpu().numpy()}
+            ll.gradnorm(arrays), ll.exgrad(arrays), ll.grodin_sg_lastlayer(arrays)
+        else:
+            p = torch.softmax(logits, 1)
+            C = p.shape[1]
+            _ = h.abs().sum(1) * (p - 1.0 / C).abs().sum(1)
+            _ = -(h.pow(2).sum(1) + 1) * (1 - p.pow(2).sum(1))
+            d = p - F.one_hot(p.argmax(1), C).float()
+            _ = (-d.pow(2).sum(1) * (h.pow(2).sum(1) + 1)).cpu()
+
+    return run
+
+
+def methods_for(model, x, dev, bf16):
+    amp = torch.bfloat16 if bf16 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def forward():
+        with torch.no_grad(), _autocast(dev, bf16):
+            model(x)
+
+    def fwd_bwd():
+        with _autocast(dev, bf16):
+            out = model(x)
+        torch.autograd.grad(out.float().sum(), params)
+
+    def hooks():
+        per_sample_sq_norms(model, x, ce_pred_delta(1.0), method="hooks", amp_dtype=amp)
+
+    def vmap():
+        per_sample_sq_norms(model, x, ce_pred_delta(1.0), method="vmap", amp_dtype=amp)
+
+    return {
+        "forward": forward,
+        "fwd_bwd": fwd_bwd,
+        "lastlayer_closed": _lastlayer_fn(model, x, dev, bf16),
+        "grodin_allw_hooks": hooks,
+        "grodin_allw_vmap": vmap,
+    }
+
+
+def loops_for(model, x, dev, bf16):
+    params = [p for p in model.parameters() if p.requires_grad]
+    W = model.head.weight
+
+    def loop_gradnorm():  # OpenOOD / gradnorm_ood style: one backward per image
+        for i in range(x.shape[0]):
+            with _autocast(dev, bf16):
+                f = model(x[i: i + 1]).float()
+            loss = -(torch.log_softmax(f, 1)).mean()  # KL(u || p) up to a constant
+            (g,) = torch.autograd.grad(loss, [W])
+            float(g.abs().sum())
+
+    def loop_grodin():
+        for i in range(x.shape[0]):
+            with _autocast(dev, bf16):
+                f = model(x[i: i + 1]).float()
+            loss = F.cross_entropy(f, f.argmax(1))
+            gs = torch.autograd.grad(loss, params)
+            float(sum(g.float().pow(2).sum() for g in gs))
+
+    return {"loop_gradnorm_last": loop_gradnorm, "loop_grodin_allw": loop_grodin}
+
+
+LOOP_REF = {"lastlayer_closed": "loop_gradnorm_last", "grodin_allw_hooks": "loop_grodin_allw",
+            "grodin_allw_vmap": "loop_grodin_allw"}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def load_model(args, dev):
+    shape, C = INPUTS[args.model]
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, num_classes=C)
+    if args.checkpoint:
+        try:
+            from ood_core.checkpoint import load_checkpoint
+
+            sd, _ = load_checkpoint(Path(args.checkpoint))
+        except Exception:
+            sd = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+            sd = sd.get("state_dict", sd)
+        model.load_state_dict(sd)
+    return model.to(dev).eval(), shape
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="small_cnn", choices=sorted(INPUTS))
+    ap.add_argument("--checkpoint", default=None, help="weights file (default: random weights)")
+    ap.add_argument("--batch-size", default="64,256", help="comma-separated list")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--loop-images", type=int, default=64)
+    ap.add_argument("--methods", default="all", help="comma-separated subset of method names")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+
+    if args.device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(args.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            ap.error("--device cuda requested but CUDA is not available")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    bf16 = args.dtype == "bf16"
+    model, shape = load_model(args, dev)
+    batch_sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
+    wanted = None if args.methods == "all" else set(args.methods.split(","))
+    gen = torch.Generator().manual_seed(args.seed)
+    common = dict(device=device_name(dev), torch=torch.__version__, dtype=args.dtype, model=args.model)
+    rows = []
+    skipped: list[str] = []
+
+    def record(bs, name, ips, peak, kind):
+        rows.append(dict(common, batch_size=bs, method=name, images_per_s=ips, peak_mb=peak, mem_kind=kind))
+        print(f"[bench] bs={bs:<5} {name:<20} {ips:12.1f} img/s  peak {peak:9.1f} MB ({kind})", flush=True)
+
+    # naive per-image loops (batch size 1)
+    xl = torch.randn(args.loop_images, *shape, generator=gen).to(dev)
+    for name, fn in loops_for(model, xl, dev, bf16).items():
+        if wanted is None or name in wanted:
+            ips, peak, kind = measure(fn, xl.shape[0], dev, args.warmup, args.repeats)
+            record(1, name, ips, peak, kind)
+
+    # agreement of the two all-weights routes (sanity, first images, fp32)
+    xa = xl[: min(8, xl.shape[0])]
+    _, a = per_sample_sq_norms(model, xa, ce_pred_delta(1.0), method="hooks")
+    _, b = per_sample_sq_norms(model, xa, ce_pred_delta(1.0), method="vmap")
+    agree = float(((a - b).abs() / b.abs().clamp_min(1e-30)).max())
+    print(f"[bench] hooks vs vmap max relative difference (fp32): {agree:.2e}")
+
+    for bs in batch_sizes:
+        x = torch.randn(bs, *shape, generator=gen).to(dev)
+        for name, fn in methods_for(model, x, dev, bf16).items():
+            if wanted is not None and name not in wanted:
+                continue
+            try:
+                ips, peak, kind = measure(fn, bs, dev, args.warmup, args.repeats)
+            except torch.cuda.OutOfMemoryError:  # pragma: no cover - device dependent
+                torch.cuda.empty_cache()
+                skipped.append(f"bs={bs} {name}: out of memory")
+                print(f"[bench] {skipped[-1]}, skipped")
+                continue
+            except RuntimeError as exc:  # e.g. vmap batching rules that reject mixed dtypes under autocast
+                skipped.append(f"bs={bs} {name}: {str(exc).splitlines()[0][:160]}")
+                print(f"[bench] {skipped[-1]}, skipped")
+                continue
+            record(bs, name, ips, peak, kind)
+
+    loop_ips = {r["method"]: r["images_per_s"] for r in rows if r["method"].startswith("loop_")}
+    for r in rows:
+        ref = LOOP_REF.get(r["method"])
+        r["speedup_vs_loop"] = r["images_per_s"] / loop_ips[ref] if ref in loop_ips else float("nan")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["device", "torch", "dtype", "model", "batch_size", "method", "images_per_s", "peak_mb",
+            "mem_kind", "speedup_vs_loop"]
+    with open(out / "bench_scores.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.4g}" if isinstance(r[k], float) else r[k]) for k in cols})
+    md = [
+        f"# Gradient-score throughput: {args.model}, {args.dtype}",
+        "",
+        f"Device: {common['device']} ({dev.type}); torch {torch.__version__}; threads "
+        f"{torch.get_num_threads()}; median of {args.repeats} after {args.warmup} warm-up; "
+        f"loops over {args.loop_images} images at batch size 1; hooks vs vmap max rel. diff {agree:.1e}.",
+        "Peak memory: " + ("torch.cuda.max_memory_allocated above the pre-run level."
+                           if dev.type == "cuda" else "resident-set growth over the pre-run level (CPU)."),
+        "",
+        "| batch | method | images/s | peak MB | speed-up vs loop |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        sp = "" if np.isnan(r["speedup_vs_loop"]) else f"{r['speedup_vs_loop']:.1f}x"
+        md.append(f"| {r['batch_size']} | {r['method']} | {r['images_per_s']:.1f} | {r['peak_mb']:.1f} | {sp} |")
+    if skipped:
+        md += ["", "Skipped: " + "; ".join(skipped)]
+    (out / "bench_scores.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"[bench] wrote {out / 'bench_scores.csv'} and {out / 'bench_scores.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

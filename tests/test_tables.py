@@ -1,0 +1,323 @@
+"""ood_core.tables / ood_core.reference / analysis.benchmark (end to end on a synthetic analysis dir)."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from ood_core import reference as R
+from ood_core import tables as TB
+from ood_core.scores import registry
+
+
+def _row(method, family, ood_set, group, auroc, fpr, **kw):
+    r = {"method": method, "family": family, "ood_set": ood_set, "group": group, "auroc": auroc,
+         "auroc_std": 0.001, "fpr95": fpr, "fpr95_ood_pos": fpr / 2, "aupr_in": 0.9, "aupr_out": 0.8,
+         "hyperparams": {"T": 1.0, "eps": 0.0014}, "protocol": "per_ood_val", "n_id": 100, "n_ood": 50,
+         "id_accuracy": 0.9506, "model": "resnet18"}
+    r.update(kw)
+    return r
+
+
+ROWS = [
+    _row("msp", "forward", "tinyimagenet", "near", 0.80, 0.50),
+    _row("msp", "forward", "mnist", "far", 0.90, 0.30),
+    _row("energy", "forward", "tinyimagenet", "near", 0.85, 0.40),
+    _row("energy", "forward", "mnist", "far", 0.70, 0.60),
+    _row("grodin_g", "gradient", "tinyimagenet", "near", 0.95, 0.45),
+    _row("grodin_g", "gradient", "mnist", "far", 0.60, 0.20),
+]
+
+
+def _table_rows(md: str, title_prefix: str) -> dict[str, list[str]]:
+    """method -> cells of the Markdown table whose section title starts with ``title_prefix``."""
+    sec = md.split(f"## {title_prefix}")[1].split("\n## ")[0]
+    out = {}
+    for line in sec.splitlines():
+        if line.startswith("| ") and not line.startswith("| family"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[cells[1]] = cells[2:]
+    return out
+
+
+# --------------------------------------------------------------------------------------- tables
+def test_summary_group_averages():
+    cols, body = TB.summary(ROWS, "auroc")
+    assert cols == ["tinyimagenet", "mnist", "near avg", "far avg", "all avg"]
+    by = {e["method"]: e for e in body}
+    assert by["msp"]["near avg"] == pytest.approx(80.0) and by["msp"]["far avg"] == pytest.approx(90.0)
+    assert by["energy"]["all avg"] == pytest.approx(77.5)
+    assert [e["family"] for e in body] == ["forward", "forward", "gradient"]
+    _, fbody = TB.summary(ROWS, "fpr95")
+    assert {e["method"]: e["all avg"] for e in fbody}["grodin_g"] == pytest.approx(32.5)
+
+
+def test_markdown_bolds_best_auroc_and_lowest_fpr():
+    md = TB.metrics_markdown(ROWS, {"protocol": "per_ood_val"})
+    auc = _table_rows(md, "AUROC")
+    # columns: tinyimagenet, mnist, near avg, far avg, all avg
+    assert auc["grodin_g"][0].startswith("**95.00**") and not auc["msp"][0].startswith("**")
+    assert auc["msp"][1].startswith("**90.00**") and not auc["grodin_g"][1].startswith("**")
+    assert auc["msp"][4] == "**85.00**"  # all avg: msp 85.0 > energy 77.5 = grodin_g 77.5
+    fpr = _table_rows(md, "FPR95 (%")
+    assert fpr["energy"][0] == "**40.00**" and fpr["grodin_g"][1] == "**20.00**"
+    assert fpr["msp"][0] == "50.00"
+    assert "ID test accuracy: 95.06 %" in md
+
+
+def test_latex_bolds_and_escapes():
+    tex = TB.metrics_latex(ROWS)
+    assert r"\textbf{95.00}" in tex and r"\textbf{20.00}" in tex
+    assert r"grodin\_g" in tex and "95.06" in tex
+    assert tex.count(r"\begin{tabular}") == 2
+
+
+def test_metrics_csv_round_trip(tmp_path):
+    paths = TB.write_metrics_tables(ROWS, tmp_path)
+    assert [p.name for p in paths] == ["metrics.csv", "metrics.md", "metrics.tex"]
+    with open(tmp_path / "metrics.csv") as f:
+        assert next(csv.reader(f)) == TB.METRIC_COLUMNS
+    back = TB.read_metrics_csv(tmp_path / "metrics.csv")
+    assert back == ROWS
+
+
+def test_ablation_table_bold(tmp_path):
+    long = [{"method": "grodin_g", "setting": s, "ood_set": o, "auroc": v, "eps": 0.0, "T": 1.0}
+            for s, o, v in [("vanilla", "a", 0.5), ("both", "a", 0.9), ("vanilla", "b", 0.7), ("both", "b", 0.6)]]
+    paths = TB.write_grodin_ablation(long, tmp_path)
+    assert {p.name for p in paths} == {"ablation_grodin.md", "ablation_grodin.tex", "ablation_grodin.csv"}
+    md = (tmp_path / "ablation_grodin.md").read_text()
+    assert "| grodin_g | eps and T | **90.00** | 60.00 |" in md
+    assert "| grodin_g | vanilla (eps=0, T=1) | 50.00 | **70.00** |" in md
+
+
+# ------------------------------------------------------------------------------------ reference
+def test_reference_data_well_formed():
+    keys = {"source", "tag", "model", "id_dataset", "ood_set", "method", "metric", "value", "note"}
+    assert all(keys <= set(e) for e in R.REFERENCE)
+    assert {e["tag"] for e in R.REFERENCE} <= set(R.TAG_MEANING)
+    grodin_tin = {e["method"]: e["value"] for e in R.entries(ood_set="TIN")}
+    assert grodin_tin["grodin_g"] == 98.3 and grodin_tin["msp"] == 95.4
+    assert R.entries(source=R.OPENOOD, method="gradnorm", ood_set="near")[0]["tag"] == "[mem]"
+    assert any("not comparable" in c for _, c, _ in R.SET_MAP["dtd10"])
+
+
+def test_reference_md_gap_lines(tmp_path):
+    rows = [_row("msp", "forward", "tinyimagenet", "near", 0.955, 0.5),  # GRODIN TIN msp 95.4: +0.1, no line
+            _row("grodin_g", "gradient", "tinyimagenet", "near", 0.90, 0.5)]  # GRODIN 98.3: -8.3 -> line
+    p = TB.write_reference_md(rows, tmp_path / "reference.md", id_dataset="cifar10", model="resnet18",
+                              protocol="per_ood_val")
+    md = p.read_text()
+    gap_lines = [l for l in md.splitlines() if l.startswith("- Gap")]
+    grodin_lines = [l for l in gap_lines if "grodin_g on TIN" in l]
+    assert len(grodin_lines) == 1 and "-8.30 pts" in grodin_lines[0]
+    for what in ("model weights/training", "OOD image lists/subsets", "preprocessing", "protocol"):
+        assert what in grodin_lines[0]
+    assert not [l for l in gap_lines if "msp on TIN" in l]
+    # msp vs OpenOOD near (88.03 [mem]): ours 95.5 -> +7.47, flagged with the [mem] caveat
+    mem_line = [l for l in gap_lines if "msp on near" in l]
+    assert len(mem_line) == 1 and "[mem], unverified" in mem_line[0]
+    assert "unverified" in md.split("##")[0]
+    assert "SVHN, LSUN, iSUN, Places365, CIFAR-100" in md
+    assert "| msp | TIN | tinyimagenet | auroc | 95.40 | 95.50 | +0.10 | comparable |" in md
+
+
+def test_reference_md_no_gap_when_close(tmp_path):
+    rows = [_row("grodin_g", "gradient", "tinyimagenet", "near", 0.975, 0.5)]
+    md = TB.reference_markdown(rows, id_dataset="cifar10", model="m", protocol="p")
+    assert "grodin_g on TIN" not in md and "- Gap" not in md
+
+
+# ---------------------------------------------------------------------------- benchmark (e2e)
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _grid_idx(arrays, eps, T):
+    return int(np.flatnonzero(arrays["odin_eps"] == eps)[0]), int(np.flatnonzero(arrays["odin_T"] == T)[0])
+
+
+def _bm_msp(arrays, state=None):
+    return _softmax(arrays["logits"]).max(axis=1)
+
+
+def _bm_odin(arrays, state=None, *, eps=0.0, T=1.0):
+    ie, it = _grid_idx(arrays, eps, T)
+    return arrays["odin_s"][ie, it]
+
+
+def _bm_grodin(arrays, state=None, *, eps=0.0, T=1.0):
+    ie, it = _grid_idx(arrays, eps, T)
+    return -arrays["grodin_sqnorm"][ie, it] / arrays["odin_s"][ie, it] ** 2
+
+
+def _fit_clip(train, *, percentile=90.0, **_):
+    return {"c": float(np.percentile(train["h"], percentile))}
+
+
+def _bm_react(arrays, state=None, *, percentile=90.0):
+    z = np.minimum(arrays["h"], state["c"]) @ arrays["W"].T + arrays["b"]
+    return np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+
+
+def _bm_rg(arrays, state=None, *, percentile=90.0):
+    return np.minimum(arrays["h"], state["c"]).sum(1) * _bm_react(arrays, state, percentile=percentile)
+
+
+def _fit_lowknn(train, *, subspace="pca", **_):
+    g = train[f"lowdim_{subspace}"]
+    return {"bank": g / np.linalg.norm(g, axis=1, keepdims=True)}
+
+
+def _bm_lowknn(arrays, state=None, *, subspace="pca", k=5):
+    g = arrays[f"lowdim_{subspace}"]
+    z = g / np.linalg.norm(g, axis=1, keepdims=True)
+    d = np.sqrt(np.maximum(2 - 2 * z @ state["bank"].T, 0))
+    return -np.sort(d, axis=1)[:, k - 1]
+
+
+def _bm_needs_missing(arrays, state=None):
+    return arrays["lowdim_nope"][:, 0]
+
+
+BM = {
+    "_test_bm_msp": dict(fn=_bm_msp, family="forward", needs=("logits",)),
+    "_test_bm_odin": dict(fn=_bm_odin, family="forward", defaults={"eps": 0.0, "T": 1.0},
+                          grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "odin_eps", "odin_T")),
+    "_test_bm_grodin": dict(fn=_bm_grodin, family="gradient", defaults={"eps": 0.0, "T": 1.0},
+                            grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "grodin_sqnorm", "odin_eps", "odin_T")),
+    "_test_bm_react": dict(fn=_bm_react, family="forward", defaults={"percentile": 90.0},
+                           grid={"percentile": [85.0, 90.0]}, needs=("h", "W", "b"), fit=_fit_clip),
+    "_test_bm_rg": dict(fn=_bm_rg, family="gradient", defaults={"percentile": 90.0}, needs=("h", "W", "b"),
+                        fit=_fit_clip),
+    "_test_bm_lowknn": dict(fn=_bm_lowknn, family="lowdim", defaults={"subspace": "pca", "k": 5},
+                            grid={"k": [1, 5]}, needs=(), fit=_fit_lowknn),
+    "_test_bm_missing": dict(fn=_bm_needs_missing, family="lowdim", needs=("lowdim_nope",)),
+}
+
+
+@pytest.fixture(scope="module")
+def bm_scores():
+    for name, kw in BM.items():
+        kw = dict(kw)
+        fn = kw.pop("fn")
+        if name not in registry.names():
+            registry.register(name, **kw)(fn)
+    return list(BM)
+
+
+EPS = np.array([0.0, 0.001, 0.002])
+TS = np.array([1.0, 10.0])
+
+
+def _arrays(rng, n, shift, ood=False):
+    """One dataset's arrays with the contract's keys and shapes (C=3, D=8, K=4, 3 eps x 2 T)."""
+    logits = rng.normal(shift, 1.0, (n, 3)).astype(np.float32)
+    odin_s = np.stack([np.stack([_softmax(logits / T).max(1) + e * rng.random(n) for T in TS]) for e in EPS])
+    sq = np.abs(rng.normal(3.0 if ood else 1.0, 0.5, (len(EPS), len(TS), n))) + 0.1
+    return {"h": np.abs(rng.normal(shift, 1.0, (n, 8))).astype(np.float32), "logits": logits,
+            "y": (np.full(n, -1) if ood else rng.integers(0, 3, n)).astype(np.int64),
+            "odin_T": TS, "odin_eps": EPS, "odin_s": odin_s.astype(np.float32), "grodin_sqnorm": sq.astype(np.float32),
+            "kl_allw_sqnorm": rng.random(n).astype(np.float32),
+            "lowdim_pca": rng.normal(shift, 1.0, (n, 4)).astype(np.float32)}
+
+
+@pytest.fixture()
+def analysis_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "analysis"
+    (d / "arrays").mkdir(parents=True)
+    sizes = {"cifar10_train": 150, "cifar10_test": 90, "tinyimagenet": 70, "mnist": 60}
+    shifts = {"cifar10_train": 1.0, "cifar10_test": 1.0, "tinyimagenet": 0.3, "mnist": -0.5}
+    for name, n in sizes.items():
+        np.savez(d / "arrays" / f"{name}.npz", **_arrays(rng, n, shifts[name], ood=name in ("tinyimagenet", "mnist")))
+    np.savez(d / "head.npz", W=rng.normal(size=(3, 8)).astype(np.float32), b=np.zeros(3, np.float32))
+    splits = {}
+    for name in ("cifar10_test", "tinyimagenet", "mnist"):
+        perm = rng.permutation(sizes[name])
+        splits[f"{name}__val"], splits[f"{name}__test"] = perm[:20], perm[20:]
+    np.savez(d / "splits.npz", **splits)
+    meta = {"profile": "tiny", "model": "resnet18_tiny", "num_classes": 3, "id_accuracy": 0.91,
+            "train": "cifar10_train", "id_test": "cifar10_test", "ood": {"tinyimagenet": "near", "mnist": "far"},
+            "lowdim_subspaces": ["pca", "avg"], "grid": {"odin_T": TS.tolist(), "odin_eps": EPS.tolist()}}
+    (d / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    from analysis import benchmark as B
+    monkeypatch.setattr(B, "ODIN_METHODS", ("_test_bm_odin", "_test_bm_grodin"))
+    monkeypatch.setattr(B, "GRODIN_ABLATION_METHODS", ("_test_bm_grodin",))
+    monkeypatch.setattr(B, "REACT_METHODS", ("_test_bm_react", "_test_bm_rg"))
+    monkeypatch.setattr(B, "RG_METHOD", "_test_bm_rg")
+    monkeypatch.setattr(B, "KNN_METHODS", ("_test_bm_lowknn",))
+    monkeypatch.setattr(B, "LOWDIM_KNN_METHOD", "_test_bm_lowknn")
+    return B
+
+
+EXPECTED_FILES = [
+    "metrics.csv", "metrics.md", "metrics.tex", "sweep_odin.csv", "sweep_react.csv", "sweep_knn.csv",
+    "chosen_hyperparams.json", "reference.md", "skipped.csv",
+    *(f"{stem}.{ext}" for stem in ("ablation_grodin", "ablation_rg_percentile", "ablation_lowdim_k",
+                                   "ablation_lowdim_subspace") for ext in ("md", "tex", "csv")),
+]
+
+
+def test_benchmark_end_to_end(bm_scores, bench, analysis_dir, tmp_path):
+    fig = tmp_path / "fig"
+    out = bench.run_benchmark(analysis_dir, fig, methods=bm_scores, protocol="per_ood_val", bootstrap_n=10, seed=0)
+    assert out == fig / "metrics.csv"
+    missing = [f for f in EXPECTED_FILES if not (fig / f).exists()]
+    assert not missing, f"not written: {missing}"
+
+    rows = TB.read_metrics_csv(fig / "metrics.csv")
+    ran = [m for m in bm_scores if m != "_test_bm_missing"]
+    assert sorted({r["method"] for r in rows}) == sorted(ran)
+    assert len(rows) == 2 * len(ran)
+    assert all(r["protocol"].startswith("per_ood_val") and r["n_id"] == 70 for r in rows)
+    assert {r["n_ood"] for r in rows if r["ood_set"] == "mnist"} == {40}
+    assert all(r["auroc_std"] > 0 for r in rows)
+    with open(fig / "skipped.csv") as f:
+        skipped = list(csv.DictReader(f))
+    assert [s["method"] for s in skipped] == ["_test_bm_missing"] and "lowdim_nope" in skipped[0]["reason"]
+
+    chosen = json.loads((fig / "chosen_hyperparams.json").read_text())
+    assert chosen["protocol"] == "per_ood_val"
+    odin_grid = chosen["methods"]["_test_bm_odin"]["grid"]
+    assert odin_grid == {"eps": EPS.tolist(), "T": TS.tolist()}  # the extraction grid, not the registered one
+    with open(fig / "sweep_odin.csv") as f:
+        sweep = list(csv.DictReader(f))
+    assert len(sweep) == 2 * 2 * len(EPS) * len(TS)  # 2 methods x 2 sets x grid
+    with open(fig / "sweep_knn.csv") as f:
+        assert sorted({int(r["k"]) for r in csv.DictReader(f)}) == [1, 5, 10, 50]
+    abl = (fig / "ablation_grodin.md").read_text()
+    assert all(lbl in abl for lbl in ("vanilla (eps=0, T=1)", "only eps (T=1)", "only T (eps=0)", "eps and T"))
+    sub = (fig / "ablation_lowdim_subspace.csv").read_text()
+    assert "pca" in sub and "avg" not in sub  # lowdim_avg is absent -> logged and left out
+    assert re.search(r"ID test accuracy: 91\.00 %", (fig / "metrics.md").read_text())
+
+    sc = np.load(analysis_dir / "scores" / "mnist.npz")
+    assert sc["_test_bm_msp"].shape == (40,) and set(ran) <= set(sc.files)
+    sid = np.load(analysis_dir / "scores" / "cifar10_test.npz")
+    assert sid["_test_bm_msp__vs__mnist"].shape == (70,) and "_test_bm_msp" in sid.files
+    np.testing.assert_array_equal(sid["_test_idx"], np.load(analysis_dir / "splits.npz")["cifar10_test__test"])
+
+
+def test_benchmark_held_out_and_defaults(bm_scores, bench, analysis_dir, tmp_path):
+    fig = tmp_path / "fig_ho"
+    bench.run_benchmark(analysis_dir, fig, methods=["_test_bm_odin", "_test_bm_react"], protocol="held_out_ood",
+                        bootstrap_n=5, seed=1, held_out="tinyimagenet")
+    chosen = json.loads((fig / "chosen_hyperparams.json").read_text())
+    per_set = chosen["methods"]["_test_bm_odin"]["per_set"]
+    assert per_set["mnist"]["params"] == per_set["tinyimagenet"]["params"]
+    assert per_set["mnist"]["tuned_on"] == "tinyimagenet" and chosen["held_out"] == "tinyimagenet"
+    fig2 = tmp_path / "fig_pd"
+    bench.run_benchmark(analysis_dir, fig2, methods=["_test_bm_odin"], protocol="paper_defaults", bootstrap_n=5)
+    rows = TB.read_metrics_csv(fig2 / "metrics.csv")
+    assert all(r["hyperparams"] == {"eps": 0.0, "T": 1.0} and r["protocol"] == "paper_defaults" for r in rows)

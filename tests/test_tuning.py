@@ -1,0 +1,183 @@
+"""ood_core.tuning: validation-only selection, leakage guard, protocols, memoised fits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ood_core import tuning as T
+from ood_core.scores import registry
+
+SEEN_ROWS: list[np.ndarray] = []
+FIT_CALLS: list[dict] = []
+
+
+def _register_once(name, fn, **kw):
+    if name not in registry.names():
+        registry.register(name, **kw)(fn)
+
+
+def _rec_score(arrays, state=None, *, a=0.0):
+    SEEN_ROWS.append(np.asarray(arrays["row"]).copy())
+    return np.asarray(arrays["x"], dtype=np.float64) * (1.0 + a)
+
+
+def _col_score(arrays, state=None, *, col=0):
+    return np.asarray(arrays["feat"][:, col], dtype=np.float64)
+
+
+def _fit_p(train, *, p=90.0, **_):
+    FIT_CALLS.append({"p": p})
+    return {"c": float(np.percentile(train["x"], p))}
+
+
+def _fitted_score(arrays, state=None, *, p=90.0, T=1.0):
+    return np.minimum(arrays["x"], state["c"]) / T
+
+
+def _fit_kw(train, *, p=90.0, **params):  # a **kwargs it may use -> every parameter is fit-relevant
+    FIT_CALLS.append({"p": p, **params})
+    return {"c": float(np.percentile(train["x"], p))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fake_scores():
+    _register_once("_test_tune_rec", _rec_score, family="forward", defaults={"a": 0.0}, grid={"a": [0.0, 1.0]},
+                   needs=("x", "row"))
+    _register_once("_test_tune_col", _col_score, family="forward", defaults={"col": 0},
+                   grid={"col": [0, 1, 2]}, needs=("feat",))
+    _register_once("_test_tune_fit", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
+                   grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_p)
+    _register_once("_test_tune_fitkw", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
+                   grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_kw)
+
+
+def _dataset(n, loc, rng, offset=0):
+    # "row" carries a globally unique id (offset + local index) so the recorder knows the dataset too
+    return {"x": rng.normal(loc, 1.0, n), "row": offset + np.arange(n), "W": np.ones((2, 2)), "b": np.zeros(2)}
+
+
+def _split(n, n_val, rng):
+    perm = rng.permutation(n)
+    return T.Split(perm[:n_val], perm[n_val:])
+
+
+OFFSETS = {"id": 0, "o1": 1000, "o2": 2000}
+
+
+def _setup(rng):
+    id_a = _dataset(100, 1.0, rng, OFFSETS["id"])
+    oods = {"o1": _dataset(80, 0.0, rng, OFFSETS["o1"]), "o2": _dataset(60, -1.0, rng, OFFSETS["o2"])}
+    splits = {"id": _split(100, 30, rng), "o1": _split(80, 20, rng), "o2": _split(60, 15, rng)}
+    return id_a, oods, splits
+
+
+# ------------------------------------------------------------------------------------- leakage
+@pytest.mark.parametrize("protocol", ["per_ood_val", "held_out_ood"])
+def test_tuning_never_scores_test_rows(protocol):
+    rng = np.random.default_rng(0)
+    id_a, oods, splits = _setup(rng)
+    SEEN_ROWS.clear()
+    res = T.tune("_test_tune_rec", protocol=protocol, id_arrays=id_a, id_split=splits["id"], ood_arrays=oods,
+                 ood_splits={o: splits[o] for o in oods}, fitted_state_fn=lambda **p: None, held_out="o2")
+    assert SEEN_ROWS, "the fake score was never called"
+    seen = set(np.concatenate(SEEN_ROWS).tolist())
+    val = {OFFSETS[d] + i for d in OFFSETS for i in splits[d].val.tolist()}
+    test = {OFFSETS[d] + i for d in OFFSETS for i in splits[d].test.tolist()}
+    assert not (seen & test), f"{len(seen & test)} test rows reached the tuning step"
+    assert seen <= val
+    id_val = {OFFSETS["id"] + i for i in splits["id"].val.tolist()}
+    assert sum(set(r.tolist()) == id_val for r in SEEN_ROWS) == 2  # once per grid point, not per OOD set
+    o1_val = {OFFSETS["o1"] + i for i in splits["o1"].val.tolist()}
+    assert (o1_val <= seen) == (protocol == "per_ood_val")  # held-out protocol only looks at o2's val
+    assert not (o1_val & seen) or protocol == "per_ood_val"
+    assert res.protocol == protocol
+
+
+def test_val_part_guard_raises_on_overlap():
+    rng = np.random.default_rng(1)
+    id_a, oods, splits = _setup(rng)
+    bad = T.Split(np.r_[splits["o1"].val, splits["o1"].test[:1]], splits["o1"].test)
+    with pytest.raises(T.LeakageError, match="overlap in 1 index"):
+        bad.assert_disjoint()
+    with pytest.raises(T.LeakageError):
+        T.val_part(oods["o1"], bad)
+    SEEN_ROWS.clear()
+    with pytest.raises(T.LeakageError):
+        T.tune("_test_tune_rec", protocol="per_ood_val", id_arrays=id_a, id_split=splits["id"], ood_arrays=oods,
+               ood_splits={"o1": bad, "o2": splits["o2"]}, fitted_state_fn=lambda **p: None)
+    assert not SEEN_ROWS  # refused before scoring anything
+
+
+def test_take_slices_sample_axis_only():
+    arrays = {"h": np.arange(10).reshape(5, 2), "odin_s": np.arange(2 * 3 * 5).reshape(2, 3, 5),
+              "odin_T": np.array([1.0, 2.0, 3.0]), "W": np.ones((4, 2)), "y": np.arange(5)}
+    out = T.take(arrays, np.array([4, 0]))
+    assert out["h"].tolist() == [[8, 9], [0, 1]]
+    assert out["odin_s"].shape == (2, 3, 2) and out["odin_s"][1, 2].tolist() == [29, 25]
+    assert out["odin_T"] is arrays["odin_T"] and out["W"] is arrays["W"]
+    assert T.n_samples(arrays) == 5
+
+
+# ----------------------------------------------------------------------------------- selection
+def _feature_sets(rng):
+    """col 1 separates ID from o1 only, col 2 separates ID from o2 only, col 0 is noise."""
+    def mk(n, c1, c2):
+        f = rng.normal(size=(n, 3))
+        f[:, 1] += c1
+        f[:, 2] += c2
+        return {"feat": f}
+    return mk(200, 3.0, 3.0), {"o1": mk(150, 0.0, 3.0), "o2": mk(150, 3.0, 0.0)}
+
+
+def test_protocols_pick_the_right_grid_point():
+    rng = np.random.default_rng(2)
+    id_a, oods = _feature_sets(rng)
+    splits = {"id": _split(200, 100, rng), "o1": _split(150, 75, rng), "o2": _split(150, 75, rng)}
+    kw = dict(id_arrays=id_a, id_split=splits["id"], ood_arrays=oods, ood_splits={o: splits[o] for o in oods},
+              fitted_state_fn=lambda **p: None)
+    per = T.tune("_test_tune_col", protocol="per_ood_val", **kw)
+    assert per.params == {"o1": {"col": 1}, "o2": {"col": 2}}
+    assert [p for p, _ in per.tables["o1"]] == [{"col": 0}, {"col": 1}, {"col": 2}]
+    ho = T.tune("_test_tune_col", protocol="held_out_ood", held_out="o2", **kw)
+    assert ho.params == {"o1": {"col": 2}, "o2": {"col": 2}} and ho.tuned_on("o1") == "o2"
+    dflt = T.tune("_test_tune_col", protocol="paper_defaults", **kw)
+    assert dflt.params == {"o1": {"col": 0}, "o2": {"col": 0}} and dflt.tables == {}
+    with pytest.raises(ValueError, match="held-out"):
+        T.tune("_test_tune_col", protocol="held_out_ood", **kw)
+
+
+def test_select_ties_go_to_first_in_grid_order():
+    rng = np.random.default_rng(3)
+    f_id = rng.normal(size=(50, 4))
+    f_ood = rng.normal(size=(40, 4))
+    f_id[:, 3] = f_id[:, 1]  # columns 1 and 3 identical -> identical AUROC
+    f_ood[:, 3] = f_ood[:, 1]
+    f_id[:, 1] += 5
+    f_id[:, 3] += 5
+    best, table = T.select("_test_tune_col", {"feat": f_id}, {"feat": f_ood}, lambda **p: None, {"col": [3, 1, 0]})
+    assert best == {"col": 3} and table[0][1] == table[1][1] > table[2][1]
+    best, _ = T.select("_test_tune_col", {"feat": f_id}, {"feat": f_ood}, lambda **p: None, {"col": [0, 1, 3]})
+    assert best == {"col": 1}
+
+
+def test_grid_points_order():
+    assert T.grid_points({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 1, "b": 4},
+                                                         {"a": 2, "b": 3}, {"a": 2, "b": 4}]
+    assert T.grid_points({}) == [{}]
+
+
+# ---------------------------------------------------------------------------------- fit cache
+@pytest.mark.parametrize("name,expected_fits", [("_test_tune_fit", 2), ("_test_tune_fitkw", 6)])
+def test_fit_memoised_on_fit_parameters(name, expected_fits):
+    rng = np.random.default_rng(4)
+    id_a, oods, splits = _setup(rng)
+    train = {"x": rng.normal(1.0, 1.0, 500)}
+    fits = T.FitCache(train)
+    FIT_CALLS.clear()
+    res = T.tune(name, protocol="per_ood_val", id_arrays=id_a, id_split=splits["id"], ood_arrays=oods,
+                 ood_splits={o: splits[o] for o in oods}, fitted_state_fn=fits.state_fn(name))
+    # grid has 2 percentiles x 3 temperatures: T does not enter _fit_p, so 2 fits; _fit_kw may use it: 6
+    assert fits.n_fits == len(FIT_CALLS) == expected_fits
+    fits.get(name, p=50.0, T=1.0)
+    assert fits.n_fits == expected_fits  # served from the cache
+    assert set(res.params) == {"o1", "o2"}
