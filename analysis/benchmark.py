@@ -527,4 +527,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from .common import main_guard
+
+    main_guard(main)

@@ -141,3 +141,16 @@ def record_run(ctx: Context, stage: str, seconds: float, extra: dict[str, Any] |
         **(extra or {}),
     }
     return write_json(ctx.cache_dir / "runs" / f"{stamp}-{stage}.json", rec)
+
+
+def main_guard(fn, *args, **kwargs):
+    """Run a stage's entry point; known user errors print one clear line and exit 2 (no traceback)."""
+    from ood_core.checkpoint import CheckpointError
+    from ood_core.config import ConfigError
+    from ood_core.data import DatasetError
+
+    try:
+        return fn(*args, **kwargs)
+    except (DatasetError, ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ood_core.cache import hash_config
-from ood_core.data import ImageSet, load_dataset
+from ood_core.data import SHARED_DATA_MANIFEST, ImageSet, load_dataset, verify_files
 
 from .common import Context
 
@@ -45,6 +45,9 @@ def load_named(ctx: Context, name: str, _memo: dict[str, ImageSet] | None = None
     if "path" in opts:
         p = Path(opts.pop("path")).expanduser()
         root = p if p.is_absolute() else ctx.data_root / p
+    if kind == "npz" and ctx.cfg["data"]["verify_manifest"] and root is not None and root.name in SHARED_DATA_MANIFEST:
+        # size + sha256 against the manifest; the result is cached per (path, size, mtime)
+        verify_files({root.name: SHARED_DATA_MANIFEST[root.name]}, root.parent)
     if "base" in opts:
         opts["base"] = load_named(ctx, opts.pop("base"), memo)
     ds = load_dataset(kind, root, name=name, **opts)

@@ -12,6 +12,7 @@ and figures from a committed analysis cache (no GPU, no data needed).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (src / "meta.json").is_file():
             raise SystemExit(f"--from-cache {src}: no meta.json there (expected an analysis cache written by analysis.extract)")
         analysis_dir = str(src.resolve())
-        stages = [s for s in stages if s in ("benchmark", "notebooks")]
+        compacted = "compact" in json.loads((src / "meta.json").read_text())
+        # a compact (subsampled) cache re-draws the figures; its tables are those of the full run
+        keep = ("notebooks",) if compacted else ("benchmark", "notebooks")
+        stages = [s for s in stages if s in keep]
     if not ctx.cfg["notebooks"]["run"] and "notebooks" in stages:
         stages.remove("notebooks")
     t0 = time.perf_counter()

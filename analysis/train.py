@@ -137,4 +137,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .common import main_guard
+
+    main_guard(main)

@@ -86,9 +86,7 @@ def apply() -> None:
 
 def figsize(cols: float = 1.0, aspect: float = 0.75) -> tuple[float, float]:
     """(width, height) in inches: ``cols`` = 1 -> one column, 2 -> full text width."""
-    width = COLUMN_WIDTH if cols <= 1 else TEXT_WIDTH
-    if cols not in (1, 2):
-        width = min(TEXT_WIDTH, COLUMN_WIDTH * cols)
+    width = COLUMN_WIDTH if cols <= 1 else TEXT_WIDTH if cols >= 2 else min(TEXT_WIDTH, COLUMN_WIDTH * cols)
     return (width, width * aspect)
 
 

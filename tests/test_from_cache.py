@@ -1,0 +1,60 @@
+"""The no-GPU path: a compact copy of an analysis cache regenerates every figure via
+``analysis.run --from-cache`` (what users of the committed cifar10 cache run)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.compact_cache import compact
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.cache import load_npz
+
+try:
+    from fixtures_cache import ID_TEST, make_tiny_analysis_cache
+    from test_notebooks import EXPECTED
+except ImportError:  # pragma: no cover
+    from tests.fixtures_cache import ID_TEST, make_tiny_analysis_cache
+    from tests.test_notebooks import EXPECTED
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_compact_keeps_rows_scores_and_splits_consistent(tmp_path):
+    adir, _ = make_tiny_analysis_cache(tmp_path / "full")
+    out = compact(adir, tmp_path / "compact", max_per_set=40, seed=1)
+    full, small = AnalysisCache(adir), AnalysisCache(out)
+    assert "compact" in small.meta
+    a_full, a_small = load_npz(adir / "arrays" / f"{ID_TEST}.npz"), load_npz(out / "arrays" / f"{ID_TEST}.npz")
+    assert len(a_small["y"]) == 40 and a_small["h"].dtype == np.float16
+    s_full, s_small = load_npz(adir / "scores" / f"{ID_TEST}.npz"), load_npz(out / "scores" / f"{ID_TEST}.npz")
+    # every kept score row belongs to the same image as in the full cache
+    for key in [k for k in s_small if k != "_test_idx"][:3]:
+        row_of = {int(i): v for i, v in zip(s_full["_test_idx"], s_full[key])}
+        kept_full_rows = np.flatnonzero(np.isin(np.arange(len(a_full["y"])), s_full["_test_idx"]))
+        for new_i, v in zip(s_small["_test_idx"], s_small[key]):
+            match = [r for r in kept_full_rows if np.allclose(a_full["logits"][r], a_small["logits"][new_i])]
+            assert match and np.isclose(row_of[match[0]], v)
+    sp = load_npz(out / "splits.npz")
+    assert not set(sp[f"{ID_TEST}__val"]) & set(sp[f"{ID_TEST}__test"])
+    assert full.meta["ood"] == small.meta["ood"]
+
+
+@pytest.mark.slow
+def test_run_from_compact_cache_draws_every_figure(tmp_path):
+    adir, fdir = make_tiny_analysis_cache(tmp_path / "full")
+    out = compact(adir, tmp_path / "compact", max_per_set=50)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "analysis.run", "--profile", "demo", "--from-cache", str(out),
+                        "--fig-dir", str(fdir), "--cache-dir", str(tmp_path / "c")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stage train" not in r.stdout and "stage benchmark" not in r.stdout
+    for spec in EXPECTED.values():
+        for stem in spec["figures"]:
+            png = fdir / f"{stem}.png"
+            assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem

@@ -1,0 +1,139 @@
+"""The stages end to end on a tiny profile: extraction equals a direct forward pass, caching hits and
+misses, bit-identical reruns, resumption after SIGKILL, and device/data-root errors."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ood_core.cache import load_npz
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_profile(tmp_path: Path, **extract_overrides) -> Path:
+    """The demo profile shrunk to seconds: 2 epochs, a 2x2 ODIN grid, small subspaces."""
+    cfg = yaml.safe_load((REPO / "analysis/configs/demo.yaml").read_text())
+    cfg["profile"] = "tiny"
+    cfg["train"]["epochs"] = 2
+    cfg["data"]["ood"] = {k: cfg["data"]["ood"][k] for k in ("digits_5to9", "gaussian_noise", "digits_contrast5")}
+    cfg["data"]["ood"]["gaussian_noise"]["n"] = 60
+    cfg["extract"].update({"odin_T": [1, 10], "odin_eps": [0.0, 0.004], **extract_overrides})
+    cfg["lowdim"]["subspaces"] = {"pca": {"kind": "pca", "k": 4, "n_iter": 1}, "avg": {"kind": "class_mean"}}
+    cfg["benchmark"] = {"protocol": "per_ood_val", "bootstrap": 10, "methods": ["msp", "energy", "gradnorm", "grodin_g", "lowdim_knn", "knn"]}
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def stage_args(profile: Path, root: Path) -> list[str]:
+    return ["--profile", str(profile), "--cache-dir", str(root / "cache"), "--fig-dir", str(root / "fig"), "--device", "cpu"]
+
+
+def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
+
+
+def test_extraction_matches_forward_and_cache_hits_and_misses(tmp_path):
+    from analysis import extract, train
+    from analysis.common import add_common_args, make_context
+    from analysis.datasets import load_named
+    from ood_core.extract import Preprocess
+    import argparse
+
+    prof = tiny_profile(tmp_path)
+    args = stage_args(prof, tmp_path)
+    train.main(args)
+    extract.main(args)
+    ctx = make_context(add_common_args(argparse.ArgumentParser()).parse_args(args))
+    model, _ = train.load_model(ctx)
+    ds = load_named(ctx, "digits_5to9")
+    x = Preprocess(**ctx.cfg["data"]["preprocessing"])(ds.images, torch.device("cpu"))
+    with torch.no_grad():
+        h = model.features(x)
+        logits = model.head(h)
+    arrays_path = ctx.analysis_dir / "arrays" / "digits_5to9.npz"
+    a = load_npz(arrays_path)
+    np.testing.assert_allclose(a["h"], h.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["logits"], logits.numpy(), rtol=1e-5, atol=1e-5)
+    assert a["odin_s"].shape == (2, 2, len(ds)) and a["lowdim_pca"].shape == (len(ds), 4)
+    assert (a["y"] == -1).all()
+
+    before = arrays_path.stat().st_mtime_ns
+    extract.main(args)  # same config: cache hit, nothing rewritten
+    assert arrays_path.stat().st_mtime_ns == before
+
+    changed = tiny_profile(tmp_path, odin_T=[1, 100])  # a changed config misses the cache
+    extract.main(stage_args(changed, tmp_path))
+    assert arrays_path.stat().st_mtime_ns != before
+    assert load_npz(arrays_path)["odin_T"].tolist() == [1.0, 100.0]
+
+
+@pytest.mark.slow
+def test_rerun_is_bit_identical_and_survives_sigkill(tmp_path):
+    prof = tiny_profile(tmp_path)
+    stages = ["--stages", "train", "extract", "benchmark"]
+    runs = {}
+    for name in ("a", "b"):
+        r = run_cli(["analysis.run", *stage_args(prof, tmp_path / name), *stages], timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs[name] = (tmp_path / name / "fig" / "metrics.csv").read_bytes()
+    assert runs["a"] == runs["b"], "the same profile and seed must give bit-identical metrics"
+
+    # Kill the run with SIGKILL in the middle of extraction, then run again to completion.
+    kdir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "analysis.run", *stage_args(prof, kdir), *stages], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = False
+    assert proc.stdout is not None
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if "[extract] subspace" in line or "== stage extract" in line and time.time() > deadline:
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+    assert not (kdir / "fig" / "metrics.csv").exists()
+    r = run_cli(["analysis.run", *stage_args(prof, kdir), *stages], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "[train] cached" in r.stdout, "the finished training stage must be reused after the kill"
+    assert (kdir / "fig" / "metrics.csv").read_bytes() == runs["a"]
+    leftovers = [p for p in kdir.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_explicit_cuda_without_gpu_fails_and_profile_cuda_falls_back(tmp_path, monkeypatch):
+    from analysis.common import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda was given but no CUDA GPU is available"):
+        resolve_device("cuda", "auto")
+    with pytest.warns(UserWarning, match="no GPU is available: falling back to CPU"):
+        assert resolve_device(None, "cuda") == "cpu"
+    assert resolve_device(None, "auto") == "cpu"
+
+
+def test_missing_data_root_names_the_file(tmp_path):
+    r = run_cli(["analysis.train", "--profile", "cifar10", "--data-root", str(tmp_path / "nowhere"),
+                 "--cache-dir", str(tmp_path / "c"), "--device", "cpu"], timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.startswith("error: dataset 'cifar10_train'") and "nowhere/cifar10_train.npz" in r.stderr and "file not found" in r.stderr
+
+
+def test_failing_stage_is_named_with_its_log(tmp_path):
+    r = run_cli(["analysis.run", "--profile", "cifar10", "--data-root", str(tmp_path / "nowhere"),
+                 "--cache-dir", str(tmp_path / "c"), "--fig-dir", str(tmp_path / "f"), "--device", "cpu"], timeout=300)
+    assert r.returncode != 0
+    assert "FAILED at stage 'train'" in r.stderr and str(tmp_path / "c" / "logs" / "train.log") in r.stderr
