@@ -91,10 +91,12 @@ def resolve_device(cli: str | None, cfg_device: str) -> str:
 def make_context(args: argparse.Namespace) -> Context:
     cfg = load_profile(args.profile)
     profile = cfg["profile"]
-    if cfg["threads"]:
-        import torch
+    import torch
 
+    if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
     cache_dir = Path(args.cache_dir) if args.cache_dir else REPO / "cache" / profile
     analysis_dir = Path(args.analysis_dir) if args.analysis_dir else cache_dir / "analysis"
     fig_dir = Path(args.fig_dir) if args.fig_dir else REPO / "figures" / profile
@@ -127,6 +129,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _determinism_flags() -> dict[str, Any]:
+    import torch
+
+    return {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def record_run(ctx: Context, stage: str, seconds: float, extra: dict[str, Any] | None = None) -> Path:
     """Append-only run record: config, seed, versions, timings (cache/<profile>/runs/)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -137,18 +150,39 @@ def record_run(ctx: Context, stage: str, seconds: float, extra: dict[str, Any] |
         "device": ctx.device_name,
         "seconds": round(seconds, 3),
         "versions": versions(),
+        "deterministic": _determinism_flags(),
+        "nondeterministic_ops": list(NONDETERMINISTIC_OPS),
         "config": json.loads(stable_json(ctx.cfg)),
         **(extra or {}),
     }
     return write_json(ctx.cache_dir / "runs" / f"{stamp}-{stage}.json", rec)
 
 
+NONDETERMINISTIC_OPS: list[str] = []
+
+
+def _record_nondeterministic(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning hook: keep torch's 'no deterministic implementation' warnings for the run record."""
+    text = str(message)
+    if "deterministic" in text and text not in NONDETERMINISTIC_OPS:
+        NONDETERMINISTIC_OPS.append(text.splitlines()[0])
+    _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main_guard(fn, *args, **kwargs):
-    """Run a stage's entry point; known user errors print one clear line and exit 2 (no traceback)."""
+    """Run a stage's entry point; known user errors print one clear line and exit 2 (no traceback).
+
+    Torch runs with ``use_deterministic_algorithms(True, warn_only=True)``; every op that has no
+    deterministic implementation (on GPU, e.g. some scatter/index kernels) is collected and written into
+    the stage's run record as ``nondeterministic_ops``."""
     from ood_core.checkpoint import CheckpointError
     from ood_core.config import ConfigError
     from ood_core.data import DatasetError
 
+    warnings.showwarning = _record_nondeterministic
     try:
         return fn(*args, **kwargs)
     except (DatasetError, ConfigError, CheckpointError, FileNotFoundError) as e:

@@ -37,15 +37,17 @@ def stage_command(stage: str, args: argparse.Namespace, analysis_dir: str | None
 
 
 def run_stage(stage: str, cmd: list[str], log: Path) -> int:
-    """Run one stage, streaming its output to the console and to ``log``."""
+    """Run one stage, passing its output through unchanged (progress bars keep their carriage
+    returns) to the console and to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    with open(log, "wb") as f:
+        f.write(f"$ {' '.join(cmd)}\n".encode())
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            f.write(line)
+        for chunk in iter(lambda: proc.stdout.read1(1 << 14), b""):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            f.write(chunk)
         return proc.wait()
 
 

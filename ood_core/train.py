@@ -29,36 +29,27 @@ def to_float_batch(x_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return (x_u8.float().div_(255.0) - mean) / std
 
 
-def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) + horizontal flip, batched on x's device."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(x.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # (n,h)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # (n,w)
-    idx_n = torch.arange(n, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=generator).to(x.device) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-def _crop_only(x: torch.Tensor, generator: torch.Generator, pad: int = 1) -> torch.Tensor:
-    """Random shifts by up to ``pad`` pixels without flips (digits must not be mirrored)."""
+def random_shift(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop of the zero-padded batch (shifts of up to ``pad`` pixels), plus a random
+    horizontal flip when ``flip``; batched on x's device, random numbers drawn on the CPU generator."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]
-    cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]
+    rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # (n, h)
+    cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # (n, w)
     idx_n = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if not flip:
+        return out
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flips[:, None, None, None], out.flip(3), out)
 
 
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "none": lambda x, g: x,
-    "crop_flip": augment_crop_flip,
-    "shift": _crop_only,
+    "crop_flip": lambda x, g: random_shift(x, g, pad=4, flip=True),  # the standard CIFAR recipe
+    "shift": lambda x, g: random_shift(x, g, pad=1, flip=False),  # digits must not be mirrored
 }
 
 

@@ -129,7 +129,7 @@ def test_missing_data_root_names_the_file(tmp_path):
     r = run_cli(["analysis.train", "--profile", "cifar10", "--data-root", str(tmp_path / "nowhere"),
                  "--cache-dir", str(tmp_path / "c"), "--device", "cpu"], timeout=300)
     assert r.returncode != 0
-    assert r.stderr.startswith("error: dataset 'cifar10_train'") and "nowhere/cifar10_train.npz" in r.stderr and "file not found" in r.stderr
+    assert r.stderr.startswith("error: dataset 'cifar10_train") and "nowhere/cifar10_train.npz" in r.stderr and "file not found" in r.stderr
 
 
 def test_failing_stage_is_named_with_its_log(tmp_path):

@@ -1,0 +1,49 @@
+"""Model zoo contract (features + head) and the training loop's augmentation and learning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ood_core.models import MODELS, build_model
+from ood_core.train import random_shift, train_model
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("small_cnn", {"num_classes": 5, "in_channels": 1}, (2, 1, 8, 8)),
+    ("resnet18_cifar", {"num_classes": 10}, (2, 3, 32, 32)),
+    ("wrn28_10", {"num_classes": 10}, (1, 3, 32, 32)),
+])
+def test_models_expose_features_and_linear_head(name, kwargs, shape):
+    torch.manual_seed(0)
+    m = build_model(name, **kwargs).eval()
+    x = torch.randn(shape)
+    h = m.features(x)
+    W, b = m.head_weights()
+    assert h.ndim == 2 and W.shape == (kwargs["num_classes"], h.shape[1])
+    torch.testing.assert_close(m(x), h @ W.T + b)
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(KeyError, match="unknown model 'resnet19'; known models: " + ", ".join(sorted(MODELS))):
+        build_model("resnet19")
+
+
+def test_random_shift_is_a_crop_of_the_padded_image():
+    x = torch.arange(3 * 2 * 5 * 5, dtype=torch.float32).reshape(3, 2, 5, 5)
+    g = torch.Generator().manual_seed(3)
+    y = random_shift(x, g, pad=2, flip=False)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(3):  # each output is some 5x5 window of its padded input (checked exhaustively)
+        assert any(torch.equal(y[i], padded[i, :, r:r + 5, c:c + 5]) for r in range(5) for c in range(5))
+    assert torch.equal(random_shift(x, g, pad=0, flip=False), x)
+
+
+def test_training_learns_a_separable_toy_problem():
+    torch.manual_seed(0)
+    x = torch.randn(256, 1, 8, 8)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    cfg = {"epochs": 15, "batch_size": 32, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0,
+           "label_smoothing": 0.0, "augment": "none", "bf16": False, "channels_last": False}
+    model = build_model("small_cnn", num_classes=2, in_channels=1, width=4)
+    res = train_model(model, x[:192], y[:192], x[192:], y[192:], cfg, seed=0, device=torch.device("cpu"))
+    assert res.test_accuracy > 0.8, res.history
