@@ -84,3 +84,15 @@ def test_pickled_code_checkpoint_is_refused(tmp_path):
     torch.save({"weight": torch.zeros(1), "x": _Evil()}, path)
     with pytest.raises(CheckpointError, match="needs pickle code execution to load and was refused"):
         load_state_dict_file(path)
+
+
+def test_nan_in_logits_or_features_is_a_clear_error():
+    from ood_core import scores
+
+    logits = np.array([[1.0, 2.0], [np.nan, 0.0]])
+    with pytest.raises(FloatingPointError, match=r"score 'msp': input array 'logits' has 1 non-finite value\(s\)"):
+        scores.compute("msp", {"logits": logits})
+    h = np.array([[1.0, np.inf], [0.0, 1.0]])
+    W, b = np.eye(2), np.zeros(2)
+    with pytest.raises(FloatingPointError, match=r"score 'gradnorm': input array 'h' has 1 non-finite"):
+        scores.compute("gradnorm", {"logits": np.zeros((2, 2)), "h": h, "W": W, "b": b})

@@ -90,6 +90,14 @@ def compute(name: str, arrays: Arrays, state: Any = None, **params: Any) -> np.n
         raise KeyError(
             f"score '{name}' needs arrays {list(spec.needs)}; missing {missing} (have {sorted(arrays)})"
         )
+    for k in spec.needs:
+        a = np.asarray(arrays[k])
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            bad = int((~np.isfinite(a)).sum())
+            raise FloatingPointError(
+                f"score '{name}': input array '{k}' has {bad} non-finite value(s) (NaN/inf) of {a.size}; "
+                "the cache is corrupt or the model diverged (refusing to score: it would give a meaningless AUROC)"
+            )
     unknown = set(params) - set(spec.defaults)
     if unknown:
         raise TypeError(f"score '{name}' has no parameter(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
