@@ -143,6 +143,7 @@ def run(ctx: Context) -> Path:
         "num_classes": int(ctx.cfg["model"]["kwargs"]["num_classes"]),
         "class_names": load_named(ctx, "id_test", memo).class_names if "id_test" in memo else meta_ck.get("class_names"),
         "id_accuracy": id_acc,
+        "id_dataset": ctx.cfg["data"]["id_name"] or ctx.profile,
         "train": "train",
         "id_test": "id_test",
         "ood": {n: s.get("group", "ood") for n, s in ctx.cfg["data"]["ood"].items()},

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,
     "data": {
         "root": None,
+        "id_name": None,
         "train": {},
         "id_test": {},
         "ood": {},

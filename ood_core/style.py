@@ -16,11 +16,13 @@ colours from :func:`ood_colors` (same set -> same colour in every notebook).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import matplotlib
+
+from .cache import atomic_path
+from .cache import write_text as _write_text
 
 COLUMN_WIDTH = 3.25  # inches, one column of a two-column paper
 TEXT_WIDTH = 6.75  # inches, full text width
@@ -106,15 +108,11 @@ def class_colors(num_classes: int) -> list:
 
 
 def _atomic_save(fig, path: Path, **kw) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip("."), **kw)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = path.suffix.lstrip(".")
+    if fmt == "pdf":  # no creation date: re-running a notebook leaves unchanged figures byte-identical
+        kw.setdefault("metadata", {"CreationDate": None})
+    with atomic_path(path, path.suffix) as tmp:
+        fig.savefig(tmp, format=fmt, **kw)
 
 
 def savefig(fig, fig_dir, name: str, formats: tuple[str, ...] = ("png", "pdf"), **kw) -> list[Path]:
@@ -136,11 +134,4 @@ def savefig(fig, fig_dir, name: str, formats: tuple[str, ...] = ("png", "pdf"), 
 
 def write_text(fig_dir, name: str, text: str) -> Path:
     """Atomically write a small text artefact (e.g. a Markdown table) next to the figures."""
-    fig_dir = Path(fig_dir)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    path = fig_dir / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=fig_dir)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
+    return _write_text(Path(fig_dir) / name, text)

@@ -33,7 +33,7 @@ def test_unknown_profile_lists_known_ones():
 
 
 def test_odin_eps_grid_is_21_points_to_0004():
-    g = odin_eps_grid(load_profile("cifar10"))  # the papers' grid; demo uses an explicit sub-grid list
+    g = odin_eps_grid(load_profile("cifar10_torchvision"))  # the papers' grid; demo uses an explicit sub-grid list
     assert odin_eps_grid(load_profile("demo")) == [0.0, 0.0008, 0.0016, 0.0024, 0.0032, 0.004]
     assert len(g) == 21 and g[0] == 0.0 and abs(g[-1] - 0.004) < 1e-12 and abs(g[1] - 0.0002) < 1e-12
 
