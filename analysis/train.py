@@ -45,16 +45,23 @@ def load_model(ctx: Context) -> tuple[OODModel, dict]:
     """Build the profile's model and load its checkpoint (sha256-checked, weights only)."""
     m = ctx.cfg["model"]
     path = model_path(ctx)
-    model = build_model(m["name"], **m["kwargs"])
     if m["checkpoint"] and not path.with_name(path.name + ".json").is_file():
-        from ood_core.checkpoint import load_state_dict_file
+        # a foreign weights file (e.g. torchvision's ResNet-50): weights_only load, sha256 recorded
         from ood_core.cache import sha256_file
+        from ood_core.checkpoint import load_state_dict_file
 
-        state, meta = load_state_dict_file(path), {"sha256": sha256_file(path), "source": str(path)}
-        if m["name"] == "resnet50_tv":  # torchvision names its head 'fc'
-            state = {k.replace("fc.", "head.", 1) if k.startswith("fc.") else "body." + k: v for k, v in state.items()}
+        meta = {"sha256": sha256_file(path), "source": str(path)}
+        if m["name"] == "resnet50_tv":
+            return build_model(m["name"], weights_path=str(path), **m["kwargs"]).eval(), meta
+        state = load_state_dict_file(path)
     else:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no trained model yet; run the train stage (python -m analysis.train --profile {ctx.profile})")
         state, meta = load_checkpoint(path)
+        if not m["checkpoint"] and meta.get("cache_key") not in (None, train_key(ctx)):
+            raise FileNotFoundError(f"{path} was trained from another configuration than profile '{ctx.profile}' now has; "
+                                    "run the train stage again (python -m analysis.train)")
+    model = build_model(m["name"], **m["kwargs"])
     model.load_state_dict(state)
     return model.eval(), meta
 

@@ -47,3 +47,17 @@ def test_training_learns_a_separable_toy_problem():
     model = build_model("small_cnn", num_classes=2, in_channels=1, width=4)
     res = train_model(model, x[:192], y[:192], x[192:], y[192:], cfg, seed=0, device=torch.device("cpu"))
     assert res.test_accuracy > 0.8, res.history
+
+
+def test_resnet50_loads_torchvision_weights_from_a_local_file(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet50(weights=None, num_classes=7).eval()
+    path = tmp_path / "resnet50.pth"
+    torch.save(ref.state_dict(), path)
+    m = build_model("resnet50_tv", num_classes=7, weights_path=str(path)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x))
+        assert m.features(x).shape == (2, 2048)
