@@ -3,7 +3,7 @@
     python -m analysis.notebooks --profile demo [--only 03_sg_decomposition]
 
 Each ``notebooks/NN_*.ipynb`` runs with parameters (profile, analysis_dir, fig_dir, seed, plus the
-profile's ``notebooks.params.<notebook>`` knobs) into ``notebooks/executed/<profile>/``; figures go to
+profile's ``notebooks.params.<notebook>`` knobs) into ``cache/<profile>/notebooks/``; figures go to
 ``figures/<profile>/``. A notebook whose inputs (its own source, meta.json, metrics.csv) are unchanged
 since its last successful run is skipped.
 """
@@ -56,7 +56,7 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
 
     ensure_kernel()
     t0 = time.perf_counter()
-    out_dir = REPO / "notebooks" / "executed" / ctx.profile
+    out_dir = ctx.cache_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx.fig_dir.mkdir(parents=True, exist_ok=True)
     stamps_path = ctx.cache_dir / "notebook_stamps.json"

@@ -137,3 +137,32 @@ def test_failing_stage_is_named_with_its_log(tmp_path):
                  "--cache-dir", str(tmp_path / "c"), "--fig-dir", str(tmp_path / "f"), "--device", "cpu"], timeout=300)
     assert r.returncode != 0
     assert "FAILED at stage 'train'" in r.stderr and str(tmp_path / "c" / "logs" / "train.log") in r.stderr
+
+
+@pytest.mark.slow
+def test_notebook_stage_survives_sigkill(tmp_path):
+    try:
+        from fixtures_cache import make_tiny_analysis_cache
+    except ImportError:  # pragma: no cover
+        from tests.fixtures_cache import make_tiny_analysis_cache
+
+    adir, fdir = make_tiny_analysis_cache(tmp_path / "t")
+    cmd = [sys.executable, "-u", "-m", "analysis.notebooks", "--profile", "demo", "--analysis-dir", str(adir),
+           "--fig-dir", str(fdir), "--cache-dir", str(tmp_path / "c"), "--only", "01_tsne", "05_benchmark"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    killed = False
+    for line in proc.stdout:
+        if "01_tsne.ipynb in" in line:  # the second notebook is now running: kill everything
+            time.sleep(1.0)
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+    proc.wait()
+    assert killed
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "cached: 01_tsne.ipynb" in r.stdout and "05_benchmark.ipynb in" in r.stdout
+    assert (fdir / "auroc_heatmap.png").is_file() and (tmp_path / "c" / "notebooks" / "05_benchmark.ipynb").is_file()
+    leftovers = [p for p in [*tmp_path.rglob("*")] if ".tmp" in p.name]
+    assert not leftovers, leftovers
