@@ -16,8 +16,12 @@ else
     fi
     echo "[setup] creating $_venv and installing the project (first run only; torch is large)..." >&2
     [[ -x "$_venv/bin/python" ]] || "$_base" -m venv "$_venv"
-    "$_venv/bin/python" -m pip install -q --upgrade pip >&2
-    "$_venv/bin/python" -m pip install -q -e "$_repo[notebooks,test]" >&2
+    _log="$_venv/install.log"
+    if ! { "$_venv/bin/python" -m pip install -q --upgrade pip && \
+           "$_venv/bin/python" -m pip install -q -e "$_repo[notebooks,test]"; } >"$_log" 2>&1; then
+      tail -n 40 "$_log" >&2; echo "error: installing the project failed; full log: $_log" >&2; exit 1
+    fi
+    echo "[setup] done (log: $_log)" >&2
     "$_venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
     rm -f "$_venv"/.installed-*
     touch "$_stamp"

@@ -1,8 +1,8 @@
 """Score cached arrays with registered OOD scores (argument parsing and orchestration only).
 
     python -m analysis.score --list
-    python -m analysis.score --arrays CACHE/demo/small_cnn/arrays --train train \\
-        --eval id_test svhn --scores msp energy react --set energy.T=2 --out scores.npz
+    python -m analysis.score --arrays cache/demo/analysis/arrays --train train \\
+        --eval id_test digits_5to9 --scores msp energy react --set energy.T=2 --out scores.npz
 
 Each dataset is read from ``<arrays>/<name>.npz``; the head (W, b) from ``--head FILE`` or, if
 present, ``<arrays>/../head.npz``. Every score is fitted on the --train set (if it has a fit) and
