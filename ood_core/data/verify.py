@@ -1,15 +1,14 @@
 """Size + sha256 checks of data files, cached in a JSON stamp keyed by (path, size, mtime)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Mapping
 
+from ..cache import sha256_file, write_json
 from .base import PathLike, fail
 
 # shared/data (see its MANIFEST.md): file -> (size in bytes, sha256)
@@ -38,14 +37,6 @@ def default_stamp_path() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "ood_core" / "verified_files.json"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_sha256_list(path: PathLike) -> dict[str, tuple[int | None, str]]:
     """Parse ``sha256sum`` output (``<hex>  <file>`` per line; '#' comments) -> {file: (None, hex)}."""
     out: dict[str, tuple[int | None, str]] = {}
@@ -67,11 +58,7 @@ def _load_stamp(path: Path) -> dict:
 
 def _save_stamp(path: Path, stamp: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stamp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(stamp, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_json(path, stamp)
     except OSError as e:  # a read-only cache must not stop a run
         warnings.warn(f"verify_files: could not write stamp {path}: {e}")
 
