@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
-from ood_core.config import odin_eps_grid
+from ood_core.config import ConfigError, odin_eps_grid
 from ood_core.data import split_indices
 from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, iterate_batches
 
@@ -36,15 +36,21 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     """Compute (or load) one low-dim subspace of Wu et al. from the training set."""
     from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
+    unknown = set(spec) - {"kind", "k", "n_iter", "params"}
+    if unknown:
+        raise ConfigError(f"lowdim.subspaces.{name}: unknown key(s) {sorted(unknown)}; allowed: kind, k, n_iter, params")
+    if spec.get("kind") not in ("pca", "class_mean"):
+        raise ConfigError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {spec.get('kind')!r}")
     lcfg = ctx.cfg["lowdim"]
-    common = {k: lcfg[k] for k in ("params", "normalisation", "n_samples")}
+    params = spec.get("params", lcfg["params"])  # a subspace may use its own layers ("which layers" ablation)
+    common = {"params": params, **{k: lcfg[k] for k in ("normalisation", "n_samples")}}
     key = hash_config(model_sha, common, spec, spec_key(ctx.cfg, "train"), ctx.cfg["seed"])
     path = ctx.lowdim_dir / f"{name}.pt"
     if path.is_file() and not ctx.force:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") == key:
             stats = (blob["mean"], blob["scale"]) if "mean" in blob else None
-            return Subspace(name, blob["V"], stats, lcfg["params"]), key
+            return Subspace(name, blob["V"], stats, params), key
     train = load_named(ctx, "train", memo)
     if lcfg["n_samples"]:
         rng = np.random.default_rng(ctx.cfg["seed"])
@@ -63,12 +69,12 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     norm = lcfg["normalisation"]
     if norm not in ("nfk", "none"):
         raise ValueError(f"lowdim.normalisation must be 'nfk' or 'none', got {norm!r}")
-    stats = gradient_stats(model, batches(), lcfg["params"]) if norm == "nfk" else None
+    stats = gradient_stats(model, batches(), params) if norm == "nfk" else None
     kind = spec.get("kind")
     if kind == "pca":
-        V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], lcfg["params"])
+        V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], params)
     elif kind == "class_mean":
-        V = class_mean_subspace(model, batches_with_labels(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, lcfg["params"])
+        V = class_mean_subspace(model, batches_with_labels(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params)
     else:
         raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
     blob = {"key": key, "V": V.cpu(), "seconds": time.perf_counter() - t0}
@@ -77,7 +83,7 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     with atomic_path(path, ".pt") as tmp:
         torch.save(blob, tmp)
     print(f"[extract] subspace '{name}' ({kind}, K={V.shape[1]}) in {time.perf_counter() - t0:.1f}s")
-    return Subspace(name, V, stats, lcfg["params"]), key
+    return Subspace(name, V, stats, params), key
 
 
 def _split(ctx: Context, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
