@@ -575,15 +575,19 @@ def per_sample_sq_norms(
         return logits, sq.to(out_dt)
     if method != "hooks":
         raise ValueError(f"method must be 'hooks' or 'vmap', got {method!r}")
-    eng = HookEngine(model, params, max_bytes=max_bytes)
-    logits_all, sq_all = [], []
+    logits, sq = _hooks_run(HookEngine(model, params, max_bytes=max_bytes), x, delta_fn, chunk, amp_dtype, "sq_norms")
+    return logits, sq.to(out_dt)
+
+
+def _hooks_run(eng: "HookEngine", x: torch.Tensor, delta_fn: DeltaFn, chunk: int, amp_dtype, what: str):
+    """Chunked forward + one backward per chunk with ``eng``; ``what`` = 'sq_norms' | 'grads_flat'."""
+    logits_all, out_all = [], []
     with eng:
-        for s in range(0, n, chunk):
+        for s in range(0, x.shape[0], chunk):
             lg = eng.forward(x[s: s + chunk], amp_dtype=amp_dtype)
-            d = delta_fn(lg.detach())
-            sq_all.append(eng.sq_norms(d))
+            out_all.append(getattr(eng, what)(delta_fn(lg.detach())))
             logits_all.append(_upcast(lg.detach()))
-    return torch.cat(logits_all), torch.cat(sq_all).to(out_dt)
+    return torch.cat(logits_all), torch.cat(out_all)
 
 
 def per_sample_grads_flat(
@@ -608,12 +612,4 @@ def per_sample_grads_flat(
         return _vmap_run(model, x, delta_fn, names, chunk, amp_dtype, "flat")
     if method != "hooks":
         raise ValueError(f"method must be 'hooks' or 'vmap', got {method!r}")
-    eng = HookEngine(model, param_filter)
-    logits_all, g_all = [], []
-    with eng:
-        for s in range(0, n, chunk):
-            lg = eng.forward(x[s: s + chunk], amp_dtype=amp_dtype)
-            d = delta_fn(lg.detach())
-            g_all.append(eng.grads_flat(d))
-            logits_all.append(_upcast(lg.detach()))
-    return torch.cat(logits_all), torch.cat(g_all)
+    return _hooks_run(HookEngine(model, param_filter), x, delta_fn, chunk, amp_dtype, "grads_flat")
