@@ -520,6 +520,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     t0 = time.perf_counter()
     out = run_benchmark(ctx.analysis_dir, ctx.fig_dir, methods, protocol, boot, int(ctx.cfg["seed"]), held_out,
                         strict=not a.keep_going)
+    from .costs import write_method_costs
+
+    costs = write_method_costs(ctx.analysis_dir, ctx.fig_dir, methods or registry.names())
+    if costs:
+        print(f"[benchmark] compute cost per method: {costs}")
     write_json(stamp_file, {"stamp": stamp})
     record_run(ctx, "benchmark", time.perf_counter() - t0, {"protocol": protocol, "bootstrap": boot})
     print(f"[benchmark] {out} in {time.perf_counter() - t0:.1f}s")

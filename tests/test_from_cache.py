@@ -58,3 +58,16 @@ def test_run_from_compact_cache_draws_every_figure(tmp_path):
         for stem in spec["figures"]:
             png = fdir / f"{stem}.png"
             assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+
+
+def test_method_costs_add_the_needed_extraction_components(tmp_path):
+    from analysis.costs import method_costs
+
+    adir, _ = make_tiny_analysis_cache(tmp_path / "full")
+    (adir / "timings.csv").write_text("method,seconds_per_1000,device,batch_size\nforward,1.0,cpu,8\n"
+                                      "grodin_one_grid_point,10.0,cpu,8\nkl_allweights,100.0,cpu,8\n")
+    rows = {r["method"]: r for r in method_costs(adir, ["msp", "grodin_g", "gradnorm_allweights"], repeats=1)}
+    assert rows["msp"]["extract_seconds_per_1000"] == 1.0
+    assert rows["grodin_g"]["extract_seconds_per_1000"] == 11.0
+    assert rows["gradnorm_allweights"]["extract_seconds_per_1000"] == 101.0
+    assert all(r["seconds_per_1000"] > r["extract_seconds_per_1000"] for r in rows.values())

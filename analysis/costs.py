@@ -1,0 +1,81 @@
+"""Per-method compute cost: seconds per 1,000 images = extraction components the method needs
+(measured by the extract stage, ``timings.csv``) + its scoring time on cached arrays (measured here).
+
+Written by the benchmark stage to ``<fig_dir>/method_costs.csv``; notebook 05 plots it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ood_core.cache import atomic_path, load_npz
+from ood_core.scores import registry
+from ood_core.scores.lowdim import clear_probe_cache
+
+# which extraction component produces each cached array a score may need
+COMPONENT_OF = {"odin_s": "grodin_one_grid_point", "grodin_sqnorm": "grodin_one_grid_point",
+                "kl_allw_sqnorm": "kl_allweights"}
+
+
+def _components(needs: tuple[str, ...], subspace: str | None) -> list[str]:
+    out = ["forward"]
+    for k in needs:
+        if k in COMPONENT_OF and COMPONENT_OF[k] not in out:
+            out.append(COMPONENT_OF[k])
+    if subspace:
+        out.append(f"lowdim_{subspace}")
+    return out
+
+
+def method_costs(analysis_dir: Path, methods: list[str], repeats: int = 3) -> list[dict]:
+    """One row per method: extraction + scoring seconds per 1,000 images (median of ``repeats``)."""
+    analysis_dir = Path(analysis_dir)
+    with open(analysis_dir / "timings.csv") as f:
+        comp = {r["method"]: r for r in csv.DictReader(f)}
+    meta = json.loads((analysis_dir / "meta.json").read_text())
+    head = load_npz(analysis_dir / "head.npz")
+    train = {**load_npz(analysis_dir / "arrays" / f"{meta['train']}.npz"), **head}
+    test = {**load_npz(analysis_dir / "arrays" / f"{meta['id_test']}.npz"), **head}
+    n = len(test["y"])
+    rows = []
+    for name in methods:
+        spec = registry.get(name)
+        sub = spec.defaults.get("subspace")
+        needs = tuple(spec.needs) + ((f"lowdim_{sub}",) if sub else ())
+        if any(k not in test and k not in ("W", "b") for k in needs):
+            continue
+        clear_probe_cache()  # time the probe's training too, not a memoised copy
+        t0 = time.perf_counter()
+        state = registry.fit(name, train)
+        fit_s = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            registry.compute(name, test, state)
+            times.append(time.perf_counter() - t0)
+        score_s = 1000 * float(np.median(times)) / n
+        parts = [c for c in _components(tuple(spec.needs), sub) if c in comp]
+        extract_s = sum(float(comp[c]["seconds_per_1000"]) for c in parts)
+        first = next(iter(comp.values()))
+        rows.append({"method": name, "family": spec.family, "seconds_per_1000": extract_s + score_s,
+                     "extract_seconds_per_1000": extract_s, "score_seconds_per_1000": score_s,
+                     "fit_seconds": fit_s, "components": "+".join(parts), "device": first["device"],
+                     "batch_size": first["batch_size"]})
+    return rows
+
+
+def write_method_costs(analysis_dir: Path, fig_dir: Path, methods: list[str]) -> Path | None:
+    """Write ``<fig_dir>/method_costs.csv`` (skipped when the extract stage wrote no timings)."""
+    if not (Path(analysis_dir) / "timings.csv").is_file():
+        return None
+    rows = method_costs(analysis_dir, methods)
+    path = Path(fig_dir) / "method_costs.csv"
+    with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
