@@ -32,7 +32,8 @@ from .train import load_model
 SPLIT_ROLES_EXCLUDED = ("train",)
 
 
-def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict) -> tuple[Subspace, str]:
+def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict,
+              stats_memo: dict) -> tuple[Subspace, str]:
     """Compute (or load) one low-dim subspace of Wu et al. from the training set."""
     from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
@@ -50,6 +51,8 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") == key:
             stats = (blob["mean"], blob["scale"]) if "mean" in blob else None
+            if stats is not None:
+                stats_memo.setdefault(repr(params), stats)
             return Subspace(name, blob["V"], stats, params), key
     train = load_named(ctx, "train", memo)
     if lcfg["n_samples"]:
@@ -69,7 +72,12 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     norm = lcfg["normalisation"]
     if norm not in ("nfk", "none"):
         raise ValueError(f"lowdim.normalisation must be 'nfk' or 'none', got {norm!r}")
-    stats = gradient_stats(model, batches(), params) if norm == "nfk" else None
+    if norm == "none":
+        stats = None
+    elif repr(params) in stats_memo:  # the same parameters' whitening statistics: one pass serves all
+        stats = stats_memo[repr(params)]
+    else:
+        stats = stats_memo[repr(params)] = gradient_stats(model, batches(), params)
     kind = spec.get("kind")
     if kind == "pca":
         V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], params)
@@ -102,9 +110,10 @@ def run(ctx: Context) -> Path:
     memo: dict = {}
     subspaces: list[Subspace] = []
     sub_keys: dict[str, str] = {}
+    stats_memo: dict = {}
     if ctx.cfg["lowdim"]["enabled"]:
         for name, spec in ctx.cfg["lowdim"]["subspaces"].items():
-            sub, k = _subspace(ctx, model, model_sha, name, spec, memo)
+            sub, k = _subspace(ctx, model, model_sha, name, spec, memo, stats_memo)
             sub.V = sub.V.to(device)
             sub.stats = None if sub.stats is None else tuple(s.to(device) for s in sub.stats)
             subspaces.append(sub)

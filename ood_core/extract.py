@@ -49,6 +49,25 @@ class ExtractResult:
     n: int = 0
 
 
+def _same_stats(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def group_subspaces(subspaces: list[Subspace]) -> list[list[Subspace]]:
+    """Subspaces over the same parameters with the same whitening share one gradient pass."""
+    groups: list[list[Subspace]] = []
+    for sub in subspaces:
+        for g in groups:
+            if repr(g[0].params) == repr(sub.params) and _same_stats(g[0].stats, sub.stats) and g[0].V.dtype == sub.V.dtype:
+                g.append(sub)
+                break
+        else:
+            groups.append([sub])
+    return groups
+
+
 def iterate_batches(images: np.ndarray, batch_size: int, pre: Preprocess, device: torch.device) -> Iterator[torch.Tensor]:
     """Yield normalized float batches (N,C,H,W) on ``device``."""
     for i in range(0, len(images), batch_size):
@@ -83,6 +102,7 @@ def extract_arrays(
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     seconds: dict[str, float] = defaultdict(float)
     use_grodin = bool(cfg["grodin"]) and bool(odin_T) and bool(odin_eps) and with_grodin
+    groups = group_subspaces(subspaces)
     for xb in tqdm(iterate_batches(data.images, bs, pre, device), total=-(-len(data.images) // bs), desc=desc, leave=False):
         t = time.perf_counter()
         with torch.no_grad():
@@ -105,12 +125,18 @@ def extract_arrays(
             _sync(device)
             seconds["kl_allweights"] += time.perf_counter() - t
             parts["kl_allw_sqnorm"].append(np.asarray(kl, dtype=np.float32))
-        for sub in subspaces:
+        for group in groups:  # one per-sample gradient pass per parameter set, all its subspaces at once
             t = time.perf_counter()
-            z = project(model, [xb], sub.V, sub.stats, sub.params)
+            z = project(model, [xb], group[0].V if len(group) == 1 else torch.cat([g.V for g in group], 1),
+                        group[0].stats, group[0].params)
             _sync(device)
-            seconds[f"lowdim_{sub.name}"] += time.perf_counter() - t
-            parts[f"lowdim_{sub.name}"].append(np.asarray(z, dtype=np.float32))
+            dt = (time.perf_counter() - t) / len(group)
+            col = 0
+            for sub in group:
+                k = sub.V.shape[1]
+                seconds[f"lowdim_{sub.name}"] += dt
+                parts[f"lowdim_{sub.name}"].append(np.asarray(z[:, col : col + k], dtype=np.float32))
+                col += k
     arrays: dict[str, np.ndarray] = {}
     for key, chunks in parts.items():
         axis = -1 if key in ("odin_s", "grodin_sqnorm") else 0
