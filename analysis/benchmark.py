@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ood_core import metrics, tables
+from ood_core.cache import load_npz as _load_npz
 from ood_core import scores as scores_pkg
 from ood_core.scores import registry
 from ood_core.tuning import PROTOCOLS, FitCache, Split, grid_points, test_part, tune
@@ -74,12 +75,6 @@ def load_score_modules() -> dict[str, str]:
             failed[name] = f"{type(e).__name__}: {e}"
             log.warning("could not import %s (%s); its scores are unavailable", name, failed[name])
     return failed
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    from ood_core.cache import load_npz
-
-    return load_npz(path)
 
 
 class AnalysisData:

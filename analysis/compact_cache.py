@@ -19,7 +19,6 @@ import numpy as np
 
 from ood_core.cache import load_npz, save_npz, write_json
 
-HALF_KEYS_PREFIX = ("h", "lowdim_")
 FILE_LIMIT = 16 * 2**20
 
 

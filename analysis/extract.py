@@ -22,8 +22,8 @@ import torch
 
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
 from ood_core.config import ConfigError, odin_eps_grid
-from ood_core.data import split_indices
-from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, iterate_batches
+from ood_core.data import iter_batches, split_indices
+from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays
 
 from .common import Context, add_common_args, make_context, record_run
 from .datasets import all_specs, load_named, spec_key
@@ -61,12 +61,8 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
     device, bs = ctx.device(), int(lcfg["batch_size"])
 
-    def batches():
-        return iterate_batches(train.images, bs, pre, device)
-
-    def batches_with_labels():
-        for i, xb in enumerate(batches()):
-            yield xb, torch.as_tensor(train.labels[i * bs : (i + 1) * bs], device=device)
+    def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
+        return iter_batches(train, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
 
     t0 = time.perf_counter()
     norm = lcfg["normalisation"]
@@ -82,7 +78,7 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     if kind == "pca":
         V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], params)
     elif kind == "class_mean":
-        V = class_mean_subspace(model, batches_with_labels(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params)
+        V = class_mean_subspace(model, batches(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params)
     else:
         raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
     blob = {"key": key, "V": V.cpu(), "seconds": time.perf_counter() - t0}

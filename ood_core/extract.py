@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageSet, to_tensor
+from .data import ImageSet, iter_batches, to_tensor
 
 
 @dataclass
@@ -68,12 +68,6 @@ def group_subspaces(subspaces: list[Subspace]) -> list[list[Subspace]]:
     return groups
 
 
-def iterate_batches(images: np.ndarray, batch_size: int, pre: Preprocess, device: torch.device) -> Iterator[torch.Tensor]:
-    """Yield normalized float batches (N,C,H,W) on ``device``."""
-    for i in range(0, len(images), batch_size):
-        yield pre(images[i : i + batch_size], device)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -103,7 +97,8 @@ def extract_arrays(
     seconds: dict[str, float] = defaultdict(float)
     use_grodin = bool(cfg["grodin"]) and bool(odin_T) and bool(odin_eps) and with_grodin
     groups = group_subspaces(subspaces)
-    for xb in tqdm(iterate_batches(data.images, bs, pre, device), total=-(-len(data.images) // bs), desc=desc, leave=False):
+    batches = iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
+    for xb, _ in tqdm(batches, total=-(-len(data) // bs), desc=desc, leave=False):
         t = time.perf_counter()
         with torch.no_grad():
             h = model.features(xb)

@@ -24,11 +24,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def to_float_batch(x_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (N,C,H,W) -> normalized float32."""
-    return (x_u8.float().div_(255.0) - mean) / std
-
-
 def random_shift(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
     """Random crop of the zero-padded batch (shifts of up to ``pad`` pixels), plus a random
     horizontal flip when ``flip``; batched on x's device, random numbers drawn on the CPU generator."""
