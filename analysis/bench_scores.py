@@ -152,6 +152,49 @@ def _lastlayer_fn(model, x, dev, bf16):
     return run
 
 
+def profile_ops(fn: Callable[[], None], dev: torch.device, row_limit: int) -> tuple[str, dict]:
+    """One profiled call of ``fn`` (after a warm call): the op table sorted by self time (device time
+    on CUDA) and a summary {wall_ms, busy_ms (sum of device kernel time, CUDA only), kernels}. A GPU
+    busy time far below the wall time means launch / host bound; near it, kernel (compute or memory) bound."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = dev.type == "cuda"
+    fn()
+    _sync(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        fn()
+        _sync(dev)
+    wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    summary = {"wall_ms": 1e3 * wall, "busy_ms": float("nan"), "kernels": 0}
+    if cuda:
+        kernels = [e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA]
+        summary["kernels"] = len(kernels)
+        summary["busy_ms"] = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in kernels) / 1e3
+    for sort in (("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)):
+        try:
+            return ka.table(sort_by=sort, row_limit=row_limit), summary
+        except (AttributeError, KeyError, ValueError):  # the attribute name differs across torch versions
+            continue
+    return ka.table(row_limit=row_limit), summary
+
+
+def loop_agreement(model, x: torch.Tensor) -> float:
+    """Max relative difference of the hooks' all-weights GRODIN norms vs a per-image autograd loop (fp32)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    _, fast = per_sample_sq_norms(model, x, ce_pred_delta(1.0), method="hooks")
+    ref = []
+    for i in range(x.shape[0]):
+        f = model(x[i: i + 1])
+        gs = torch.autograd.grad(F.cross_entropy(f, f.argmax(1)), params)
+        ref.append(sum(g.double().pow(2).sum() for g in gs))
+    ref_t = torch.stack(ref).to(fast.device)
+    return float(((fast.double() - ref_t).abs() / ref_t.abs().clamp_min(1e-30)).max())
+
+
 def methods_for(model, x, dev, bf16):
     amp = torch.bfloat16 if bf16 else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -246,6 +289,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
+                    help="profile fwd_bwd and grodin_allw_hooks at the largest batch; top-N op tables")
     args = ap.parse_args(argv)
 
     if args.device == "auto":
@@ -282,6 +327,8 @@ def main(argv=None) -> int:
     _, b = per_sample_sq_norms(model, xa, ce_pred_delta(1.0), method="vmap")
     agree = float(((a - b).abs() / b.abs().clamp_min(1e-30)).max())
     print(f"[bench] hooks vs vmap max relative difference (fp32): {agree:.2e}")
+    agree_loop = loop_agreement(model, xa)
+    print(f"[bench] hooks vs per-image autograd loop max relative difference (fp32): {agree_loop:.2e}")
 
     for bs in batch_sizes:
         x = torch.randn(bs, *shape, generator=gen).to(dev)
@@ -300,6 +347,24 @@ def main(argv=None) -> int:
                 print(f"[bench] {skipped[-1]}, skipped")
                 continue
             record(bs, name, ips, peak, kind)
+
+    profiles: list[str] = []
+    if args.profile_ops > 0 and batch_sizes:
+        bs = max(batch_sizes)
+        x = torch.randn(bs, *shape, generator=gen).to(dev)
+        fns = methods_for(model, x, dev, bf16)
+        for name in ("fwd_bwd", "grodin_allw_hooks"):
+            try:
+                table, summ = profile_ops(fns[name], dev, args.profile_ops)
+            except Exception as exc:  # pragma: no cover - profiler support varies by build
+                profiles.append(f"- {name}, bs={bs}: profiling failed ({type(exc).__name__}: {exc})")
+                continue
+            out_dir = Path(args.out)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"profile_{name}_bs{bs}.txt").write_text(table + "\n")
+            profiles.append(f"- {name}, bs={bs}: wall {summ['wall_ms']:.1f} ms, device busy {summ['busy_ms']:.1f} ms, "
+                            f"{summ['kernels']} kernels (table: profile_{name}_bs{bs}.txt)")
+            print(f"[bench] profile {profiles[-1]}")
 
     loop_ips = {r["method"]: r["images_per_s"] for r in rows if r["method"].startswith("loop_")}
     for r in rows:
@@ -320,7 +385,8 @@ def main(argv=None) -> int:
         "",
         f"Device: {common['device']} ({dev.type}); torch {torch.__version__}; threads "
         f"{torch.get_num_threads()}; median of {args.repeats} after {args.warmup} warm-up; "
-        f"loops over {args.loop_images} images at batch size 1; hooks vs vmap max rel. diff {agree:.1e}.",
+        f"loops over {args.loop_images} images at batch size 1; hooks vs vmap max rel. diff {agree:.1e}, "
+        f"hooks vs the per-image autograd loop {agree_loop:.1e} (fp32, {xa.shape[0]} images).",
         "Peak memory: " + ("torch.cuda.max_memory_allocated above the pre-run level."
                            if dev.type == "cuda" else "resident-set growth over the pre-run level (CPU)."),
         "",
@@ -332,6 +398,8 @@ def main(argv=None) -> int:
         md.append(f"| {r['batch_size']} | {r['method']} | {r['images_per_s']:.1f} | {r['peak_mb']:.1f} | {sp} |")
     if skipped:
         md += ["", "Skipped: " + "; ".join(skipped)]
+    if profiles:
+        md += ["", "Profiles (one call each, torch.profiler):", *profiles]
     (out / "bench_scores.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     print(f"[bench] wrote {out / 'bench_scores.csv'} and {out / 'bench_scores.md'}")

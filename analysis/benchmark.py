@@ -19,7 +19,9 @@ holds the ID scores at the parameters used for that OOD set, ``<method>`` when t
 
 Sweep semantics: a sweep varies one method's parameter(s) over the listed values, other parameters
 at their registered defaults; ``auroc_val`` is always the set's OWN validation part (whatever the
-protocol), ``auroc_test`` its test part. Sweeps are for plots; the reported tables use the protocol.
+protocol), ``auroc_test`` its test part (NaN in sweep_odin.csv for a cell that was searched on
+validation rows only, ``extract.grodin_test_points: selected``). Sweeps are for plots; the reported
+tables use the protocol.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ from ood_core import metrics, tables
 from ood_core.cache import load_npz as _load_npz
 from ood_core import scores as scores_pkg
 from ood_core.scores import registry
+from ood_core.grid import point_available
+from ood_core.grid_selection import choose_settings
 from ood_core.tuning import PROTOCOLS, FitCache, Split, grid_points, test_part, tune
 
 log = logging.getLogger("analysis.benchmark")
@@ -393,35 +397,30 @@ def _sweep_odin(m, spec, data: AnalysisData, scorer: Scorer, tr, grid, fits: Fit
     for o in data.ood_names:
         for point, auc_val in tables_val[o]:
             params = {**spec.defaults, **point}
+            on_test = all(point_available(data.arrays[d], point[en], point[tn]) for d in (data.id_name, o))
             out.append({"method": m, "ood_set": o, "group": data.groups[o], "eps": point[en], "T": point[tn],
-                        "auroc_val": auc_val, "auroc_test": scorer.test_auroc(o, params)})
+                        "auroc_val": auc_val,
+                        # NaN: a cell searched on validation rows only (extract.grodin_test_points: selected)
+                        "auroc_test": scorer.test_auroc(o, params) if on_test else float("nan")})
     return out
 
 
 def _grodin_ablation(m, sweep: list[dict], data: AnalysisData, protocol: str, held_out: str | None) -> list[dict]:
     """vanilla (eps0, T0) / only eps (T=T0) / only T (eps=eps0) / both, chosen on validation AUROC
-    (own set's val part, or the held-out set's under held_out_ood); eps0 = 0 and T0 = 1 when in
-    the grid, else the smallest grid value (recorded in the rows)."""
-    eps_vals = sorted({r["eps"] for r in sweep})
-    t_vals = sorted({r["T"] for r in sweep})
-    eps0 = 0.0 if 0.0 in eps_vals else eps_vals[0]
-    t0 = 1.0 if 1.0 in t_vals else t_vals[0]
-    keep = {"vanilla": lambda r: r["eps"] == eps0 and r["T"] == t0, "only_eps": lambda r: r["T"] == t0,
-            "only_T": lambda r: r["eps"] == eps0, "both": lambda r: True}
+    (own set's val part, or the held-out set's under held_out_ood) by
+    :func:`ood_core.grid_selection.choose_settings` (eps0 = 0 and T0 = 1 when on the grid, else the
+    smallest grid value; recorded in the rows)."""
     out = []
     for o in data.ood_names:
-        own = [r for r in sweep if r["ood_set"] == o]
         src = held_out if protocol == "held_out_ood" else o
-        val_of = {(r["eps"], r["T"]): r["auroc_val"] for r in sweep if r["ood_set"] == src}
-        for setting, ok in keep.items():
-            cand = [r for r in own if ok(r)]
-            best = cand[0]
-            for r in cand[1:]:
-                if val_of[(r["eps"], r["T"])] > val_of[(best["eps"], best["T"])]:
-                    best = r
+        table = [({"eps": r["eps"], "T": r["T"]}, r["auroc_val"]) for r in sweep if r["ood_set"] == src]
+        val_of = {(p["eps"], p["T"]): v for p, v in table}
+        test_of = {(r["eps"], r["T"]): r["auroc_test"] for r in sweep if r["ood_set"] == o}
+        for setting, p in choose_settings(table).items():
+            cell = (p["eps"], p["T"])
             out.append({"method": m, "setting": setting, "ood_set": o, "group": data.groups[o],
-                        "auroc": best["auroc_test"], "eps": best["eps"], "T": best["T"],
-                        "auroc_val": val_of[(best["eps"], best["T"])], "selected_on": f"{src} val"})
+                        "auroc": test_of[cell], "eps": p["eps"], "T": p["T"],
+                        "auroc_val": val_of[cell], "selected_on": f"{src} val"})
     return out
 
 

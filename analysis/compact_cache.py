@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ood_core.cache import load_npz, save_npz, write_json
+from ood_core.grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
 
 FILE_LIMIT = 16 * 2**20
 
@@ -32,9 +33,9 @@ def _maybe_half(key: str, a: np.ndarray) -> np.ndarray:
 def _take(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
     for k, v in arrays.items():
-        if k in ("odin_T", "odin_eps"):
+        if k in GRID_AXIS_KEYS:
             out[k] = v
-        elif k in ("odin_s", "grodin_sqnorm"):
+        elif k in GRID_VALUE_KEYS:
             out[k] = v[..., rows]
         else:
             out[k] = _maybe_half(k, v[rows])

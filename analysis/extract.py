@@ -23,13 +23,17 @@ import torch
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
 from ood_core.config import ConfigError, odin_eps_grid
 from ood_core.data import iter_batches, split_indices
-from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays
+from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, grid_cells_pass
+from ood_core.grid import FULL_POINTS_KEY, GRID_VALUE_KEYS, full_points
+from ood_core.grid_selection import select_test_points
+from ood_core.tuning import Split
 
 from .common import Context, add_common_args, make_context, record_run
 from .datasets import all_specs, load_named, spec_key
 from .train import load_model
 
 SPLIT_ROLES_EXCLUDED = ("train",)
+GRODIN_TEST_POINTS = ("grid", "selected")  # extract.grodin_test_points (ood_core/grid_selection.py)
 
 
 def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict,
@@ -59,7 +63,7 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
         rng = np.random.default_rng(ctx.cfg["seed"])
         train = train.take(np.sort(rng.choice(len(train), int(lcfg["n_samples"]), replace=False)))
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
-    device, bs = ctx.device(), int(lcfg["batch_size"])
+    device, bs, chunk = ctx.device(), int(lcfg["batch_size"]), int(lcfg["chunk"])
 
     def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
         return iter_batches(train, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
@@ -73,12 +77,14 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     elif repr(params) in stats_memo:  # the same parameters' whitening statistics: one pass serves all
         stats = stats_memo[repr(params)]
     else:
-        stats = stats_memo[repr(params)] = gradient_stats(model, batches(), params)
+        stats = stats_memo[repr(params)] = gradient_stats(model, batches(), params, chunk=chunk)
     kind = spec.get("kind")
     if kind == "pca":
-        V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], params)
+        V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], params,
+                         chunk=chunk)
     elif kind == "class_mean":
-        V = class_mean_subspace(model, batches(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params)
+        V = class_mean_subspace(model, batches(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params,
+                                chunk=chunk)
     else:
         raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
     blob = {"key": key, "V": V.cpu(), "seconds": time.perf_counter() - t0}
@@ -116,6 +122,9 @@ def run(ctx: Context) -> Path:
             sub_keys[name] = k
     ecfg = ctx.cfg["extract"]
     Ts, epss = [float(t) for t in ecfg["odin_T"]], odin_eps_grid(ctx.cfg)
+    mode = ecfg["grodin_test_points"]
+    if mode not in GRODIN_TEST_POINTS:
+        raise ConfigError(f"extract.grodin_test_points must be one of {GRODIN_TEST_POINTS}, got {mode!r}")
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
     timings: dict[str, dict] = {}
     splits: dict[str, np.ndarray] = {}
@@ -131,17 +140,21 @@ def run(ctx: Context) -> Path:
             is_ood = name not in ("train", "id_test")
             if not is_ood:
                 ds.check_labels(int(ctx.cfg["model"]["kwargs"]["num_classes"]))
+            val_rows = _split(ctx, name, len(ds))[0] if mode == "selected" and name not in SPLIT_ROLES_EXCLUDED else None
             res: ExtractResult = extract_arrays(
-                model, ds, pre, ecfg, device, odin_T=Ts, odin_eps=epss, subspaces=subspaces, is_ood=is_ood,
-                with_grodin=name != "train", desc=name
+                model, ds, pre, ecfg, device, odin_T=Ts, odin_eps=epss, subspaces=subspaces,
+                lowdim_chunk=int(ctx.cfg["lowdim"]["chunk"]), is_ood=is_ood,
+                with_grodin=name != "train", grodin_rows=val_rows, desc=name
             )
             save_npz(path, res.arrays, key=key)
-            timings[name] = {"n": res.n, **res.seconds}
+            timings[name] = _timing_entry(res)
             n = res.n
             print(f"[extract] {name}: {n} images, " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
         if name not in SPLIT_ROLES_EXCLUDED:
             val, test = _split(ctx, name, n)
             splits[f"{name}__val"], splits[f"{name}__test"] = val, test
+    if mode == "selected":
+        _fill_selected_cells(ctx, model, specs, splits, Ts, epss, pre, memo, timings)
     W, b = model.head_weights()
     save_npz(out / "head.npz", {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()})
     save_npz(out / "splits.npz", splits)
@@ -160,6 +173,7 @@ def run(ctx: Context) -> Path:
         "ood": {n: s.get("group", "ood") for n, s in ctx.cfg["data"]["ood"].items()},
         "lowdim_subspaces": [s.name for s in subspaces],
         "grid": {"odin_T": Ts, "odin_eps": epss},
+        "grodin_test_points": mode,
         "eps_space": ecfg["eps_space"],
         "val": ctx.cfg["data"]["val"],
         "seed": ctx.cfg["seed"],
@@ -167,26 +181,71 @@ def run(ctx: Context) -> Path:
     }
     write_json(out / "meta.json", meta)
     if timings:
-        _write_timings(out / "timings.csv", timings, ctx.device_name, int(ecfg["batch_size"]), len(Ts) * len(epss))
+        _write_timings(out / "timings.csv", timings, ctx.device_name, int(ecfg["batch_size"]))
     record_run(ctx, "extract", time.perf_counter() - t_start, {"timings": timings, "id_accuracy": id_acc})
     print(f"[extract] analysis cache: {out} (ID accuracy {id_acc:.4f})")
     return out
 
 
-def _write_timings(path: Path, timings: dict, device: str, batch_size: int, n_grid: int) -> None:
-    """Seconds per 1,000 images of each extraction component, pooled over the datasets of this run."""
+def _timing_entry(res: ExtractResult) -> dict:
+    """{component: {seconds, n (images it processed)}} plus the grid's image x cell evaluations."""
+    entry = {c: {"seconds": sec, "n": res.counts.get(c, res.n)} for c, sec in res.seconds.items()}
+    entry["_grid_cells"] = res.grid_cells
+    return entry
+
+
+def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre: Preprocess, memo: dict,
+                         timings: dict) -> None:
+    """``grodin_test_points: selected``: choose the grid cells on the validation rows of every set
+    (ood_core.grid_selection), then compute exactly those cells on the other rows of each set."""
+    eval_names = [n for n in specs if n not in SPLIT_ROLES_EXCLUDED]
+    paths = {n: ctx.analysis_dir / "arrays" / f"{n}.npz" for n in eval_names}
+    arrays = {n: load_npz(p) for n, p in paths.items()}
+    if not all("odin_s" in a for a in arrays.values()):
+        return
+    sp = {n: Split(splits[f"{n}__val"], splits[f"{n}__test"]) for n in eval_names}
+    oods = [n for n in eval_names if n != "id_test"]
+    need = select_test_points(arrays["id_test"], sp["id_test"], {o: arrays[o] for o in oods}, {o: sp[o] for o in oods})
+    print(f"[extract] grid cells selected on validation rows: {int(need.sum())} of {need.size} "
+          f"(eps, T) = {[(epss[e], Ts[t]) for e, t in np.argwhere(need)]}")
+    for name in eval_names:
+        a = arrays[name]
+        have = full_points(a)
+        todo = need & ~have
+        if not todo.any():
+            continue
+        rows = np.setdiff1d(np.arange(len(a["y"])), sp[name].val)
+        res = grid_cells_pass(model, load_named(ctx, name, memo).take(rows), pre, ctx.cfg["extract"], ctx.device(),
+                              odin_T=Ts, odin_eps=epss, points=todo, desc=f"{name} cells")
+        for key in GRID_VALUE_KEYS:
+            for e, t in np.argwhere(todo):
+                a[key][e, t, rows] = res.arrays[key][e, t]
+        a[FULL_POINTS_KEY] = have | todo
+        save_npz(paths[name], a, key=npz_key(paths[name]))
+        entry = timings.setdefault(name, {"_grid_cells": 0})
+        entry.update({c: {"seconds": sec, "n": res.counts[c]} for c, sec in res.seconds.items()})
+        entry["_grid_cells"] += res.grid_cells
+        print(f"[extract] {name}: {int(todo.sum())} selected cells on {len(rows)} rows in {res.seconds['grodin_selected']:.1f}s")
+
+
+def _write_timings(path: Path, timings: dict, device: str, batch_size: int) -> None:
+    """Seconds per 1,000 images of each extraction component, pooled over the datasets of this run;
+    ``grodin_one_grid_point`` = seconds per 1,000 image x grid-cell evaluations."""
     tot: dict[str, float] = {}
     cnt: dict[str, int] = {}
+    cells = 0
     for t in timings.values():
+        cells += int(t.get("_grid_cells", 0))
         for k, v in t.items():
-            if k != "n":
-                tot[k] = tot.get(k, 0.0) + v
-                cnt[k] = cnt.get(k, 0) + int(t["n"])
+            if not k.startswith("_"):
+                tot[k] = tot.get(k, 0.0) + v["seconds"]
+                cnt[k] = cnt.get(k, 0) + int(v["n"])
     rows = [{"method": k, "seconds_per_1000": 1000 * v / cnt[k], "device": device, "batch_size": batch_size, "n_images": cnt[k]}
-            for k, v in tot.items()]
-    if "grodin_grid" in tot:
-        rows.append({"method": "grodin_one_grid_point", "seconds_per_1000": 1000 * tot["grodin_grid"] / cnt["grodin_grid"] / n_grid,
-                     "device": device, "batch_size": batch_size, "n_images": cnt["grodin_grid"]})
+            for k, v in tot.items() if cnt[k]]
+    grid_s = tot.get("grodin_grid", 0.0) + tot.get("grodin_selected", 0.0)
+    if cells:
+        rows.append({"method": "grodin_one_grid_point", "seconds_per_1000": 1000 * grid_s / cells,
+                     "device": device, "batch_size": batch_size, "n_images": cells})
     with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
+
 # which pipeline stage writes which file (used in error messages)
 PRODUCERS = {
     "meta.json": "the extract stage (python -m analysis.extract)",
@@ -159,9 +161,9 @@ class AnalysisCache:
         n = arr[ref].shape[0] if ref else len(idx)
         out = {}
         for k, v in arr.items():
-            if k in ("odin_T", "odin_eps"):
+            if k in GRID_AXIS_KEYS:
                 out[k] = v
-            elif v.ndim >= 1 and v.shape[-1] == n and k in ("odin_s", "grodin_sqnorm"):
+            elif v.ndim >= 1 and v.shape[-1] == n and k in GRID_VALUE_KEYS:
                 out[k] = v[..., idx]
             elif v.ndim >= 1 and v.shape[0] == n:
                 out[k] = v[idx]

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "grodin": True,
         "kl_allweights": True,
         "grad_chunk": 64,
+        "grodin_test_points": "grid",
     },
     "lowdim": {
         "enabled": True,
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "normalisation": "nfk",
         "n_samples": None,
         "batch_size": 64,
+        "chunk": 16,
         "subspaces": {},
     },
     "benchmark": {

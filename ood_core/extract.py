@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageSet, iter_batches, to_tensor
+from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
 
 
 @dataclass
@@ -44,9 +45,14 @@ class Subspace:
 
 @dataclass
 class ExtractResult:
+    """Arrays of one pass, seconds per component, images each component processed (``counts``;
+    absent = all ``n``), and ``grid_cells`` = image x grid-cell evaluations of the ODIN/GRODIN grid."""
+
     arrays: dict[str, np.ndarray]
     seconds: dict[str, float] = field(default_factory=dict)
     n: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    grid_cells: int = 0
 
 
 def _same_stats(a: Any, b: Any) -> bool:
@@ -83,11 +89,16 @@ def extract_arrays(
     odin_T: list[float] | None = None,
     odin_eps: list[float] | None = None,
     subspaces: list[Subspace] = (),
+    lowdim_chunk: int = 16,
     is_ood: bool = False,
     with_grodin: bool = True,
+    grodin_rows: np.ndarray | None = None,
     desc: str = "extract",
 ) -> ExtractResult:
-    """Run the extraction pass of ``cfg`` (the profile's ``extract`` section) over ``data``."""
+    """Run the extraction pass of ``cfg`` (the profile's ``extract`` section) over ``data``.
+
+    ``grodin_rows``: compute the ODIN/GRODIN grid on these rows only (NaN elsewhere; the other rows'
+    cells come from :func:`grid_cells_pass`); None = every row."""
     from .grads import grodin_grid, kl_allweights_sqnorm
     from .grads.lowdim import project
 
@@ -97,6 +108,8 @@ def extract_arrays(
     seconds: dict[str, float] = defaultdict(float)
     use_grodin = bool(cfg["grodin"]) and bool(odin_T) and bool(odin_eps) and with_grodin
     groups = group_subspaces(subspaces)
+    n_grid = len(odin_T or ()) * len(odin_eps or ())
+    counts: dict[str, int] = {}
     batches = iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
     for xb, _ in tqdm(batches, total=-(-len(data) // bs), desc=desc, leave=False):
         t = time.perf_counter()
@@ -107,13 +120,13 @@ def extract_arrays(
         seconds["forward"] += time.perf_counter() - t
         parts["h"].append(h.float().cpu().numpy())
         parts["logits"].append(logits.float().cpu().numpy())
-        if use_grodin:
+        if use_grodin and grodin_rows is None:
             t = time.perf_counter()
             g = grodin_grid(model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"], std=pre.std)
             _sync(device)
             seconds["grodin_grid"] += time.perf_counter() - t
-            parts["odin_s"].append(np.asarray(g["odin_s"], dtype=np.float32))
-            parts["grodin_sqnorm"].append(np.asarray(g["grodin_sqnorm"], dtype=np.float32))
+            for key in GRID_VALUE_KEYS:
+                parts[key].append(np.asarray(g[key], dtype=np.float32))
         if cfg["kl_allweights"]:
             t = time.perf_counter()
             kl = kl_allweights_sqnorm(model, xb)
@@ -123,7 +136,7 @@ def extract_arrays(
         for group in groups:  # one per-sample gradient pass per parameter set, all its subspaces at once
             t = time.perf_counter()
             z = project(model, [xb], group[0].V if len(group) == 1 else torch.cat([g.V for g in group], 1),
-                        group[0].stats, group[0].params)
+                        group[0].stats, group[0].params, chunk=lowdim_chunk)
             _sync(device)
             dt = (time.perf_counter() - t) / len(group)
             col = 0
@@ -134,10 +147,54 @@ def extract_arrays(
                 col += k
     arrays: dict[str, np.ndarray] = {}
     for key, chunks in parts.items():
-        axis = -1 if key in ("odin_s", "grodin_sqnorm") else 0
+        axis = -1 if key in GRID_VALUE_KEYS else 0
         arrays[key] = np.concatenate(chunks, axis=axis)
     arrays["y"] = np.full(len(data.images), -1, np.int64) if is_ood else data.labels.astype(np.int64)
+    cells = len(data) * n_grid if use_grodin else 0
     if use_grodin:
         arrays["odin_T"] = np.asarray(odin_T, np.float64)
         arrays["odin_eps"] = np.asarray(odin_eps, np.float64)
-    return ExtractResult(arrays, dict(seconds), len(data.images))
+    if use_grodin and grodin_rows is not None:  # the whole grid on these rows only, in full chunks
+        rows = np.asarray(grodin_rows, np.int64)
+        sub = grid_cells_pass(model, data.take(rows), pre, cfg, device, odin_T=odin_T, odin_eps=odin_eps,
+                              points=np.ones((len(odin_eps), len(odin_T)), bool), desc=f"{desc} grid")
+        for key in GRID_VALUE_KEYS:
+            arrays[key] = np.full((len(odin_eps), len(odin_T), len(data)), np.nan, np.float32)
+            arrays[key][..., rows] = sub.arrays[key]
+        arrays[FULL_POINTS_KEY] = np.zeros((len(odin_eps), len(odin_T)), bool)  # grid_cells_pass adds cells
+        seconds["grodin_grid"] = sub.seconds["grodin_selected"]
+        counts["grodin_grid"], cells = len(rows), sub.grid_cells
+    return ExtractResult(arrays, dict(seconds), len(data.images), counts, cells)
+
+
+def grid_cells_pass(
+    model: torch.nn.Module,
+    data: ImageSet,
+    pre: Preprocess,
+    cfg: Mapping[str, Any],
+    device: torch.device,
+    *,
+    odin_T: list[float],
+    odin_eps: list[float],
+    points: np.ndarray,
+    desc: str = "grid cells",
+) -> ExtractResult:
+    """ODIN/GRODIN values of the ``points`` cells ((n_eps, n_T) bool) for every image of ``data``
+    (a subset of rows, batched in full chunks); the other cells are NaN. Timed as ``grodin_selected``."""
+    from .grads import grodin_grid
+
+    model.eval().to(device)
+    bs = int(cfg["batch_size"])
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    t = time.perf_counter()
+    for xb, _ in tqdm(iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device),
+                      total=-(-len(data) // bs), desc=desc, leave=False):
+        g = grodin_grid(model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"],
+                        std=pre.std, points=points)
+        for key in GRID_VALUE_KEYS:
+            parts[key].append(g[key])
+    _sync(device)
+    n = len(data)
+    arrays = {k: np.concatenate(v, axis=-1) for k, v in parts.items()}
+    return ExtractResult(arrays, {"grodin_selected": time.perf_counter() - t}, n, {"grodin_selected": n},
+                         n * int(np.asarray(points, bool).sum()))

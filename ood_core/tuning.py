@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import metrics
+from .grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
 from .scores import registry
 
 Arrays = Mapping[str, np.ndarray]
@@ -35,8 +36,8 @@ Params = dict[str, Any]
 PROTOCOLS = ("per_ood_val", "held_out_ood", "paper_defaults")
 
 # arrays that are not per-sample (never sliced) and per-sample arrays whose sample axis is the last one
-STATIC_KEYS = frozenset({"W", "b", "odin_T", "odin_eps"})
-LAST_AXIS_KEYS = frozenset({"odin_s", "grodin_sqnorm"})
+STATIC_KEYS = frozenset({"W", "b", *GRID_AXIS_KEYS})
+LAST_AXIS_KEYS = frozenset(GRID_VALUE_KEYS)
 
 
 class LeakageError(AssertionError):

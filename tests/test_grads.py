@@ -291,6 +291,26 @@ def test_odin_perturb_matches_loop(space):
     assert torch.equal(odin_perturb(model, x, 0.0, 7.0), x)
 
 
+def test_grodin_grid_selected_points_match_full_grid():
+    """``points`` computes exactly the selected cells (NaN elsewhere), bit-equal to the full grid:
+    a perturbed cell whose eps = 0 cell is not selected still gets its sign from the same backward."""
+    model, x = _build("small_cnn")
+    x = x[:5]
+    Ts, epss = [1.0, 7.0, 50.0], [0.0, 0.01, 0.02]
+    full = grodin_grid(model, x, Ts, epss, chunk=2)
+    mask = np.zeros((3, 3), bool)
+    mask[2, 1] = True   # eps > 0 at T = 7 only (its eps = 0 cell not wanted)
+    mask[0, 2] = True   # eps = 0 at T = 50 only
+    part = grodin_grid(model, x, Ts, epss, chunk=2, points=mask)
+    for key in ("odin_s", "grodin_sqnorm"):
+        assert np.array_equal(part[key][mask], full[key][mask])
+        assert np.isnan(part[key][~mask]).all()
+    none = grodin_grid(model, x, Ts, epss, points=np.zeros((3, 3), bool))
+    assert np.isnan(none["odin_s"]).all()
+    with pytest.raises(ValueError, match="points must have shape"):
+        grodin_grid(model, x, Ts, epss, points=np.ones((2, 3), bool))
+
+
 @pytest.mark.parametrize("name,space", [("small_cnn", "normalized"), ("convlin", "pixel")])
 def test_grodin_grid_matches_loop(name, space):
     model, x = _build(name)

@@ -177,3 +177,46 @@ def test_notebook_skips_missing_optional_arrays(tmp_path):
     _check_png(fig_dir / "auroc_heatmap.png")
     for stem in ("grodin_sg_decomposition", "igoe_deep_vs_lastlayer", "lowdim_densities_top", "sweep_knn"):
         assert not (fig_dir / f"{stem}.png").exists(), f"{stem} drawn although its input is missing"
+
+
+@pytest.mark.slow
+def test_notebooks_on_a_selected_cells_cache(tmp_path):
+    """extract.grodin_test_points = selected: test rows hold NaN off the selected grid cells. Notebook 03
+    must pick a cell computed on every row; notebook 05 plots the validation sweep instead."""
+    pytest.importorskip("papermill")
+    import numpy as np
+    import pandas as pd
+
+    analysis_dir, fig_dir = make_tiny_analysis_cache(tmp_path / "cache", seed=2)
+    splits = np.load(analysis_dir / "splits.npz")
+    for p in (analysis_dir / "arrays").glob("*.npz"):
+        with np.load(p) as z:
+            a = {k: z[k] for k in z.files}
+        if "odin_s" not in a or f"{p.stem}__val" not in splits:
+            continue
+        keep = np.zeros(a["odin_s"].shape[:2], bool)
+        keep[0, 0] = True  # only the vanilla cell on every row
+        test = splits[f"{p.stem}__test"]
+        for k in ("odin_s", "grodin_sqnorm"):
+            v = a[k].copy()
+            e, t = np.nonzero(~keep)
+            v[e[:, None], t[:, None], test[None, :]] = np.nan
+            a[k] = v
+        a["grodin_full_points"] = keep
+        np.savez(p, **a)
+    sw = pd.read_csv(fig_dir / "sweep_odin.csv")
+    grid_eps, grid_T = sorted(sw["eps"].unique()), sorted(sw["T"].unique())
+    off = ~(np.isclose(sw["eps"], grid_eps[0]) & np.isclose(sw["T"], grid_T[0]))
+    sw.loc[off, "auroc_test"] = np.nan
+    sw.to_csv(fig_dir / "sweep_odin.csv", index=False)
+    out_dir = tmp_path / "executed"
+    out_dir.mkdir()
+    names = ["03_sg_decomposition.ipynb", "05_benchmark.ipynb"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        res = dict(zip(names, pool.map(lambda nb: _execute(nb, analysis_dir, fig_dir, out_dir), names)))
+    for nb, (rc, log) in res.items():
+        assert rc == 0, f"{nb} failed on a selected-cells cache:\n{log}"
+    assert "validation rows only" in (out_dir / "05_benchmark.ipynb").read_text()
+    assert f"using grid point T={grid_T[0]:g}, eps={grid_eps[0]:g}" in (out_dir / "03_sg_decomposition.ipynb").read_text()
+    _check_png(fig_dir / "grodin_sg_decomposition.png")
+    _check_png(fig_dir / "sweep_odin_eps_T.png")

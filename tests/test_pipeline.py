@@ -166,3 +166,59 @@ def test_notebook_stage_survives_sigkill(tmp_path):
     assert (fdir / "auroc_heatmap.png").is_file() and (tmp_path / "c" / "notebooks" / "05_benchmark.ipynb").is_file()
     leftovers = [p for p in [*tmp_path.rglob("*")] if ".tmp" in p.name]
     assert not leftovers, leftovers
+
+
+def test_selected_grid_cells_equal_the_full_grid(tmp_path):
+    """``extract.grodin_test_points: selected`` (full grid on validation rows, selected cells on the
+    rest) gives the full grid's values and the same tuned metrics, ablations and validation sweeps."""
+    import csv
+
+    from analysis import benchmark, extract, train
+    from ood_core.grid import full_points
+
+    grid = {"odin_T": [1, 10, 100, 1000], "odin_eps": [0.0, 0.002, 0.004]}
+    methods = ["odin", "grodin_s", "grodin_g", "grodin_sg"]
+    out = {}
+    for mode in ("grid", "selected"):
+        (tmp_path / mode).mkdir()
+        prof = tiny_profile(tmp_path / mode, grodin_test_points=mode, kl_allweights=False, **grid)
+        args = stage_args(prof, tmp_path / mode)
+        train.main(args)
+        extract.main(args)
+        benchmark.main([*args, "--methods", *methods])
+        out[mode] = tmp_path / mode
+
+    def rows(mode, name):
+        with open(out[mode] / "fig" / name) as f:
+            return list(csv.DictReader(f))
+
+    for a, b in zip(rows("grid", "metrics.csv"), rows("selected", "metrics.csv"), strict=True):
+        assert (a["method"], a["ood_set"], a["hyperparams"]) == (b["method"], b["ood_set"], b["hyperparams"])
+        assert abs(float(a["auroc"]) - float(b["auroc"])) < 1e-9
+    for a, b in zip(rows("grid", "ablation_grodin.csv"), rows("selected", "ablation_grodin.csv"), strict=True):
+        assert (a["setting"], a["eps"], a["T"], a["auroc"]) == (b["setting"], b["eps"], b["T"], b["auroc"])
+    sweeps = list(zip(rows("grid", "sweep_odin.csv"), rows("selected", "sweep_odin.csv"), strict=True))
+    assert all(a["auroc_val"] == b["auroc_val"] for a, b in sweeps)
+    assert all(b["auroc_test"] in ("", "nan", a["auroc_test"]) for a, b in sweeps)
+
+    cache = {m: out[m] / "cache" / "analysis" / "arrays" for m in out}
+    n_unselected = 0
+    for f in sorted(cache["grid"].glob("*.npz")):
+        full, sel = load_npz(f), load_npz(cache["selected"] / f.name)
+        if "odin_s" not in full:
+            continue
+        mask = full_points(sel)
+        val = load_npz(out["selected"] / "cache" / "analysis" / "splits.npz")[f"{f.stem}__val"]
+        for key in ("odin_s", "grodin_sqnorm"):
+            np.testing.assert_allclose(sel[key][mask], full[key][mask], rtol=1e-5)
+            np.testing.assert_allclose(sel[key][..., val], full[key][..., val], rtol=1e-5)
+            test_rows = np.setdiff1d(np.arange(full[key].shape[-1]), val)
+            assert np.isnan(sel[key][~mask][:, test_rows]).all()
+        n_unselected = int((~mask).sum())
+    assert mask[0, 0], "the vanilla cell (eps 0, T 1) is always computed on every row"
+    assert n_unselected > 0, "the tiny grid should leave some cells unselected (else nothing was tested)"
+
+    arrays_path = cache["selected"] / "id_test.npz"
+    before = arrays_path.stat().st_mtime_ns
+    extract.main(stage_args(tmp_path / "selected" / "tiny.yaml", tmp_path / "selected"))  # cache hit: no rewrite
+    assert arrays_path.stat().st_mtime_ns == before

@@ -181,3 +181,15 @@ def test_fit_memoised_on_fit_parameters(name, expected_fits):
     fits.get(name, p=50.0, T=1.0)
     assert fits.n_fits == expected_fits  # served from the cache
     assert set(res.params) == {"o1", "o2"}
+
+
+def test_choose_settings_picks_the_validation_best_cell_of_each_setting():
+    from ood_core.grid_selection import anchor_values, choose_settings
+
+    auc = {(0.0, 1.0): 0.60, (0.0, 10.0): 0.70, (0.002, 1.0): 0.65, (0.002, 10.0): 0.90,
+           (0.004, 1.0): 0.65, (0.004, 10.0): 0.80}
+    table = [({"eps": e, "T": t}, v) for (e, t), v in auc.items()]
+    got = {s: (p["eps"], p["T"]) for s, p in choose_settings(table).items()}
+    assert got == {"vanilla": (0.0, 1.0), "only_eps": (0.002, 1.0),  # tie 0.65: the first in grid order
+                   "only_T": (0.0, 10.0), "both": (0.002, 10.0)}
+    assert anchor_values([0.001, 0.002], [2.0, 5.0]) == (0.001, 2.0)  # no 0 / 1 on the grid: the smallest

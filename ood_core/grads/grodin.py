@@ -42,10 +42,13 @@ def grodin_grid(
     params: ParamSpec = "all",
     max_bytes: int = DEFAULT_MAX_BYTES,
     amp_dtype: torch.dtype | None = None,
+    points: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Returns ``{"odin_s": (nE, nT, N) float32, "grodin_sqnorm": (nE, nT, N) float32}``.
 
-    ``x`` may live on the CPU (it is moved chunk by chunk to the model's device)."""
+    ``points`` (nE, nT) bool computes only those grid cells (the others are NaN); None = every cell.
+    Work per chunk: one forward at x, one backward per T that has a selected cell, one forward +
+    backward per selected (eps > 0, T). ``x`` may live on the CPU (moved chunk by chunk)."""
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     Ts = [float(t) for t in Ts]
@@ -53,43 +56,49 @@ def grodin_grid(
     if any(t <= 0 for t in Ts):
         raise ValueError(f"temperatures must be > 0, got {Ts}")
     n, nT, nE = x.shape[0], len(Ts), len(epss)
+    mask = np.ones((nE, nT), bool) if points is None else np.asarray(points, bool)
+    if mask.shape != (nE, nT):
+        raise ValueError(f"points must have shape (n_eps, n_T) = {(nE, nT)}, got {mask.shape}")
     dev, pdt = model_device_dtype(model)
-    odin_s = np.empty((nE, nT, n), np.float32)
-    sqn = np.empty((nE, nT, n), np.float32)
-    zero = [e for e, v in enumerate(epss) if v == 0.0]
-    nonzero = [e for e, v in enumerate(epss) if v != 0.0]
+    fill = np.nan if points is not None else 0.0
+    odin_s = np.full((nE, nT, n), fill, np.float32)
+    sqn = np.full((nE, nT, n), fill, np.float32)
+    is_zero = np.array([v == 0.0 for v in epss], bool)
+    # per T: which eps = 0 cells and which eps > 0 cells are wanted
+    zero_at = [np.flatnonzero(mask[:, t] & is_zero) for t in range(nT)]
+    pert_at = [np.flatnonzero(mask[:, t] & ~is_zero) for t in range(nT)]
+    active = [t for t in range(nT) if zero_at[t].size or pert_at[t].size]
+    if n == 0 or not active:
+        return {"odin_s": odin_s, "grodin_sqnorm": sqn}
     eng = HookEngine(model, params, max_bytes=max_bytes)
     with eng:
         for s in range(0, n, chunk):
             sl = slice(s, min(n, s + chunk))
             xc = x[sl].to(device=dev, dtype=pdt)
-            # one forward at x: eps = 0 entries for all T + the input-gradient signs for all T
+            # one forward at x: the eps = 0 cells and the input-gradient signs of every active T
             logits = eng.forward(xc, amp_dtype=amp_dtype)
             z = logits.detach().float() if logits.dtype != torch.float64 else logits.detach()
-            signs: list[torch.Tensor] = []
-            for t, T in enumerate(Ts):
-                need_sign = bool(nonzero)
-                last = t == nT - 1
-                if not zero and not need_sign:
-                    break
-                res = eng.sq_norms(ce_pred_delta(T)(z), retain_graph=not last, input_grad=need_sign)
+            signs: dict[int, torch.Tensor] = {}
+            for t in active:
+                T, need_sign = Ts[t], bool(pert_at[t].size)
+                res = eng.sq_norms(ce_pred_delta(T)(z), retain_graph=t != active[-1], input_grad=need_sign)
                 sq, gx = res if need_sign else (res, None)
                 if need_sign:
-                    signs.append(gx.sign().to(torch.int8))
-                if zero:
-                    S = torch.softmax(z / T, dim=1).amax(1)
-                    for e in zero:
-                        odin_s[e, t, sl] = S.cpu().numpy()
+                    signs[t] = gx.sign().to(torch.int8)
+                if zero_at[t].size:
+                    S = torch.softmax(z / T, dim=1).amax(1).cpu().numpy()
+                    for e in zero_at[t]:
+                        odin_s[e, t, sl] = S
                         sqn[e, t, sl] = sq.cpu().numpy()
             eng.logits = None
-            # perturbed inputs: one forward + backward per (eps != 0, T)
-            for t, T in enumerate(Ts):
-                for e in nonzero:
+            # perturbed inputs: one forward + backward per selected (eps != 0, T)
+            for t in active:
+                for e in pert_at[t]:
                     xt = apply_sign_step(xc, signs[t], epss[e], space=space, std=std)
                     lg = eng.forward(xt, amp_dtype=amp_dtype)
                     zt = lg.detach().float() if lg.dtype != torch.float64 else lg.detach()
-                    sq = eng.sq_norms(ce_pred_delta(T)(zt))
-                    odin_s[e, t, sl] = torch.softmax(zt / T, dim=1).amax(1).cpu().numpy()
+                    sq = eng.sq_norms(ce_pred_delta(Ts[t])(zt))
+                    odin_s[e, t, sl] = torch.softmax(zt / Ts[t], dim=1).amax(1).cpu().numpy()
                     sqn[e, t, sl] = sq.cpu().numpy()
     return {"odin_s": odin_s, "grodin_sqnorm": sqn}
 

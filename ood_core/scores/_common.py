@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..grid import GridPointUnavailable, full_points, grid_index
+
 # The ODIN / GRODIN grid (Liang et al. 2018; GRODIN §3.1), identical to ood_core.config's default
 # extract grid (eps rounded to 10 decimals there as well), i.e. the grid the cache is computed on.
 ODIN_T_GRID: list[float] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
@@ -140,16 +142,6 @@ def kth_nn_distance(
     return out.sqrt().cpu().numpy()
 
 
-def grid_index(grid: np.ndarray | Sequence[float], value: float, name: str) -> int:
-    """Index of ``value`` on a cached grid (tolerance 1e-9 relative / 1e-12 absolute);
-    a value that is not on the grid is an error listing the grid (no silent rounding)."""
-    g = f64(grid).ravel()
-    hit = np.flatnonzero(np.isclose(g, float(value), rtol=1e-9, atol=1e-12))
-    if hit.size == 0:
-        raise ValueError(f"{name}={value} is not on the cached grid {g.tolist()}; pick one of those values")
-    return int(hit[0])
-
-
 def cached_slice(arrays: Mapping[str, np.ndarray], key: str, eps: float, T: float) -> np.ndarray:
     """``arrays[key][i_eps, i_T]`` as float64 (N,), where the indices come from the cached
     ``odin_eps`` / ``odin_T`` grids."""
@@ -158,7 +150,17 @@ def cached_slice(arrays: Mapping[str, np.ndarray], key: str, eps: float, T: floa
     a = np.asarray(arrays[key])
     if a.ndim != 3:
         raise ValueError(f"'{key}' must have shape (nE, nT, N), got {a.shape}")
-    return f64(a[ie, it])
+    out = f64(a[ie, it])
+    if not np.all(np.isfinite(out)):
+        if not full_points(arrays)[ie, it]:
+            raise GridPointUnavailable(
+                f"'{key}' at eps={eps:g}, T={T:g} was computed on validation rows only "
+                "(extract.grodin_test_points: selected); score these rows at a selected grid point "
+                "(grodin_full_points) or re-extract with extract.grodin_test_points: grid")
+        bad = int((~np.isfinite(out)).sum())
+        raise FloatingPointError(f"'{key}' at eps={eps:g}, T={T:g} has {bad} non-finite value(s); "
+                                 "the cache is corrupt or the model diverged")
+    return out
 
 
 def fingerprint(*arrays: np.ndarray) -> str:

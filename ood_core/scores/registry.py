@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..grid import GRID_VALUE_KEYS
+
 Arrays = Mapping[str, np.ndarray]
 ScoreFn = Callable[..., np.ndarray]
 FitFn = Callable[..., Any]
@@ -91,6 +93,8 @@ def compute(name: str, arrays: Arrays, state: Any = None, **params: Any) -> np.n
             f"score '{name}' needs arrays {list(spec.needs)}; missing {missing} (have {sorted(arrays)})"
         )
     for k in spec.needs:
+        if k in GRID_VALUE_KEYS:  # may hold NaN off the selected grid cells: checked per cell in cached_slice
+            continue
         a = np.asarray(arrays[k])
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int((~np.isfinite(a)).sum())
