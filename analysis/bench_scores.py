@@ -4,6 +4,7 @@ Methods (per batch size unless marked *loop*):
   forward              model(x) under no_grad
   fwd_bwd              batched forward + backward of sum(logits) w.r.t. all parameters
   lastlayer_closed     forward (h, logits) + closed-form GradNorm / ExGrad / GRODIN-SG last layer
+  lowdim_last_closed   forward + closed-form per-sample head gradients, whitened, projected on K=200
   grodin_allw_hooks    all-weights GRODIN ||grad CE(f, yhat)||^2 per sample, hooks engine (eps=0, T=1)
   grodin_allw_vmap     the same via torch.func vmap(grad)
   loop_gradnorm_last   *loop*, batch 1: torch.autograd.grad per image, last-layer GradNorm
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ood_core.grads import ce_pred_delta, per_sample_sq_norms  # noqa: E402
+from ood_core.grads import ce_pred_delta, energy_delta, per_sample_sq_norms  # noqa: E402
+from ood_core.grads.lowdim import HEAD_NAMES, head_grads_closed_form, whiten  # noqa: E402
 from ood_core.models import build_model  # noqa: E402
 
 INPUTS = {"small_cnn": ((1, 8, 8), 5), "resnet18_cifar": ((3, 32, 32), 10)}
@@ -211,6 +213,18 @@ def methods_for(model, x, dev, bf16):
     def hooks():
         per_sample_sq_norms(model, x, ce_pred_delta(1.0), method="hooks", amp_dtype=amp)
 
+    # Wu et al.'s G_low over the head: closed-form per-sample head gradients, whitening, projection
+    names = list(HEAD_NAMES)
+    P = sum(dict(model.named_parameters())[n].numel() for n in names)
+    gen = torch.Generator().manual_seed(0)
+    V = torch.linalg.qr(torch.randn(P, min(200, P), generator=gen))[0].to(x.device)
+    mean, scale = torch.zeros(P, device=x.device), torch.ones(P, device=x.device)
+
+    def lowdim_last():
+        with _autocast(dev, bf16):
+            g = head_grads_closed_form(model, x, names, energy_delta)
+        (whiten(g.float(), (mean, scale)) @ V).cpu()
+
     def vmap():
         per_sample_sq_norms(model, x, ce_pred_delta(1.0), method="vmap", amp_dtype=amp)
 
@@ -218,6 +232,7 @@ def methods_for(model, x, dev, bf16):
         "forward": forward,
         "fwd_bwd": fwd_bwd,
         "lastlayer_closed": _lastlayer_fn(model, x, dev, bf16),
+        "lowdim_last_closed": lowdim_last,
         "grodin_allw_hooks": hooks,
         "grodin_allw_vmap": vmap,
     }
@@ -246,7 +261,7 @@ def loops_for(model, x, dev, bf16):
     return {"loop_gradnorm_last": loop_gradnorm, "loop_grodin_allw": loop_grodin}
 
 
-LOOP_REF = {"lastlayer_closed": "loop_gradnorm_last", "grodin_allw_hooks": "loop_grodin_allw",
+LOOP_REF = {"lastlayer_closed": "loop_gradnorm_last", "lowdim_last_closed": "loop_gradnorm_last", "grodin_allw_hooks": "loop_grodin_allw",
             "grodin_allw_vmap": "loop_grodin_allw"}
 
 
@@ -362,8 +377,9 @@ def main(argv=None) -> int:
             out_dir = Path(args.out)
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"profile_{name}_bs{bs}.txt").write_text(table + "\n")
-            profiles.append(f"- {name}, bs={bs}: wall {summ['wall_ms']:.1f} ms, device busy {summ['busy_ms']:.1f} ms, "
-                            f"{summ['kernels']} kernels (table: profile_{name}_bs{bs}.txt)")
+            busy = (f"device busy {summ['busy_ms']:.1f} ms in {summ['kernels']} kernels" if dev.type == "cuda"
+                    else "CPU: see the op table")
+            profiles.append(f"- {name}, bs={bs}: wall {summ['wall_ms']:.1f} ms, {busy} (profile_{name}_bs{bs}.txt)")
             print(f"[bench] profile {profiles[-1]}")
 
     loop_ips = {r["method"]: r["images_per_s"] for r in rows if r["method"].startswith("loop_")}

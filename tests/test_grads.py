@@ -205,6 +205,19 @@ def test_head_closed_form(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_head_grads_closed_form_equal_hooks(name):
+    """Wu et al.'s G over the head only: delta h^T and delta from one forward, no backward."""
+    from ood_core.grads.lowdim import head_grads_closed_form
+
+    model, x = _build(name)
+    _, ref = per_sample_grads_flat(model, x, energy_delta, "head", method="hooks")
+    got = head_grads_closed_form(model, x, ["head.weight", "head.bias"], energy_delta)
+    assert got.shape == ref.shape and _rel(got, ref) <= 1e-12
+    _, ref_b = per_sample_grads_flat(model, x, energy_delta, ["head.bias"], method="hooks")
+    assert _rel(head_grads_closed_form(model, x, ["head.bias"], energy_delta), ref_b) <= 1e-12
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_grads_flat_match_loop(name):
     model, x = _build(name)
     ref = _loop_grads(model, x, _energy_loss)

@@ -22,6 +22,7 @@ import torch.nn as nn
 from .per_sample import (
     DeltaFn,
     HookEngine,
+    _eval_mode,
     ParamSpec,
     energy_delta,
     model_device_dtype,
@@ -85,10 +86,41 @@ def _first(item):
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
+HEAD_NAMES = ("head.weight", "head.bias")
+
+
+def _head_only(model: nn.Module, names: list[str]) -> bool:
+    """True when the selected parameters are the linear head's (the closed form applies)."""
+    return (bool(names) and set(names) <= set(HEAD_NAMES) and isinstance(getattr(model, "head", None), nn.Linear)
+            and callable(getattr(model, "features", None)))
+
+
+def head_grads_closed_form(model: nn.Module, x: torch.Tensor, names: list[str], delta_fn: DeltaFn) -> torch.Tensor:
+    """Per-sample gradients over the head only, from one forward and no backward:
+    d l / dW = delta h^T, d l / db = delta, with delta = d l / d logits (``delta_fn``) and h the
+    penultimate features; columns in ``named_parameters()`` order, as ``HookEngine.grads_flat``."""
+    with torch.no_grad(), _eval_mode(model):
+        h = model.features(x)
+        delta = delta_fn(model.head(h))
+        h = h.to(delta.dtype)
+        cols = {"head.weight": (delta[:, :, None] * h[:, None, :]).reshape(x.shape[0], -1), "head.bias": delta}
+        return torch.cat([cols[n] for n in names], dim=1)
+
+
 def _iter_raw(model: nn.Module, batches: Iterable, names: list[str], delta_fn: DeltaFn, chunk: int,
               with_labels: bool = False) -> Iterator:
-    """Yields (G (n, P) on the model device, labels or None) for consecutive chunks of samples."""
+    """Yields (G (n, P) on the model device, labels or None) for consecutive chunks of samples.
+    Head-only parameter sets use the closed form (forward only); others the hooks engine."""
     dev, pdt = model_device_dtype(model)
+    if _head_only(model, names):
+        for item in batches:
+            x = _first(item)
+            y = item[1] if with_labels else None
+            for s in range(0, x.shape[0], chunk):
+                xc = x[s: s + chunk].to(device=dev, dtype=pdt)
+                g = head_grads_closed_form(model, xc, names, delta_fn)
+                yield g, (None if y is None else torch.as_tensor(y[s: s + chunk]).to(dev))
+        return
     eng = HookEngine(model, names)
     with eng:
         for item in batches:
