@@ -93,26 +93,31 @@ def run(ctx: Context) -> Path:
     model = build_model(m["name"], **m["kwargs"])
     tcfg = ctx.cfg["train"]
     partial = ctx.model_dir / "partial.pt"
-    start, opt_state = 0, None
+    start, opt_state, rng_state = 0, None, None
     if partial.is_file() and not ctx.force:
         state, meta = load_checkpoint(partial)
         if meta.get("cache_key") == key:
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__opt__")})
             start = int(meta["epoch"])
-            opt_state = torch.load(ctx.model_dir / "partial_opt.pt", weights_only=True) if (ctx.model_dir / "partial_opt.pt").is_file() else None
+            resume = ctx.model_dir / "partial_opt.pt"
+            blob = torch.load(resume, weights_only=True) if resume.is_file() else None
+            if isinstance(blob, dict) and "optimizer" in blob:
+                opt_state, rng_state = blob["optimizer"], blob["rng"]
+            else:  # an older partial checkpoint: the optimizer state alone
+                opt_state = blob
             print(f"[train] resuming from epoch {start}")
 
-    def on_epoch_end(epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    def on_epoch_end(epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, rng: torch.Tensor) -> None:
         every = int(tcfg["checkpoint_every"])
         if every and epoch % every == 0 and epoch < tcfg["epochs"]:
             from ood_core.cache import atomic_path
 
             with atomic_path(ctx.model_dir / "partial_opt.pt", ".pt") as tmp:
-                torch.save(opt.state_dict(), tmp)
+                torch.save({"optimizer": opt.state_dict(), "rng": rng}, tmp)
             save_checkpoint(partial, net.state_dict(), {"cache_key": key, "epoch": epoch})
 
     device = ctx.device()
-    result = train_model(model, x_tr, y_tr, x_te, y_te, tcfg, seed, device, on_epoch_end, start, opt_state)
+    result = train_model(model, x_tr, y_tr, x_te, y_te, tcfg, seed, device, on_epoch_end, start, opt_state, rng_state)
     model.cpu().eval()
     meta = {
         "cache_key": key,

@@ -26,18 +26,20 @@ class TrainResult:
 
 def random_shift(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
     """Random crop of the zero-padded batch (shifts of up to ``pad`` pixels), plus a random
-    horizontal flip when ``flip``; batched on x's device, random numbers drawn on the CPU generator."""
+    horizontal flip when ``flip``; batched on x's device. Random numbers come from ``generator`` on
+    its own device (a CUDA generator avoids a host-to-device copy, i.e. a sync, per batch)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    gdev = generator.device
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gdev).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gdev).to(x.device)
     rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # (n, h)
     cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # (n, w)
     idx_n = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if not flip:
         return out
-    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    flips = (torch.rand(n, generator=generator, device=gdev) < 0.5).to(x.device)
     return torch.where(flips[:, None, None, None], out.flip(3), out)
 
 
@@ -67,25 +69,30 @@ def train_model(
     cfg: dict,
     seed: int,
     device: torch.device,
-    on_epoch_end: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module, torch.optim.Optimizer, torch.Tensor], None] | None = None,
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
+    rng_state: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. x_*: already-normalized float tensors (N,C,H,W); y_*: int64.
 
     ``cfg`` is the profile's ``train`` section. The learning rate follows a per-step cosine from
     ``lr`` to 0 over ``epochs``. Returns the final test accuracy and a per-epoch history.
+    ``on_epoch_end(epoch, model, optimizer, rng_state)`` may save a partial checkpoint; resuming with
+    its optimizer and ``rng_state`` (the shuffling / augmentation generator) continues the same run.
     """
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    # one generator for the permutation and the augmentation, on the training device: on CUDA no
+    # random number crosses from the host per step (CPU runs keep the CPU generator: same draws)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if rng_state is not None:
+        gen.set_state(rng_state)
     model.to(device)
     mem_format = torch.channels_last if (cfg["channels_last"] and device.type == "cuda") else torch.contiguous_format
     model.to(memory_format=mem_format)
     x_train, y_train = x_train.to(device), y_train.to(device)
     x_test, y_test = x_test.to(device), y_test.to(device)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"]
-    )
+    opt = _sgd(model, cfg, device)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     n, bs, epochs = len(x_train), cfg["batch_size"], cfg["epochs"]
@@ -97,8 +104,9 @@ def train_model(
     t0 = time.perf_counter()
     for epoch in tqdm(range(start_epoch, epochs), desc="train", unit="epoch", leave=False):
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        running, seen = 0.0, 0
+        perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
+        running, seen = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device:
+        # a per-step loss.item() would make the host wait for the GPU before queueing the next step
         for step in range(steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
             xb = augment(x_train[idx], gen).contiguous(memory_format=mem_format)
@@ -110,14 +118,25 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running += loss.item() * len(idx)
+            running += loss.detach().double() * len(idx)
             seen += len(idx)
-        history.append({"epoch": epoch + 1, "loss": running / seen, "lr": lr})
+        history.append({"epoch": epoch + 1, "loss": float(running) / seen, "lr": lr})
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, model, opt)
+            on_epoch_end(epoch + 1, model, opt, gen.get_state())
     acc = accuracy(model, x_test, y_test)
     history.append({"epoch": epochs, "test_accuracy": acc})
     return TrainResult(acc, time.perf_counter() - t0, history)
+
+
+def _sgd(model: nn.Module, cfg: dict, device: torch.device) -> torch.optim.Optimizer:
+    """SGD of the profile; the fused CUDA kernel when this torch has it (one launch per step)."""
+    kw = dict(lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+    if device.type == "cuda":
+        try:
+            return torch.optim.SGD(model.parameters(), fused=True, **kw)
+        except (TypeError, RuntimeError):  # older torch: no fused SGD
+            pass
+    return torch.optim.SGD(model.parameters(), **kw)
 
 
 def seed_everything(seed: int) -> None:

@@ -49,6 +49,33 @@ def test_training_learns_a_separable_toy_problem():
     assert res.test_accuracy > 0.8, res.history
 
 
+def test_resumed_training_equals_an_uninterrupted_run():
+    """A run resumed from its epoch-2 partial state (weights, optimizer, shuffling/augmentation
+    generator) ends with exactly the weights of the run that was never interrupted."""
+    import copy
+
+    torch.manual_seed(0)
+    x = torch.randn(96, 1, 8, 8)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    cfg = {"epochs": 4, "batch_size": 32, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+           "label_smoothing": 0.0, "augment": "shift", "bf16": False, "channels_last": False}
+    saved = {}
+
+    def keep(epoch, net, opt, rng):
+        if epoch == 2:
+            saved.update(model=copy.deepcopy(net.state_dict()), opt=copy.deepcopy(opt.state_dict()), rng=rng.clone())
+
+    cpu = torch.device("cpu")
+    full = build_model("small_cnn", num_classes=2, in_channels=1, width=4)
+    train_model(full, x[:64], y[:64], x[64:], y[64:], cfg, seed=0, device=cpu, on_epoch_end=keep)
+    resumed = build_model("small_cnn", num_classes=2, in_channels=1, width=4)
+    resumed.load_state_dict(saved["model"])
+    train_model(resumed, x[:64], y[:64], x[64:], y[64:], cfg, seed=0, device=cpu, start_epoch=2,
+                optimizer_state=saved["opt"], rng_state=saved["rng"])
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
 def test_resnet50_loads_torchvision_weights_from_a_local_file(tmp_path):
     import torchvision
 
