@@ -71,3 +71,29 @@ def test_method_costs_add_the_needed_extraction_components(tmp_path):
     assert rows["grodin_g"]["extract_seconds_per_1000"] == 11.0
     assert rows["gradnorm_allweights"]["extract_seconds_per_1000"] == 101.0
     assert all(r["seconds_per_1000"] > r["extract_seconds_per_1000"] for r in rows.values())
+
+
+def test_method_costs_time_grid_methods_at_a_cell_every_row_has(tmp_path):
+    """ODIN's default T = 1000 is off this cache's grid, and with grodin_test_points = selected only
+    some cells exist on every row: the cost row is timed at such a cell instead of failing."""
+    import numpy as np
+
+    from analysis.costs import method_costs
+
+    adir, _ = make_tiny_analysis_cache(tmp_path / "full")
+    (adir / "timings.csv").write_text("method,seconds_per_1000,device,batch_size\nforward,1.0,cpu,8\n"
+                                      "grodin_one_grid_point,10.0,cpu,8\n")
+    p = adir / "arrays" / f"{ID_TEST}.npz"
+    with np.load(p) as z:
+        a = {k: z[k] for k in z.files}
+    keep = np.zeros(a["odin_s"].shape[:2], bool)
+    keep[1, 2] = True  # only (eps[1], T[2]) on every row; the others NaN beyond the first rows
+    for k in ("odin_s", "grodin_sqnorm"):
+        a[k] = a[k].copy()
+        e, t = np.nonzero(~keep)
+        a[k][e[:, None], t[:, None], np.arange(5, a[k].shape[-1])[None, :]] = np.nan
+    np.savez(p, **a, grodin_full_points=keep)
+    rows = {r["method"]: r for r in method_costs(adir, ["odin", "grodin_g"], repeats=1)}
+    assert set(rows) == {"odin", "grodin_g"}
+    for r in rows.values():
+        assert r["timed_params"] == {"eps": float(a["odin_eps"][1]), "T": float(a["odin_T"][2])}

@@ -131,6 +131,22 @@ def test_knn_chunked_equals_unchunked(train):
     assert np.allclose(full, chunked, rtol=1e-12)
 
 
+def test_knn_memo_gives_the_exact_kth_distance_for_every_k(train, monkeypatch):
+    """knn_score memoises one sorted distance table per (query, bank); every k reads its column,
+    equal to a fresh exact search, also when a later k exceeds the table (it is rebuilt deeper)."""
+    from ood_core.scores import forward
+    from ood_core.scores._common import kth_nn_distance, l2_normalize
+
+    monkeypatch.setattr(forward, "NN_TABLE_K", 3)
+    forward._NN_TABLES.clear()
+    Q = RNG.normal(size=(11, D))
+    bank = l2_normalize(train["h"])
+    for k in (1, 3, 2, 6, 4, len(bank) + 5):
+        kk = min(k, len(bank))
+        assert np.array_equal(forward.knn_score(Q, bank, k), -kth_nn_distance(l2_normalize(Q), bank, kk))
+    assert len(forward._NN_TABLES) == 1 and next(iter(forward._NN_TABLES.values())).shape[1] == len(bank)
+
+
 def test_vim_dim_D_minus_1_vs_eigh(train):
     W, b = train["W"], train["b"]
     st = S.fit("vim", train, dim=D - 1)

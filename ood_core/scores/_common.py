@@ -106,10 +106,11 @@ def l2_normalize(x: np.ndarray, tiny: float = 1e-300) -> np.ndarray:
     return x / np.maximum(n, tiny)
 
 
-def kth_nn_distance(
+def knn_distances(
     query: np.ndarray, bank: np.ndarray, k: int, q_chunk: int = 4096, b_chunk: int = 65536, device: str | None = None
 ) -> np.ndarray:
-    """Exact Euclidean distance from every query row to its k-th nearest row of ``bank``.
+    """Exact Euclidean distances (N, k) from every query row to its k nearest rows of ``bank``,
+    ascending.
 
     Batched exact search in float64 with torch matmul + top-k, chunked over queries and over the
     bank (running top-k merge), so memory is O(q_chunk * (b_chunk + k)). ``k`` must be
@@ -127,7 +128,7 @@ def kth_nn_distance(
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n_train={n}], got {k}")
     bn2 = (B * B).sum(1)
-    out = torch.empty(q.shape[0], dtype=torch.float64, device=device)
+    out = torch.empty(q.shape[0], k, dtype=torch.float64, device=device)
     for i in range(0, q.shape[0], q_chunk):
         qi = q[i : i + q_chunk]
         qn2 = (qi * qi).sum(1, keepdim=True)
@@ -136,10 +137,19 @@ def kth_nn_distance(
             Bj = B[j : j + b_chunk]
             d2 = (qn2 + bn2[j : j + b_chunk][None, :] - 2.0 * qi @ Bj.T).clamp_min_(0.0)
             kk = min(k, d2.shape[1])
-            top = torch.topk(d2, kk, dim=1, largest=False).values
-            best = top if best is None else torch.topk(torch.cat([best, top], 1), min(k, best.shape[1] + kk), dim=1, largest=False).values
-        out[i : i + q_chunk] = best[:, k - 1]
+            top = torch.topk(d2, kk, dim=1, largest=False, sorted=True).values
+            best = top if best is None else torch.topk(torch.cat([best, top], 1), min(k, best.shape[1] + kk), dim=1,
+                                                       largest=False, sorted=True).values
+        out[i : i + q_chunk] = best
     return out.sqrt().cpu().numpy()
+
+
+def kth_nn_distance(
+    query: np.ndarray, bank: np.ndarray, k: int, q_chunk: int = 4096, b_chunk: int = 65536, device: str | None = None
+) -> np.ndarray:
+    """Exact Euclidean distance from every query row to its k-th nearest row of ``bank``
+    (column k-1 of :func:`knn_distances`)."""
+    return knn_distances(query, bank, k, q_chunk, b_chunk, device)[:, k - 1]
 
 
 def cached_slice(arrays: Mapping[str, np.ndarray], key: str, eps: float, T: float) -> np.ndarray:
