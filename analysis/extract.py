@@ -214,7 +214,7 @@ def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre
         todo = need & ~have
         if not todo.any():
             continue
-        rows = np.setdiff1d(np.arange(len(a["y"])), sp[name].val)
+        rows = sp[name].test  # val and test partition the rows (split_indices)
         res = grid_cells_pass(model, load_named(ctx, name, memo).take(rows), pre, ctx.cfg["extract"], ctx.device(),
                               odin_T=Ts, odin_eps=epss, points=todo, desc=f"{name} cells")
         for key in GRID_VALUE_KEYS:
@@ -222,9 +222,9 @@ def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre
                 a[key][e, t, rows] = res.arrays[key][e, t]
         a[FULL_POINTS_KEY] = have | todo
         save_npz(paths[name], a, key=npz_key(paths[name]))
-        entry = timings.setdefault(name, {"_grid_cells": 0})
-        entry.update({c: {"seconds": sec, "n": res.counts[c]} for c, sec in res.seconds.items()})
-        entry["_grid_cells"] += res.grid_cells
+        entry, new = timings.setdefault(name, {"_grid_cells": 0}), _timing_entry(res)
+        entry["_grid_cells"] += new.pop("_grid_cells")
+        entry.update(new)
         print(f"[extract] {name}: {int(todo.sum())} selected cells on {len(rows)} rows in {res.seconds['grodin_selected']:.1f}s")
 
 
