@@ -298,3 +298,22 @@ def test_cli_scores_npz(tmp_path, train, capsys):
     # 'all' scores every score whose arrays exist (all of them here, W/b from ../head.npz)
     assert main(["--arrays", str(arr), "--train", "train", "--eval", "ood", "--out", str(out)]) == 0
     assert {f"{n}/ood" for n in S.names()} <= set(np.load(out).files)
+
+
+def test_knn_bank_is_hashed_once_at_fit_not_per_scoring_call(train, monkeypatch):
+    """Fitted KNN states carry the bank's fingerprint: scoring hashes only the queries, and the
+    scores equal those of a state without the key (which hashes the bank itself)."""
+    from ood_core.scores import forward
+
+    state = S.fit("knn", train)
+    assert state["bank_key"] == forward.fingerprint(state["bank"])
+    forward._NN_TABLES.clear()
+    Q = _arrays(RNG.normal(size=(7, D)), train["W"], train["b"])
+    hashed_rows = []
+    real = forward.fingerprint
+    monkeypatch.setattr(forward, "fingerprint", lambda *a: hashed_rows.append(a[0].shape[0]) or real(*a))
+    for k in (1, 5, 3):
+        S.compute("knn", Q, state, k=k)
+    assert hashed_rows == [7, 7, 7]
+    without_key = {"bank": state["bank"]}
+    assert np.array_equal(S.compute("knn", Q, without_key, k=3), S.compute("knn", Q, state, k=3))

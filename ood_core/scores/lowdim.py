@@ -27,14 +27,13 @@ from ._common import (
     class_means_tied_precision,
     f64,
     fingerprint,
-    l2_normalize,
     logsumexp,
     max_neg_mahalanobis,
     percentile_threshold,
     require_state,
     softmax,
 )
-from .forward import fit_react, knn_score, react
+from .forward import fit_react, knn_bank, knn_score, react
 from .registry import Arrays, register
 
 PAPER = "Wu, Li, Cheng, Yang, Huang, arXiv 2310.17163 (2023)"
@@ -184,8 +183,8 @@ def _reg_probe(name: str, defaults: dict[str, Any], grid: dict[str, list[Any]] |
 
 # --------------------------------------------------------------------------- scores on G_low
 def fit_lowdim_knn(train: Arrays, *, subspace: str = "pca", **_: Any) -> dict[str, Any]:
-    """L2-normalised training G_low."""
-    return {"bank": l2_normalize(lowdim_array(train, subspace)), "subspace": subspace}
+    """L2-normalised training G_low and its fingerprint."""
+    return {**knn_bank(lowdim_array(train, subspace)), "subspace": subspace}
 
 
 @register("lowdim_knn", family="lowdim", defaults={"subspace": "pca", "k": 5}, grid={"k": KNN_K_GRID},
@@ -196,7 +195,7 @@ def lowdim_knn(arrays: Arrays, state: Any = None, *, subspace: str = "pca", k: i
     squared distance -- monotone-equivalent). k is capped at n_train."""
     st = require_state("lowdim_knn", state)
     check_fitted_param("lowdim_knn", st, "subspace", subspace)
-    return knn_score(lowdim_array(arrays, subspace), st["bank"], k)
+    return knn_score(lowdim_array(arrays, subspace), st["bank"], k, st.get("bank_key"))
 
 
 def fit_lowdim_mahalanobis(train: Arrays, *, subspace: str = "pca", **_: Any) -> dict[str, Any]:
