@@ -124,6 +124,9 @@ def versions() -> dict[str, str]:
         import torch
 
         out["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        # CPU kernels differ by instruction set (e.g. AVX2 vs AVX512): CPU training rounds
+        # differently across machines, so a rerun is bit-identical only on the same capability.
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover
         pass
     return out
