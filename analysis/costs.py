@@ -40,16 +40,16 @@ def _timing_params(spec: registry.ScoreSpec, arrays: dict) -> dict | None:
     is not cached on every row (off the profile's grid, or not selected) uses the first cell that is."""
     if "odin_eps" not in spec.needs or not {"eps", "T"} <= set(spec.defaults):
         return {}
-    eps_v, T_v = np.asarray(arrays["odin_eps"], float), np.asarray(arrays["odin_T"], float)
-    d = spec.defaults
-    on_grid = np.isclose(eps_v, d["eps"]).any() and np.isclose(T_v, d["T"]).any()
-    if on_grid and point_available(arrays, d["eps"], d["T"]):
-        return {}
+    try:
+        if point_available(arrays, spec.defaults["eps"], spec.defaults["T"]):
+            return {}
+    except ValueError:  # the default is off the cached grid (grid_index's own tolerance decides)
+        pass
     cells = np.argwhere(full_points(arrays))
     if not len(cells):
         return None
     e, t = cells[0]
-    return {"eps": float(eps_v[e]), "T": float(T_v[t])}
+    return {"eps": float(arrays["odin_eps"][e]), "T": float(arrays["odin_T"][t])}
 
 
 def method_costs(analysis_dir: Path, methods: list[str], repeats: int = 3) -> list[dict]:
