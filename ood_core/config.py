@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "bf16": False,
         "channels_last": False,
         "checkpoint_every": 0,
+        "eval_every": 0,
         "half_checkpoint": False,
     },
     "extract": {

@@ -1,7 +1,8 @@
 """Training loop: SGD (momentum, nesterov), cosine learning rate, weight decay, optional label
 smoothing. The whole uint8 training set is held on the device and augmented there (random crop with
 4-pixel padding + horizontal flip, per batch, vectorised), so a GPU epoch has no data-loader stalls.
-bf16 autocast and channels_last on CUDA when asked; plain float32 on CPU.
+bf16 autocast (weights and optimizer stay float32) and channels_last when the profile asks, on CUDA
+and on the CPU alike (on a 2-core CPU bf16 + channels_last trains ResNet-18 ~2.3x faster than float32).
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def train_model(
     if rng_state is not None:
         gen.set_state(rng_state)
     model.to(device)
-    mem_format = torch.channels_last if (cfg["channels_last"] and device.type == "cuda") else torch.contiguous_format
+    mem_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(memory_format=mem_format)
     x_train, y_train = x_train.to(device), y_train.to(device)
     x_test, y_test = x_test.to(device), y_test.to(device)
@@ -99,10 +100,12 @@ def train_model(
     steps_per_epoch = math.ceil(n / bs)
     total = max(epochs * steps_per_epoch, 1)
     augment = AUGMENTATIONS[cfg["augment"]]
-    use_bf16 = bool(cfg["bf16"]) and device.type == "cuda"
+    use_bf16 = bool(cfg["bf16"])
+    eval_every = int(cfg.get("eval_every", 0))
     history: list[dict] = []
     t0 = time.perf_counter()
     for epoch in tqdm(range(start_epoch, epochs), desc="train", unit="epoch", leave=False):
+        t_epoch = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
         running, seen = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device:
@@ -120,7 +123,11 @@ def train_model(
             opt.step()
             running += loss.detach().double() * len(idx)
             seen += len(idx)
-        history.append({"epoch": epoch + 1, "loss": float(running) / seen, "lr": lr})
+        row = {"epoch": epoch + 1, "loss": float(running) / seen, "lr": lr,
+               "seconds": round(time.perf_counter() - t_epoch, 2)}
+        if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
+            row["test_accuracy"] = accuracy(model, x_test, y_test)  # float32, like the final one
+        history.append(row)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, opt, gen.get_state())
     acc = accuracy(model, x_test, y_test)
