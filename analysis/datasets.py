@@ -1,15 +1,21 @@
 """Turn a profile's dataset specs into ``ImageSet``s.
 
-A spec is ``{kind: ..., <loader options>}`` plus three keys handled here: ``path`` (relative to the
-data root, becomes the loader's root), ``group`` (near / far / covariate: used by the tables only)
-and ``base`` (for ``kind: corrupted``: the name of another configured set, usually ``id_test``).
+A spec is ``{kind: ..., <loader options>}`` plus four keys handled here: ``path`` (relative to the
+data root, becomes the loader's root), ``group`` (near / far / covariate: used by the tables only),
+``base`` (for ``kind: corrupted``: the name of another configured set, usually ``id_test``) and
+``rows`` (keep a seeded random subset of that many images, in their original order: a named cut of
+a CPU-sized profile; the subset depends on the profile's ``seed`` and the set's name only).
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ood_core.cache import hash_config
+from ood_core.config import ConfigError
 from ood_core.data import SHARED_DATA_MANIFEST, ImageSet, load_dataset, verify_files
 
 from .common import Context
@@ -50,6 +56,20 @@ def load_named(ctx: Context, name: str, _memo: dict[str, ImageSet] | None = None
         verify_files({root.name: SHARED_DATA_MANIFEST[root.name]}, root.parent)
     if "base" in opts:
         opts["base"] = load_named(ctx, opts.pop("base"), memo)
+    rows = opts.pop("rows", None)
     ds = load_dataset(kind, root, name=name, **opts)
+    if rows is not None:
+        ds = ds.take(subsample_rows(len(ds), rows, int(ctx.cfg["seed"]), name, f"data.{name}.rows"))
     memo[name] = ds
     return ds
+
+
+def subsample_rows(n: int, rows: Any, seed: int, name: str, option: str) -> np.ndarray:
+    """Sorted indices of a seeded random subset of ``rows`` of ``n`` images (all of them if
+    ``rows >= n``); the same (seed, name) always gives the same subset."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
+        raise ConfigError(f"{option} must be a positive integer, got {rows!r}")
+    if rows >= n:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return np.sort(rng.choice(n, rows, replace=False))

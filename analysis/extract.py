@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
 from ood_core.config import ConfigError, odin_eps_grid
@@ -66,7 +67,8 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     device, bs, chunk = ctx.device(), int(lcfg["batch_size"]), int(lcfg["chunk"])
 
     def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
-        return iter_batches(train, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
+        it = iter_batches(train, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
+        return tqdm(it, total=-(-len(train) // bs), desc=f"subspace {name}: pass", unit="batch", leave=False)
 
     t0 = time.perf_counter()
     norm = lcfg["normalisation"]

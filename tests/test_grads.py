@@ -446,3 +446,23 @@ def test_class_mean_subspace_and_project(lowdim_setup):
     Ph = project(model, [x], V[-(3 * 8 + 3):, :], None, params="head")
     Gh = G.numpy()[:, -(3 * 8 + 3):]
     assert np.allclose(Ph, Gh @ V[-(3 * 8 + 3):, :].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "convlin"])
+@pytest.mark.parametrize("min_positions", [0, 10**9])
+def test_grouped_conv_route_matches_loop(name, min_positions, monkeypatch):
+    """Per-sample conv weight gradients by one grouped convolution backward (the CPU route for
+    large-spatial layers) equal the per-sample autograd loop, for norms and materialised gradients;
+    min_positions 0 forces it on every eligible conv, 10**9 forces unfold + bmm."""
+    from ood_core.grads import per_sample as ps
+
+    calls = []
+    real = ps._conv_weight_grads_grouped
+    monkeypatch.setattr(ps, "GROUPED_MIN_POSITIONS", min_positions)
+    monkeypatch.setattr(ps, "_conv_weight_grads_grouped", lambda *a: calls.append(1) or real(*a))
+    model, x = _build(name)
+    ref = _loop_grads(model, x, _energy_loss)
+    _, sq = per_sample_sq_norms(model, x, energy_delta, chunk=4)
+    _, G = per_sample_grads_flat(model, x, energy_delta, chunk=3)
+    assert _rel(sq, ref.pow(2).sum(1)) <= RTOL and _rel(G, ref) <= RTOL
+    assert bool(calls) == (min_positions == 0)

@@ -110,7 +110,8 @@ def head_grads_closed_form(model: nn.Module, x: torch.Tensor, names: list[str], 
 def _iter_raw(model: nn.Module, batches: Iterable, names: list[str], delta_fn: DeltaFn, chunk: int,
               with_labels: bool = False) -> Iterator:
     """Yields (G (n, P) on the model device, labels or None) for consecutive chunks of samples.
-    Head-only parameter sets use the closed form (forward only); others the hooks engine."""
+    Head-only parameter sets use the closed form (forward only); others the hooks engine, whose G
+    is a view of one reused buffer: valid until the next chunk is asked for (consume, don't keep)."""
     dev, pdt = model_device_dtype(model)
     if _head_only(model, names):
         for item in batches:
@@ -122,14 +123,18 @@ def _iter_raw(model: nn.Module, batches: Iterable, names: list[str], delta_fn: D
                 yield g, (None if y is None else torch.as_tensor(y[s: s + chunk]).to(dev))
         return
     eng = HookEngine(model, names)
-    with eng:
+    buf: torch.Tensor | None = None  # one (chunk, P) buffer for every chunk: a fresh multi-GB
+    with eng:                        # tensor per chunk costs more in page faults than the products
         for item in batches:
             x = _first(item)
             y = item[1] if with_labels else None
             for s in range(0, x.shape[0], chunk):
                 xc = x[s: s + chunk].to(device=dev, dtype=pdt)
                 lg = eng.forward(xc)
-                g = eng.grads_flat(delta_fn(lg.detach()))
+                delta = delta_fn(lg.detach())
+                if buf is None or buf.dtype != delta.dtype:
+                    buf = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=dev)
+                g = eng.grads_flat(delta, out=buf[: xc.shape[0]])
                 yield g, (None if y is None else torch.as_tensor(y[s: s + chunk]).to(dev))
 
 
@@ -242,15 +247,24 @@ def pca_subspace(
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     omega = torch.randn(P, l, generator=gen, dtype=torch.float64).to(device=dev, dtype=acc)
 
-    def chunks():
-        return (whiten(g, stats) for g, _ in _iter_raw(model, batches_factory(), names, delta_fn, chunk))
+    # The whitening is folded into the small factors, never applied to the (chunk, P) gradients:
+    #   A m   = G (s * m) - 1 <mean * s, m>          A^T q = s * (G^T q - mean (1^T q))
+    # so a pass streams the raw gradients once (no whitened copy of every chunk).
+    mean_s = None if stats is None else (stats[0].to(acc) * stats[1].to(acc))
+    scale = None if stats is None else stats[1].to(acc)
+
+    def raw_chunks():
+        return (g for g, _ in _iter_raw(model, batches_factory(), names, delta_fn, chunk))
 
     n_rows: list[int] = []
 
     def times(m: torch.Tensor) -> torch.Tensor:  # A @ m, (N, l) float64
+        m = m.to(acc)
+        ms, shift = (m, None) if stats is None else (scale[:, None] * m, mean_s @ m)
         rows = []
-        for g in chunks():
-            rows.append((g.to(acc) @ m).to(torch.float64))
+        for g in raw_chunks():
+            y = g.to(acc) @ ms
+            rows.append((y if shift is None else y - shift).to(torch.float64))
         y = torch.cat(rows)
         if n_rows and y.shape[0] != n_rows[0]:
             raise RuntimeError(f"batches_factory gave {y.shape[0]} samples, an earlier pass {n_rows[0]}")
@@ -260,12 +274,14 @@ def pca_subspace(
     def t_times(q: torch.Tensor) -> torch.Tensor:  # A^T @ q, (P, l)
         out = torch.zeros(P, q.shape[1], dtype=acc, device=dev)
         s = 0
-        for g in chunks():
+        for g in raw_chunks():
             n = g.shape[0]
             out.addmm_(g.to(acc).T, q[s: s + n].to(acc))
             s += n
         if s != q.shape[0]:
             raise RuntimeError(f"batches_factory gave {s} samples, an earlier pass {q.shape[0]}")
+        if stats is not None:
+            out.addr_(stats[0].to(acc), q.sum(0).to(acc), alpha=-1.0).mul_(scale[:, None])
         return out
 
     q = _orth(times(omega))
@@ -334,12 +350,14 @@ def project(
 ) -> np.ndarray:
     """G_low = g~(x)^T V for every sample of ``batches``: (N, K) float32 numpy."""
     names = resolve_params(model, params)
+    # whitening folded into V: g~ V = g (scale * V) - (mean * scale) V (no whitened gradient copy)
+    vs, shift = (V, None) if stats is None else (stats[1].to(V.dtype)[:, None] * V, (stats[0] * stats[1]).to(V.dtype) @ V)
     out = []
     for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
         if g.shape[1] != V.shape[0]:
             raise ValueError(f"V has {V.shape[0]} rows, the selected parameters number {g.shape[1]}")
-        gt = whiten(g, stats)
-        out.append((gt.to(V.dtype) @ V).float().cpu().numpy())
+        z = g.to(V.dtype) @ vs
+        out.append((z if shift is None else z - shift).float().cpu().numpy())
     if not out:
         return np.zeros((0, V.shape[1]), np.float32)
     return np.concatenate(out).astype(np.float32)
