@@ -94,11 +94,15 @@ def run(ctx: Context) -> Path:
     tcfg = ctx.cfg["train"]
     partial = ctx.model_dir / "partial.pt"
     start, opt_state, rng_state = 0, None, None
+    history: list[dict] = []  # per-epoch rows, carried over a resumed run
+    seconds_before = 0.0      # training seconds of the runs this one resumes
     if partial.is_file() and not ctx.force:
         state, meta = load_checkpoint(partial)
         if meta.get("cache_key") == key:
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__opt__")})
             start = int(meta["epoch"])
+            history = list(meta.get("history", []))
+            seconds_before = float(meta.get("train_seconds", 0.0))
             resume = ctx.model_dir / "partial_opt.pt"
             blob = torch.load(resume, weights_only=True) if resume.is_file() else None
             if isinstance(blob, dict) and "optimizer" in blob:
@@ -114,17 +118,21 @@ def run(ctx: Context) -> Path:
 
             with atomic_path(ctx.model_dir / "partial_opt.pt", ".pt") as tmp:
                 torch.save({"optimizer": opt.state_dict(), "rng": rng}, tmp)
-            save_checkpoint(partial, net.state_dict(), {"cache_key": key, "epoch": epoch})
+            save_checkpoint(partial, net.state_dict(), {"cache_key": key, "epoch": epoch, "history": history,
+                                                        "train_seconds": seconds_before + time.perf_counter() - t_run})
 
     device = ctx.device()
-    result = train_model(model, x_tr, y_tr, x_te, y_te, tcfg, seed, device, on_epoch_end, start, opt_state, rng_state)
+    t_run = time.perf_counter()
+    result = train_model(model, x_tr, y_tr, x_te, y_te, tcfg, seed, device, on_epoch_end, start, opt_state, rng_state,
+                         history)
     model.cpu().eval()
     meta = {
         "cache_key": key,
         "model": m,
         "seed": seed,
         "test_accuracy": result.test_accuracy,
-        "train_seconds": round(result.train_seconds, 2),
+        "train_seconds": round(seconds_before + result.train_seconds, 2),  # all runs of a resumed training
+        "resumed_from_epoch": start or None,
         "device": ctx.device_name,
         "versions": versions(),
         "train_config": tcfg,

@@ -74,6 +74,7 @@ def train_model(
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
     rng_state: torch.Tensor | None = None,
+    history: list[dict] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. x_*: already-normalized float tensors (N,C,H,W); y_*: int64.
 
@@ -81,6 +82,8 @@ def train_model(
     ``lr`` to 0 over ``epochs``. Returns the final test accuracy and a per-epoch history.
     ``on_epoch_end(epoch, model, optimizer, rng_state)`` may save a partial checkpoint; resuming with
     its optimizer and ``rng_state`` (the shuffling / augmentation generator) continues the same run.
+    ``history``: the per-epoch rows of the epochs before ``start_epoch`` (a resumed run); this list
+    is extended in place, so ``on_epoch_end`` may save it with the partial checkpoint.
     """
     torch.manual_seed(seed)
     # one generator for the permutation and the augmentation, on the training device: on CUDA no
@@ -102,7 +105,7 @@ def train_model(
     augment = AUGMENTATIONS[cfg["augment"]]
     use_bf16 = bool(cfg["bf16"])
     eval_every = int(cfg.get("eval_every", 0))
-    history: list[dict] = []
+    history = [] if history is None else history
     t0 = time.perf_counter()
     for epoch in tqdm(range(start_epoch, epochs), desc="train", unit="epoch", leave=False):
         t_epoch = time.perf_counter()

@@ -61,19 +61,31 @@ def test_resumed_training_equals_an_uninterrupted_run():
            "label_smoothing": 0.0, "augment": "shift", "bf16": False, "channels_last": False}
     saved = {}
 
+    cfg["eval_every"] = 1
+    history: list[dict] = []
+
     def keep(epoch, net, opt, rng):
         if epoch == 2:
-            saved.update(model=copy.deepcopy(net.state_dict()), opt=copy.deepcopy(opt.state_dict()), rng=rng.clone())
+            saved.update(model=copy.deepcopy(net.state_dict()), opt=copy.deepcopy(opt.state_dict()), rng=rng.clone(),
+                         history=copy.deepcopy(history))
 
     cpu = torch.device("cpu")
     full = build_model("small_cnn", num_classes=2, in_channels=1, width=4)
-    train_model(full, x[:64], y[:64], x[64:], y[64:], cfg, seed=0, device=cpu, on_epoch_end=keep)
+    res_full = train_model(full, x[:64], y[:64], x[64:], y[64:], cfg, seed=0, device=cpu, on_epoch_end=keep,
+                           history=history)
     resumed = build_model("small_cnn", num_classes=2, in_channels=1, width=4)
     resumed.load_state_dict(saved["model"])
-    train_model(resumed, x[:64], y[:64], x[64:], y[64:], cfg, seed=0, device=cpu, start_epoch=2,
-                optimizer_state=saved["opt"], rng_state=saved["rng"])
+    res_resumed = train_model(resumed, x[:64], y[:64], x[64:], y[64:], cfg, seed=0, device=cpu, start_epoch=2,
+                              optimizer_state=saved["opt"], rng_state=saved["rng"], history=saved["history"])
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+    # the resumed run's curve holds every epoch, the ones before the resume included
+    def curve(res):
+        return [(h["epoch"], h.get("loss"), h.get("test_accuracy")) for h in res.history]
+
+    assert len(saved["history"]) == 5 and [h["epoch"] for h in res_full.history] == [1, 2, 3, 4, 4]
+    assert curve(res_resumed) == curve(res_full)
+    assert "test_accuracy" in res_full.history[0]  # eval_every: 1
 
 
 def test_resnet50_loads_torchvision_weights_from_a_local_file(tmp_path):
