@@ -1,6 +1,7 @@
 """ood_core.grads against brute-force per-sample loops (float64, CPU, tiny random models)."""
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -466,3 +467,18 @@ def test_grouped_conv_route_matches_loop(name, min_positions, monkeypatch):
     _, G = per_sample_grads_flat(model, x, energy_delta, chunk=3)
     assert _rel(sq, ref.pow(2).sum(1)) <= RTOL and _rel(G, ref) <= RTOL
     assert bool(calls) == (min_positions == 0)
+
+
+def test_grodin_grid_float32_model_keeps_precision_when_confident():
+    """A float32 model with confident predictions (max softmax ~ 1 - 1e-5): the logit gradient
+    softmax(f/T) - onehot is formed from float64 logits, so the all-weights norm matches the float64
+    model's to float32 rounding; forming it in float32 was off by 5.7e-4 relative here."""
+    model64, x = _build("small_cnn")
+    with torch.no_grad():
+        model64.head.weight.mul_(300.0)
+    model32 = copy.deepcopy(model64).float()
+    s = torch.softmax(model64(x), 1).amax(1)
+    assert float(s.min()) > 0.999 and float(s.max()) < 1.0 - 1e-7  # confident, not saturated
+    ref = grodin_grid(model64, x, [1.0], [0.0])["grodin_sqnorm"]
+    got = grodin_grid(model32, x.float(), [1.0], [0.0])["grodin_sqnorm"]
+    assert np.max(np.abs(got - ref) / np.abs(ref)) < 1e-4

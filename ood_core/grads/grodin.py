@@ -4,6 +4,8 @@ For every (eps, T): x~ = ODIN-perturbed x (eps, T); S = max softmax(f(x~)/T) (= 
 S); SG = ||grad_theta CE(f(x~)/T, yhat(x~))||^2 over ALL trainable weights (GRODIN; loss at the label
 predicted at x~). GRODIN's G score is SG / S^2 (grad = S * G, anchors 1.9).
 
+The logit gradient softmax(f/T) - onehot(yhat) and S are computed from float64 logits: near
+S = 1 the difference cancels, and in float32 it lost up to 3e-3 relative precision.
 Cost per chunk: one forward at x serves every T (its backward for T gives both the input-gradient
 sign used for the perturbation and the eps = 0 norms, retain_graph across T); then one forward +
 one backward per (eps > 0, T) at x~, since x~ differs per (eps, T).
@@ -77,7 +79,7 @@ def grodin_grid(
             xc = x[sl].to(device=dev, dtype=pdt)
             # one forward at x: the eps = 0 cells and the input-gradient signs of every active T
             logits = eng.forward(xc, amp_dtype=amp_dtype)
-            z = logits.detach().float() if logits.dtype != torch.float64 else logits.detach()
+            z = logits.detach().double()  # softmax(z/T) - onehot cancels near 1: float64 (float32 lost 3e-3)
             signs: dict[int, torch.Tensor] = {}
             for t in active:
                 T, need_sign = Ts[t], bool(pert_at[t].size)
@@ -96,7 +98,7 @@ def grodin_grid(
                 for e in pert_at[t]:
                     xt = apply_sign_step(xc, signs[t], epss[e], space=space, std=std)
                     lg = eng.forward(xt, amp_dtype=amp_dtype)
-                    zt = lg.detach().float() if lg.dtype != torch.float64 else lg.detach()
+                    zt = lg.detach().double()
                     sq = eng.sq_norms(ce_pred_delta(Ts[t])(zt))
                     odin_s[e, t, sl] = torch.softmax(zt / Ts[t], dim=1).amax(1).cpu().numpy()
                     sqn[e, t, sl] = sq.cpu().numpy()
