@@ -235,7 +235,48 @@ def methods_for(model, x, dev, bf16):
         "lowdim_last_closed": lowdim_last,
         "grodin_allw_hooks": hooks,
         "grodin_allw_vmap": vmap,
+        **subspace_pass_methods(model, x, k=LOWDIM_BENCH_K),
     }
+
+
+LOWDIM_BENCH_K = 50  # columns of the random whitened basis in the subspace rows (the cifar10 profile's K)
+
+
+def subspace_pass_methods(model, x, k: int, chunk: int = 64):
+    """Wu et al.'s all-weights passes as the extract stage runs them (float32, chunks of ``chunk``
+    per-sample gradients in one reused buffer, whitening folded into the small factors):
+    ``grads_flat_allw`` the per-sample gradients alone; ``lowdim_allw_Am`` + the product with a
+    (P, k + 10) basis (a projection / a PCA ``A m`` pass); ``lowdim_allw_ATq`` + the accumulation of
+    A^T q into a (P, k + 10) matrix (a PCA ``A^T q`` pass). pass / grads_flat = the pass's overhead."""
+    from ood_core.grads.lowdim import _iter_raw, resolve_params
+
+    names = resolve_params(model, "all")
+    P = sum(dict(model.named_parameters())[n].numel() for n in names)
+    l = min(P, k + 10)
+    gen = torch.Generator().manual_seed(1)
+    m = torch.randn(P, l, generator=gen).to(x.device)
+    mean, scale = torch.randn(P, generator=gen).to(x.device), torch.rand(P, generator=gen).to(x.device) + 0.5
+    ms, shift = scale[:, None] * m, (mean * scale) @ m
+    q = torch.randn(x.shape[0], l, generator=gen).to(x.device)
+    acc = torch.zeros(P, l, device=x.device)
+
+    def grads_flat():
+        for _g, _ in _iter_raw(model, [x], names, energy_delta, chunk):
+            pass
+
+    def a_m():
+        for g, _ in _iter_raw(model, [x], names, energy_delta, chunk):
+            (g @ ms - shift).double()
+
+    def at_q():
+        acc.zero_()
+        s = 0
+        for g, _ in _iter_raw(model, [x], names, energy_delta, chunk):
+            acc.addmm_(g.T, q[s: s + g.shape[0]])
+            s += g.shape[0]
+        acc.addr_(mean, q.sum(0), alpha=-1.0).mul_(scale[:, None])
+
+    return {"grads_flat_allw": grads_flat, "lowdim_allw_Am": a_m, "lowdim_allw_ATq": at_q}
 
 
 def loops_for(model, x, dev, bf16):
@@ -268,6 +309,10 @@ LOOP_REF = {"lastlayer_closed": "loop_gradnorm_last", "lowdim_last_closed": "loo
 # --------------------------------------------------------------------------------------------------
 
 
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -278,14 +323,14 @@ def load_model(args, dev):
     shape, C = INPUTS[args.model]
     torch.manual_seed(args.seed)
     model = build_model(args.model, num_classes=C)
-    if args.checkpoint:
-        try:
-            from ood_core.checkpoint import load_checkpoint
+    if args.checkpoint:  # timings do not depend on the weights; a checkpoint is still checked
+        from ood_core.checkpoint import load_checkpoint, load_state_dict_file
 
-            sd, _ = load_checkpoint(Path(args.checkpoint))
-        except Exception:
-            sd = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-            sd = sd.get("state_dict", sd)
+        path = Path(args.checkpoint)
+        if path.with_name(path.name + ".json").is_file():
+            sd, _ = load_checkpoint(path)  # sha256 against its record
+        else:
+            sd = load_state_dict_file(path)  # a foreign weights file: weights-only load
         model.load_state_dict(sd)
     return model.to(dev).eval(), shape
 
@@ -303,6 +348,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="all", help="comma-separated subset of method names")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels-last", action="store_true", help="model and batches in channels_last memory format")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
                     help="profile fwd_bwd and grodin_allw_hooks at the largest batch; top-N op tables")
@@ -318,10 +364,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     bf16 = args.dtype == "bf16"
     model, shape = load_model(args, dev)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     batch_sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
     wanted = None if args.methods == "all" else set(args.methods.split(","))
     gen = torch.Generator().manual_seed(args.seed)
-    common = dict(device=device_name(dev), torch=torch.__version__, dtype=args.dtype, model=args.model)
+    common = dict(device=device_name(dev), torch=torch.__version__, dtype=args.dtype, model=args.model,
+                  memory_format="channels_last" if args.channels_last else "contiguous")
     rows = []
     skipped: list[str] = []
 
@@ -346,7 +395,7 @@ def main(argv=None) -> int:
     print(f"[bench] hooks vs per-image autograd loop max relative difference (fp32): {agree_loop:.2e}")
 
     for bs in batch_sizes:
-        x = torch.randn(bs, *shape, generator=gen).to(dev)
+        x = _layout(torch.randn(bs, *shape, generator=gen).to(dev), args.channels_last)
         for name, fn in methods_for(model, x, dev, bf16).items():
             if wanted is not None and name not in wanted:
                 continue
@@ -389,7 +438,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["device", "torch", "dtype", "model", "batch_size", "method", "images_per_s", "peak_mb",
+    cols = ["device", "torch", "dtype", "memory_format", "model", "batch_size", "method", "images_per_s", "peak_mb",
             "mem_kind", "speedup_vs_loop"]
     with open(out / "bench_scores.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -397,7 +446,7 @@ def main(argv=None) -> int:
         for r in rows:
             w.writerow({k: (f"{r[k]:.4g}" if isinstance(r[k], float) else r[k]) for k in cols})
     md = [
-        f"# Gradient-score throughput: {args.model}, {args.dtype}",
+        f"# Gradient-score throughput: {args.model}, {args.dtype}, {common['memory_format']}",
         "",
         f"Device: {common['device']} ({dev.type}); torch {torch.__version__}; threads "
         f"{torch.get_num_threads()}; median of {args.repeats} after {args.warmup} warm-up; "
