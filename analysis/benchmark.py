@@ -14,8 +14,9 @@ validation parts under the protocol, score the TEST parts, compute metrics (+ bo
 Output in ``fig_dir``: metrics.csv/.md/.tex, ablation_grodin.*, ablation_rg_percentile.*,
 ablation_lowdim_k.*, ablation_lowdim_subspace.*, sweep_odin.csv, sweep_react.csv, sweep_knn.csv,
 chosen_hyperparams.json, reference.md, skipped.csv; and ``<analysis_dir>/scores/<name>.npz``
-(test-part scores; ``_test_idx`` = indices into that set's arrays; in the ID file ``<method>__vs__<ood>``
-holds the ID scores at the parameters used for that OOD set, ``<method>`` when they are the same for all).
+(test-part scores, float64 as scored; ``_test_idx`` = indices into that set's arrays; in the ID file
+``<method>__vs__<ood>`` holds the ID scores at the parameters used for that OOD set, ``<method>`` when
+they are the same for all).
 
 Sweep semantics: a sweep varies one method's parameter(s) over the listed values, other parameters
 at their registered defaults; ``auroc_val`` is always the set's OWN validation part (whatever the
@@ -334,14 +335,15 @@ def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out,
         rows.append({
             "method": m, "family": spec.family, "ood_set": o, "group": data.groups[o],
             "auroc": ev["auroc"], "auroc_std": sd, "fpr95": ev["fpr95_id_pos"], "fpr95_ood_pos": ev["fpr95_ood_pos"],
-            "aupr_in": ev["aupr_in"], "aupr_out": ev["aupr_out"], "hyperparams": _jsonable(params),
+            **{k: ev[k] for k in ("aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz")},
+            "hyperparams": _jsonable(params),
             "protocol": protocol if (grid or protocol == "paper_defaults") else f"{protocol} (no grid: defaults)",
             "n_id": ev["n_id"],
             "n_ood": ev["n_ood"], "id_accuracy": data.meta.get("id_accuracy"), "model": data.meta.get("model"),
         })
         per_set[o] = {"params": _jsonable(params), "tuned_on": src, "val_auroc": val_auc}
-        scores[o][m] = s_o.astype(np.float32)
-        scores[data.id_name][f"{m}__vs__{o}"] = s_id.astype(np.float32)
+        scores[o][m] = s_o  # float64 as scored: metrics recomputed from the stored scores equal the table's
+        scores[data.id_name][f"{m}__vs__{o}"] = s_id
     if len({json.dumps(v["params"], sort_keys=True) for v in per_set.values()}) == 1:
         scores[data.id_name][m] = next(iter(scores[data.id_name].values()))
     chosen = {"family": spec.family, "grid": _jsonable(grid), "defaults": _jsonable(spec.defaults),

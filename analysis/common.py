@@ -6,23 +6,44 @@ Every stage script accepts the same core options (``add_common_args``) so that
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import platform
+import signal
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ood_core.cache import stable_json, write_json
-from ood_core.config import load_profile
+from ood_core.config import load_profile, profile_path
+
+from . import CHILD_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def one_line_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``p`` report a bad command line as one ``error: ...`` line (no usage block) and exit 2,
+    and give it ``--debug`` (full tracebacks instead of one-line errors, see ``main_guard``)."""
+
+    def error(message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    p.error = error  # type: ignore[method-assign]
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return p
+
+
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--profile", default="demo", help="profile name under analysis/configs/ or a .yaml path (default: demo)")
+    one_line_errors(p)
+    p.add_argument("--profile", default="demo",
+                   help="profile name under analysis/configs/ or a .yaml path; a profile is named after its "
+                        "file (my.yaml -> profile 'my', whatever its 'profile:' key says) (default: demo)")
     p.add_argument("--data-root", default=None, help="root of the data files (default: the profile's data.root, "
                    "else ../shared/data beside the repo if present, else data/)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: cache/<profile>)")
@@ -46,6 +67,7 @@ class Context:
     data_root: Path
     device_name: str
     force: bool
+    profile_file: Path | None = None
 
     @property
     def model_dir(self) -> Path:
@@ -81,7 +103,8 @@ def resolve_device(cli: str | None, cfg_device: str) -> str:
         raise SystemExit("--device cuda was given but no CUDA GPU is available (torch.cuda.is_available() is False)")
     want = cli or cfg_device or "auto"
     if want == "cuda" and not has_cuda:
-        warnings.warn("the profile asks for device 'cuda' but no GPU is available: falling back to CPU", stacklevel=2)
+        print("warning: the profile asks for device 'cuda' but no GPU is available: falling back to CPU "
+              "(pass --device cpu to silence this)", file=sys.stderr, flush=True)
         return "cpu"
     if want == "auto":
         return "cuda" if has_cuda else "cpu"
@@ -109,6 +132,7 @@ def make_context(args: argparse.Namespace) -> Context:
         data_root=resolve_data_root(args.data_root, cfg["data"]["root"]),
         device_name=resolve_device(args.device, cfg["device"]),
         force=bool(args.force),
+        profile_file=profile_path(args.profile).resolve(),
     )
 
 
@@ -175,19 +199,111 @@ def _record_nondeterministic(message, category, filename, lineno, file=None, lin
 _default_showwarning = warnings.showwarning
 
 
-def main_guard(fn, *args, **kwargs):
-    """Run a stage's entry point; known user errors print one clear line and exit 2 (no traceback).
+# In a stage started by analysis.run (CHILD_ENV set) the run says "interrupted" once for all stages,
+# and the stage lists the project's source files it ran in the file CODE_LIST_ENV names (stamps.py).
+CODE_LIST_ENV = "OOD_STAGE_CODE_LIST"
+INTERRUPTED = "interrupted: run the same command again to resume (finished work is kept)"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+# OS errors that are the machine's state, not a bug: a full disk, a read-only place, no permission.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
-    Torch runs with ``use_deterministic_algorithms(True, warn_only=True)``; every op that has no
-    deterministic implementation (on GPU, e.g. some scatter/index kernels) is collected and written into
-    the stage's run record as ``nondeterministic_ops``."""
+
+# Registry look-ups whose KeyError means a wrong name in a profile or on the command line:
+# (module file, function) -> what to check.
+LOOKUPS: dict[tuple[str, str], str] = {
+    ("ood_core/scores/registry.py", "get"): "score names (--methods, --scores or the profile's benchmark.methods)",
+    ("ood_core/models.py", "build_model"): "the profile's model.name",
+    ("ood_core/data/base.py", "load_dataset"): "the 'kind' of the profile's data sets",
+}
+
+
+def _raised_in(e: BaseException) -> tuple[str, str]:
+    """(file relative to the repository, function) of the frame that raised ``e``."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "", ""
+    code = tb.tb_frame.f_code
+    path = Path(code.co_filename).resolve()
+    rel = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.as_posix()
+    return rel, code.co_name
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message for an expected error (config, CLI, data, checkpoint, disk), else None."""
     from ood_core.checkpoint import CheckpointError
     from ood_core.config import ConfigError
     from ood_core.data import DatasetError
 
+    if isinstance(e, (DatasetError, ConfigError, CheckpointError)):
+        return str(e)
+    if isinstance(e, FileNotFoundError):
+        return f"{e.filename}: file not found" if e.filename else str(e)
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+        where = e.filename or "a file"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"{where}: {e.strerror} (point --cache-dir / --fig-dir to a folder you may write)"
+        return f"cannot write {where}: {e.strerror} (free some space or point --cache-dir / --fig-dir elsewhere)"
+    if isinstance(e, KeyError) and _raised_in(e) in LOOKUPS:
+        return f"{e.args[0] if e.args else e} (check {LOOKUPS[_raised_in(e)]})"
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def project_sources() -> list[str]:
+    """The repository's source files among the modules loaded in this process (relative paths)."""
+    out = set()
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        p = Path(f).resolve() if isinstance(f, str) and os.path.isabs(f) else None
+        if p is not None and p.suffix == ".py" and p.is_relative_to(REPO) and ".venv" not in p.parts:
+            out.add(p.relative_to(REPO).as_posix())
+    return sorted(out)
+
+
+def _write_code_list() -> None:
+    target = os.environ.get(CODE_LIST_ENV)
+    if target:
+        Path(target).write_text(json.dumps(project_sources()))
+
+
+def main_guard(fn, *args, **kwargs):
+    """Run a stage's entry point; expected errors print one ``error: ...`` line and exit 2.
+
+    Expected errors are those of ``user_error`` (config, data, checkpoint, a wrong name, a full or
+    read-only disk) and ``SystemExit("message")``; with ``--debug`` they show the full traceback.
+    Anything else is a bug and keeps its traceback. Ctrl-C exits with code 130 and one line saying
+    to rerun the same command (a stage started by ``analysis.run`` leaves that line to the run).
+
+    Torch runs with ``use_deterministic_algorithms(True, warn_only=True)``; every op that has no
+    deterministic implementation (on GPU, e.g. some scatter/index kernels) is collected and written into
+    the stage's run record as ``nondeterministic_ops``."""
+    debug = "--debug" in sys.argv[1:]
     warnings.showwarning = _record_nondeterministic
     try:
-        return fn(*args, **kwargs)
-    except (DatasetError, ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        result = fn(*args, **kwargs)
+        _write_code_list()
+        return result
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback
+        if not os.environ.get(CHILD_ENV):
+            print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except SystemExit as e:
+        if isinstance(e.code, str) and not debug:
+            print(f"error: {_one_line(e.code)}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+        raise
+    except Exception as e:
+        msg = None if debug else user_error(e)
+        if msg is None:
+            raise
+        print(f"error: {_one_line(msg)}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None

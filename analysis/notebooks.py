@@ -6,12 +6,22 @@ Each ``notebooks/NN_*.ipynb`` runs with parameters (profile, analysis_dir, fig_d
 profile's ``notebooks.params.<notebook>`` knobs) into ``cache/<profile>/notebooks/``; figures go to
 ``figures/<profile>/``. A notebook whose inputs (its own source, meta.json, metrics.csv) are unchanged
 since its last successful run is skipped.
+
+A notebook run by hand with its default parameters reads the benchmark's tables from, and writes its
+figures to, the scratch folder ``cache/<profile>/scratch/`` (never the pipeline's ``figures/<profile>/``);
+this stage leaves a copy of those tables there (``seed_scratch``).
+
+The kernels run quietly: their own log shows errors only (not ipykernel's start-up warning about its
+loopback TCP channel), and a kernel whose notebook has finished gets its shutdown request without the
+SIGINT jupyter_client sends first (which a kernel still answering a request logs as a
+``KeyboardInterrupt``).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +31,12 @@ from .common import REPO, Context, add_common_args, make_context, record_run
 
 NOTEBOOK_DIR = REPO / "notebooks"
 KERNEL = "python3"
+SCRATCH = "scratch"  # cache/<profile>/scratch: fig_dir of a notebook run by hand with its defaults
+# the benchmark's outputs that notebooks read from their fig_dir (04: metrics.csv; 05: the rest)
+TABLE_PATTERNS = ("metrics.csv", "metrics.md", "ablation_*.md", "sweep_*.csv", "method_costs.csv")
+# ipykernel's own log: errors only (the TCP warning of every start is about the loopback channel
+# between this process and the kernel it launched)
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
@@ -51,6 +67,40 @@ def ensure_kernel() -> None:
         install(prefix=__import__("sys").prefix, kernel_name=KERNEL)
 
 
+def quiet_kernel_manager():
+    """The kernel manager class papermill gets: jupyter_client's, without the SIGINT it sends a kernel
+    right before the shutdown request. The notebook has finished by then (or failed, and its error is
+    already recorded); a kernel still answering the last request logs that SIGINT as
+    ``KeyboardInterrupt caught in kernel``. Shutdown itself is unchanged (request, then SIGTERM, SIGKILL)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if getattr(self, "shutting_down", False):
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
+def seed_scratch(fig_dir: Path, scratch: Path) -> list[Path]:
+    """Copy the benchmark's tables from ``fig_dir`` into ``scratch``, so that a notebook run by hand
+    with its default parameters (fig_dir = the scratch folder) finds them there."""
+    copied = []
+    if fig_dir.resolve() == scratch.resolve():
+        return copied
+    scratch.mkdir(parents=True, exist_ok=True)
+    for pattern in TABLE_PATTERNS:
+        for src in sorted(fig_dir.glob(pattern)):
+            if src.is_file():
+                dst = scratch / src.name
+                tmp = dst.with_name(f".{dst.name}.tmp")
+                shutil.copyfile(src, tmp)
+                tmp.replace(dst)
+                copied.append(dst)
+    return copied
+
+
 def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
     import papermill as pm
 
@@ -62,6 +112,7 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
     stamps_path = ctx.cache_dir / "notebook_stamps.json"
     stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
     inputs = _digest(ctx.analysis_dir / "meta.json", ctx.fig_dir / "metrics.csv")
+    seed_scratch(ctx.fig_dir, ctx.cache_dir / SCRATCH)
     done = []
     for nb in notebook_paths(only):
         params = {
@@ -78,7 +129,9 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
         t = time.perf_counter()
         out = out_dir / nb.name
         tmp = out.with_name(f".{out.name}.tmp.ipynb")
-        pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=KERNEL, cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=KERNEL, cwd=str(NOTEBOOK_DIR),
+                            progress_bar=False, kernel_manager_class=quiet_kernel_manager(),
+                            extra_arguments=list(KERNEL_ARGS))
         tmp.replace(out)
         stamps[nb.stem] = stamp
         write_json(stamps_path, stamps)

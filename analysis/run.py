@@ -4,28 +4,37 @@
     python -m analysis.run --profile cifar10 --from-cache figures/cifar10/cache
 
 Each stage runs as its own process with its output shown and copied to
-``<cache>/logs/<stage>.log``. The run stops at the first failing stage, naming it and its log.
-Stages whose cached outputs match their config are skipped, so an interrupted run resumes;
-``--force`` recomputes everything. ``--from-cache DIR`` skips train/extract and regenerates tables
-and figures from a committed analysis cache (no GPU, no data needed).
+``<cache>/logs/<stage>.log``. The run stops at the first failing stage, naming it and its log; an
+expected error is the stage's one ``error: ...`` line (``--debug`` shows tracebacks).
+A stage whose inputs (config, code, upstream files) and outputs are unchanged since it last
+succeeded is skipped and reported as cached (``analysis/stamps.py``); an interrupted run resumes
+where it stopped. ``--force`` recomputes everything. ``--from-cache DIR`` skips train/extract and
+regenerates tables and figures from a committed analysis cache (no GPU, no data needed).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
-from .common import REPO, add_common_args, make_context
+from . import stamps
+from .common import CHILD_ENV, CODE_LIST_ENV, EXIT_USER_ERROR, REPO, Context, add_common_args, main_guard, make_context
 
 STAGES = ["train", "extract", "benchmark", "notebooks"]
 
 
-def stage_command(stage: str, args: argparse.Namespace, analysis_dir: str | None) -> list[str]:
-    cmd = [sys.executable, "-u", "-m", f"analysis.{stage}", "--profile", args.profile]
-    for opt in ("data_root", "cache_dir", "fig_dir", "device"):
+def stage_command(stage: str, args: argparse.Namespace, analysis_dir: str | None, device: str) -> list[str]:
+    """The command line of one stage; ``device`` is the one this run resolved (so that a fallback
+    from cuda to the CPU is announced once, here, and not by every stage)."""
+    cmd = [sys.executable, "-u", "-m", f"analysis.{stage}", "--profile", args.profile, "--device", device]
+    for opt in ("data_root", "cache_dir", "fig_dir"):
         val = getattr(args, opt)
         if val:
             cmd += [f"--{opt.replace('_', '-')}", str(val)]
@@ -33,32 +42,65 @@ def stage_command(stage: str, args: argparse.Namespace, analysis_dir: str | None
         cmd += ["--analysis-dir", analysis_dir]
     if args.force:
         cmd.append("--force")
+    if args.debug:
+        cmd.append("--debug")
     return cmd
 
 
-def run_stage(stage: str, cmd: list[str], log: Path) -> int:
-    """Run one stage, passing its output through unchanged (progress bars keep their carriage
-    returns) to the console and to ``log``."""
+def _pump(src: BinaryIO, dst: BinaryIO, log: BinaryIO, lock: threading.Lock, quiet: threading.Event) -> None:
+    """Copy a child's stream to ``dst`` (unless ``quiet``) and to the log, chunk by chunk."""
+    for chunk in iter(lambda: src.read1(1 << 14), b""):
+        if not quiet.is_set():
+            try:
+                dst.write(chunk)
+                dst.flush()
+            except OSError:  # the console went away (a closed pipe): keep draining into the log
+                quiet.set()
+        with lock:
+            log.write(chunk)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a stage after Ctrl-C: SIGINT (it exits quietly), then terminate, then kill."""
+    for action, wait in ((lambda: proc.send_signal(signal.SIGINT), 30), (proc.terminate, 10), (proc.kill, 10)):
+        if proc.poll() is not None:
+            return
+        action()
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_stage(stage: str, cmd: list[str], log: Path, code_list: Path | None = None) -> int:
+    """Run one stage, passing its stdout and stderr through unchanged (progress bars keep their
+    carriage returns) to this process's stdout and stderr and to ``log``; the stage lists the
+    source files it ran in ``code_list``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as f:
         f.write(f"$ {' '.join(cmd)}\n".encode())
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(1 << 14), b""):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-            f.write(chunk)
-        return proc.wait()
+        env = {**os.environ, CHILD_ENV: str(os.getpid()), **({CODE_LIST_ENV: str(code_list)} if code_list else {})}
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        lock, quiet = threading.Lock(), threading.Event()
+        pumps = [threading.Thread(target=_pump, args=(src, dst, f, lock, quiet), daemon=True)
+                 for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
+        for t in pumps:
+            t.start()
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            quiet.set()  # what the stage prints while it stops goes to its log only
+            _stop(proc)
+            raise
+        finally:
+            for t in pumps:
+                t.join(timeout=10)
+        return rc
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--stages", nargs="*", choices=STAGES, default=None, help="run only these stages (default: all)")
-    p.add_argument("--from-cache", default=None, metavar="DIR",
-                   help="analysis cache to regenerate tables and figures from (implies --stages benchmark notebooks)")
-    args = p.parse_args(argv)
-    ctx = make_context(args)
-    stages = args.stages or STAGES
+def plan(args: argparse.Namespace, ctx: Context) -> tuple[list[str], str | None]:
+    """The stages to run and the analysis cache they use (``--from-cache``, ``--stages``)."""
+    stages = args.stages or list(STAGES)
     analysis_dir = args.analysis_dir
     if args.from_cache:
         src = Path(args.from_cache)
@@ -71,21 +113,60 @@ def main(argv: list[str] | None = None) -> int:
         stages = [s for s in stages if s in keep]
     if not ctx.cfg["notebooks"]["run"] and "notebooks" in stages:
         stages.remove("notebooks")
+    return stages, analysis_dir
+
+
+def run_or_skip(stage: str, ctx: Context, cmd: list[str]) -> int | None:
+    """Run ``stage`` unless its stamp says it is current; None when skipped, else its exit code."""
+    if not ctx.force and stamps.is_current(stage, ctx, cmd):
+        print(f"== stage {stage}: cached (inputs and outputs unchanged since its last run; --force reruns it) ==",
+              flush=True)
+        return None
+    print(f"== stage {stage} ==", flush=True)
+    previous = stamps.read_stamp(stage, ctx)
+    stamps.forget(stage, ctx)
+    before = stamps.snapshot(stamps.output_roots(stage, ctx))
+    log = ctx.cache_dir / "logs" / f"{stage}.log"
+    code_list = stamps.stamp_path(stage, ctx).with_suffix(".code.json")
+    code_list.parent.mkdir(parents=True, exist_ok=True)
+    code_list.unlink(missing_ok=True)
+    t = time.perf_counter()
+    rc = run_stage(stage, cmd, log, code_list)
+    if rc != 0:
+        # the stage printed its own error on stderr; say where it stopped on stdout
+        print(f"\nFAILED at stage '{stage}' (exit {rc}); log: {log}", flush=True)
+        if rc != EXIT_USER_ERROR:
+            print(f"error: stage '{stage}' failed (exit {rc}); its log: {log}", file=sys.stderr)
+        return rc
+    if code_list.is_file():  # no list, no stamp: the stage then runs again next time
+        stamps.record(stage, ctx, cmd, before, previous, json.loads(code_list.read_text()))
+        code_list.unlink()
+    print(f"== stage {stage} done in {time.perf_counter() - t:.1f}s ==", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--stages", nargs="*", choices=STAGES, default=None, help="run only these stages (default: all)")
+    p.add_argument("--from-cache", default=None, metavar="DIR",
+                   help="analysis cache to regenerate tables and figures from (implies --stages benchmark notebooks)")
+    args = p.parse_args(argv)
+    ctx = make_context(args)
+    stages, analysis_dir = plan(args, ctx)
     t0 = time.perf_counter()
+    cached = []
     for stage in stages:
-        log = ctx.cache_dir / "logs" / f"{stage}.log"
-        print(f"== stage {stage} ==", flush=True)
-        t = time.perf_counter()
-        rc = run_stage(stage, stage_command(stage, args, analysis_dir), log)
-        if rc != 0:
-            print(f"\nFAILED at stage '{stage}' (exit {rc}); log: {log}", file=sys.stderr)
+        rc = run_or_skip(stage, ctx, stage_command(stage, args, analysis_dir, ctx.device_name))
+        if rc is None:
+            cached.append(stage)
+        elif rc != 0:
             return rc
-        print(f"== stage {stage} done in {time.perf_counter() - t:.1f}s ==", flush=True)
-    fig_dir = ctx.fig_dir
-    print(f"\nDone in {time.perf_counter() - t0:.1f}s. Figures and tables: {fig_dir}")
-    print(f"Metrics: {fig_dir / 'metrics.csv'} (and metrics.md / metrics.tex); analysis cache: {analysis_dir or ctx.analysis_dir}")
+    ran = [s for s in stages if s not in cached]
+    print(f"\nDone in {time.perf_counter() - t0:.1f}s. Stages run: {', '.join(ran) or 'none'}; "
+          f"cached: {', '.join(cached) or 'none'}. Figures and tables: {ctx.fig_dir}")
+    print(f"Metrics: {ctx.fig_dir / 'metrics.csv'} (and metrics.md / metrics.tex); analysis cache: {analysis_dir or ctx.analysis_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_guard(main))

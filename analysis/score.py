@@ -22,6 +22,8 @@ import numpy as np
 
 from ood_core import scores as S
 
+from .common import main_guard, one_line_errors
+
 
 def parse_value(text: str) -> Any:
     """'2' -> 2, '0.5' -> 0.5, 'True' -> True, 'None' -> None, 'pca' -> 'pca'."""
@@ -66,8 +68,8 @@ def list_scores() -> str:
         first = first if len(first) <= 200 else first[:197] + "..."
         grid = {k: (v if len(v) <= 8 else f"{len(v)} values {v[0]}..{v[-1]}") for k, v in spec.grid.items()}
         fitted = "fit" if spec.fit is not None else "-"
-        lines.append(f"{name:22s} {spec.family:13s} {fitted:4s} defaults={spec.defaults} grid={grid}\n"
-                     f"{'':22s} {first}")
+        lines.append(f"{name:22s} {spec.family:13s} {fitted:4s} shown as '{S.display_name(name)}' "
+                     f"defaults={spec.defaults} grid={grid}\n{'':22s} {first}")
     return "\n".join(lines)
 
 
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a parameter, e.g. --set energy.T=2 --set knn.k=10 (repeatable)")
     p.add_argument("--head", type=Path, help="npz with W and b (default: <arrays>/../head.npz if present)")
     p.add_argument("--out", type=Path, help="output .npz of scores (keys '<score>/<dataset>')")
-    return p
+    return one_line_errors(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing or not args.eval:
         raise SystemExit(f"missing {['--' + m for m in missing] + ([] if args.eval else ['--eval'])} (see --help)")
 
+    auto = args.scores == ["all"]
+    names = S.names() if auto else args.scores
+    for n in names:
+        S.get(n)  # unknown names fail here, listing the known ones
+    params = parse_sets(args.sets, names)
+
     head_path = args.head or (args.arrays.parent / "head.npz")
     head = None
     if head_path.is_file():
@@ -109,12 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
     train = load_arrays(args.arrays / f"{args.train}.npz", head)
     evals = {n: load_arrays(args.arrays / f"{n}.npz", head) for n in args.eval}
-
-    auto = args.scores == ["all"]
-    names = S.names() if auto else args.scores
-    for n in names:
-        S.get(n)  # unknown names fail here, listing the known ones
-    params = parse_sets(args.sets, names)
 
     out: dict[str, np.ndarray] = {}
     used: dict[str, dict[str, Any]] = {}
@@ -147,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main_guard(main))

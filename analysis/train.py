@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
 import torch
 
-from ood_core.cache import hash_config
-from ood_core.checkpoint import load_checkpoint, save_checkpoint
+from ood_core.cache import hash_config, sha256_file
+from ood_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ood_core.models import OODModel, build_model
 from ood_core.train import accuracy, seed_everything, train_model
 
@@ -41,13 +42,70 @@ def model_path(ctx: Context) -> Path:
     return ctx.model_dir / "model.pt"
 
 
+# Where the weights of a model that the project does not train come from (model.name -> source).
+WEIGHTS_SOURCES = {
+    "resnet50_tv": "torchvision's ResNet-50 IMAGENET1K_V1 weights, "
+                   "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+}
+
+
+def retrain_command(ctx: Context) -> str:
+    """The train stage's command for this context (it retrains a checkpoint that fails its sha256)."""
+    from .common import REPO, resolve_data_root
+    from ood_core.config import CONFIG_DIR
+
+    f = ctx.profile_file
+    cmd = ["python", "-m", "analysis.train", "--profile",
+           ctx.profile if f is None or f.parent == CONFIG_DIR.resolve() else str(f)]
+    if ctx.cache_dir != (REPO / "cache" / ctx.profile).resolve():
+        cmd += ["--cache-dir", str(ctx.cache_dir)]
+    if ctx.data_root != resolve_data_root(None, ctx.cfg["data"]["root"]):
+        cmd += ["--data-root", str(ctx.data_root)]
+    return shlex.join(cmd)
+
+
+def repair_hint(ctx: Context) -> str:
+    """What to do about a damaged checkpoint of this profile."""
+    ck = ctx.cfg["model"]["checkpoint"]
+    if not ck:
+        return f"retrain it: {retrain_command(ctx)}"
+    where = ctx.profile_file or "the profile"
+    return f"restore {ck} (e.g. git checkout -- {ck}) or set model.checkpoint: null in {where} to train the model"
+
+
+def require_profile_checkpoint(ctx: Context) -> Path:
+    """The profile's ``model.checkpoint`` file; if it is missing, say where to put which file."""
+    path = model_path(ctx)
+    if path.is_file():
+        return path
+    m = ctx.cfg["model"]
+    where = f" ({ctx.profile_file})" if ctx.profile_file else ""
+    what = WEIGHTS_SOURCES.get(m["name"], f"a state dict of model '{m['name']}' saved with torch.save")
+    raise CheckpointError(f"profile '{ctx.profile}'{where} names model.checkpoint '{m['checkpoint']}', which does not "
+                          f"exist: put {what} at {path}, or set model.checkpoint: null to train the model")
+
+
+def _verified_checkpoint(path: Path, key: str) -> str | None:
+    """Why the trained checkpoint at ``path`` cannot be reused for ``key`` (None: it can)."""
+    side = path.with_name(path.name + ".json")
+    if not (side.is_file() and path.is_file()):
+        return "no trained model yet"
+    meta = json.loads(side.read_text())
+    if meta.get("cache_key") != key:
+        return "the profile's model or training config changed"
+    if meta.get("sha256") != sha256_file(path):
+        return f"{path} does not match the sha256 in {side.name} (corrupt or replaced)"
+    return None
+
+
 def load_model(ctx: Context) -> tuple[OODModel, dict]:
     """Build the profile's model and load its checkpoint (sha256-checked, weights only)."""
     m = ctx.cfg["model"]
     path = model_path(ctx)
+    if m["checkpoint"]:
+        require_profile_checkpoint(ctx)
     if m["checkpoint"] and not path.with_name(path.name + ".json").is_file():
         # a foreign weights file (e.g. torchvision's ResNet-50): weights_only load, sha256 recorded
-        from ood_core.cache import sha256_file
         from ood_core.checkpoint import load_state_dict_file
 
         meta = {"sha256": sha256_file(path), "source": str(path)}
@@ -57,7 +115,10 @@ def load_model(ctx: Context) -> tuple[OODModel, dict]:
     else:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no trained model yet; run the train stage (python -m analysis.train --profile {ctx.profile})")
-        state, meta = load_checkpoint(path)
+        try:
+            state, meta = load_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; {repair_hint(ctx)}") from None
         if not m["checkpoint"] and meta.get("cache_key") not in (None, train_key(ctx)):
             raise FileNotFoundError(f"{path} was trained from another configuration than profile '{ctx.profile}' now has; "
                                     "run the train stage again (python -m analysis.train)")
@@ -70,6 +131,9 @@ def _tensors(ctx: Context, name: str):
     from ood_core.extract import Preprocess
 
     ds = load_named(ctx, name)
+    num_classes = ctx.cfg["model"]["kwargs"].get("num_classes")
+    if num_classes is not None:
+        ds.check_labels(int(num_classes))
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
     return pre(ds.images, torch.device("cpu")), torch.as_tensor(ds.labels)
 
@@ -77,13 +141,16 @@ def _tensors(ctx: Context, name: str):
 def run(ctx: Context) -> Path:
     path = model_path(ctx)
     if ctx.cfg["model"]["checkpoint"]:
+        require_profile_checkpoint(ctx)
         print(f"[train] using the profile's checkpoint {path} (no training)")
         return path
     key = train_key(ctx)
-    side = path.with_name(path.name + ".json")
-    if side.is_file() and path.is_file() and not ctx.force and json.loads(side.read_text()).get("cache_key") == key:
+    why = _verified_checkpoint(path, key)
+    if why is None and not ctx.force:
         print(f"[train] cached: {path}")
         return path
+    if why and path.is_file():
+        print(f"[train] retraining: {why}")
     t0 = time.perf_counter()
     seed = int(ctx.cfg["seed"])
     seed_everything(seed)
@@ -97,7 +164,11 @@ def run(ctx: Context) -> Path:
     history: list[dict] = []  # per-epoch rows, carried over a resumed run
     seconds_before = 0.0      # training seconds of the runs this one resumes
     if partial.is_file() and not ctx.force:
-        state, meta = load_checkpoint(partial)
+        try:
+            state, meta = load_checkpoint(partial)
+        except CheckpointError as e:  # a damaged partial checkpoint: start again from epoch 0
+            print(f"[train] ignoring the partial checkpoint: {e}")
+            state, meta = {}, {}
         if meta.get("cache_key") == key:
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__opt__")})
             start = int(meta["epoch"])

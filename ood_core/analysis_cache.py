@@ -8,7 +8,7 @@ Layout (written by the pipeline stages, see docs/architecture.md)::
     <analysis_dir>/head.npz            W (C, D), b (C,)                                      (extract stage)
     <analysis_dir>/splits.npz          <name>__val, <name>__test index arrays                (extract stage)
     <analysis_dir>/timings.csv         method, seconds_per_1000, device, batch_size         (extract stage)
-    <analysis_dir>/scores/<name>.npz   one key per method: test-part scores, higher = ID;   (benchmark stage)
+    <analysis_dir>/scores/<name>.npz   one key per method: test-part scores (float64), higher = ID; (benchmark)
                                        ``_test_idx`` = the rows of arrays/<name>.npz scored; in the ID
                                        file ``<method>__vs__<ood>`` where parameters differ per OOD set
 

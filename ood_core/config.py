@@ -1,11 +1,18 @@
 """Profile configuration: YAML files under ``analysis/configs/`` merged over ``DEFAULTS``.
 
-Unknown keys are rejected (a typo is an error naming the key and the file), not ignored.
+Unknown keys are rejected (a typo is an error naming the key and the file), not ignored, and every
+value is type-checked against its default (``batch_size: "64"`` is an error naming the key, the file
+and the expected type). Keys whose default is ``None`` take ``None`` or the type in ``NULLABLE``.
 Mappings listed in ``FREE_FORM`` (dataset specs, subspace specs, model kwargs) take any keys.
+
+A profile is named after its file: ``analysis/configs/NAME.yaml`` and ``some/dir/NAME.yaml`` are both
+profile ``NAME`` (outputs in ``cache/NAME`` and ``figures/NAME``). A ``profile:`` key in the file is
+ignored, so a copied config that still says ``profile: demo`` never writes into the demo's folders.
 """
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +93,95 @@ FREE_FORM = {
 # Paths that take either a list or a mapping (e.g. an explicit eps list or {start, stop, num}).
 ANY_SHAPE = {("extract", "odin_eps")}
 
+# The types of the keys whose default is None (None stays allowed), and of keys that take more than
+# their default's type (e.g. ``lowdim.params``: "all" / "head" / "last_block" or a list of prefixes).
+NULLABLE: dict[tuple[str, ...], tuple[type, ...]] = {
+    ("threads",): (int,),
+    ("data", "root"): (str,),
+    ("data", "id_name"): (str,),
+    ("model", "checkpoint"): (str,),
+    ("lowdim", "n_samples"): (int,),
+    ("benchmark", "held_out"): (str,),
+    ("benchmark", "methods"): (list,),
+}
+ALSO_ALLOWED: dict[tuple[str, ...], tuple[type, ...]] = {
+    ("lowdim", "params"): (list,),
+    ("extract", "odin_eps"): (list, dict),
+}
+
 
 class ConfigError(ValueError):
     """A profile file that cannot be used as written."""
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}
+
+
+def _describe(value: Any) -> str:
+    """How a wrong value is shown in an error: the string '64', the number 1.5, null, a list."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return f"a {type(value).__name__}"
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """isinstance with YAML's view of numbers: a bool is no number, an int is a float."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _element_kind(default: list) -> type | None:
+    """The type every element of a list-valued key must have, judged from its default."""
+    if default and all(_is_a(v, float) for v in default):
+        return float
+    if default and all(isinstance(v, str) for v in default):
+        return str
+    return None
+
+
+def allowed_types(default: Any, path: tuple[str, ...]) -> tuple[type, ...]:
+    """The types a value at ``path`` may have (None-able keys: see ``NULLABLE``)."""
+    if default is None:
+        return NULLABLE.get(path, ())
+    base: type = float if _is_a(default, float) and not _is_a(default, int) else type(default)
+    return (base, *ALSO_ALLOWED.get(path, ()))
+
+
+def default_at(path: tuple[str, ...]) -> Any:
+    """The value of ``DEFAULTS`` at ``path`` (None where a FREE_FORM mapping holds it)."""
+    node: Any = DEFAULTS
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def check_type(value: Any, path: tuple[str, ...], source: str) -> None:
+    """Raise ``ConfigError`` unless ``value`` has the type of its default (or another allowed one)."""
+    default = default_at(path)
+    kinds = allowed_types(default, path)
+    if not kinds or (value is None and default is None):
+        return
+    where = ".".join(path)
+    if not any(_is_a(value, k) for k in kinds):
+        want = " or ".join(_TYPE_WORDS.get(k, k.__name__) for k in kinds)
+        want += " or null" if default is None else f" (default: {json.dumps(default)})"
+        raise ConfigError(f"{source}: '{where}' must be {want}, got {_describe(value)}")
+    elem = _element_kind(default) if isinstance(default, list) and isinstance(value, list) else None
+    bad = [v for v in value if not _is_a(v, elem)] if elem else []
+    if bad:
+        raise ConfigError(f"{source}: every element of '{where}' must be {_TYPE_WORDS[elem]}, got {_describe(bad[0])}")
 
 
 def _merge(base: dict, override: dict, path: tuple[str, ...], source: str) -> dict:
@@ -101,16 +194,20 @@ def _merge(base: dict, override: dict, path: tuple[str, ...], source: str) -> di
                 f"{source}: unknown key '{where}'; allowed keys at this level: {', '.join(sorted(base))}"
             )
         if here in ANY_SHAPE:
+            check_type(value, here, source)
             out[key] = copy.deepcopy(value)
         elif here in FREE_FORM:
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: '{'.'.join(here)}' must be a mapping, got {type(value).__name__}")
+                raise ConfigError(f"{source}: '{'.'.join(here)}' must be a mapping, got {_describe(value)}")
             out[key] = copy.deepcopy(value)
         elif isinstance(base[key], dict) and base[key] and isinstance(value, dict):
             out[key] = _merge(base[key], value, here, source)
-        elif isinstance(base[key], dict) and base[key] and value is not None:
-            raise ConfigError(f"{source}: '{'.'.join(here)}' must be a mapping, got {type(value).__name__}")
+        elif isinstance(base[key], dict) and base[key] and value is None:  # an empty section: the defaults
+            out[key] = copy.deepcopy(base[key])
+        elif isinstance(base[key], dict) and base[key]:
+            raise ConfigError(f"{source}: '{'.'.join(here)}' must be a mapping, got {_describe(value)}")
         else:
+            check_type(value, here, source)
             out[key] = copy.deepcopy(value)
     return out
 
@@ -129,16 +226,28 @@ def profile_path(name_or_path: str) -> Path:
     return candidate
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML file; a syntax error is one line naming the file, line and column."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}: not valid YAML ({what})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping (key: value lines) at the top level, got {_describe(raw)}")
+    return raw
+
+
 def load_profile(name_or_path: str, overrides: dict | None = None) -> dict[str, Any]:
     """Load a profile: defaults <- YAML file <- overrides (same strict key check)."""
     path = profile_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml(path)
     cfg = _merge(DEFAULTS, raw, (), str(path))
+    cfg["profile"] = path.stem  # the file names the profile (see the module docstring)
     if overrides:
         cfg = _merge(cfg, overrides, (), "command-line override")
     for role in ("train", "id_test"):

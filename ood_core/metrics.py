@@ -4,8 +4,13 @@ Every function takes ``s_id`` (scores of in-distribution samples) and ``s_ood`` 
 samples). AUROC is label-agnostic; the others are not, so the convention is in the name:
 
 * ``auroc``         ID = positive class (label 1), score as is (sklearn ``roc_auc_score``).
-* ``aupr_in``       ID positive, score as is (sklearn ``average_precision_score``).
-* ``aupr_out``      OOD positive, score negated.
+* ``aupr_in_ap``    area under the precision-recall curve, ID positive, score as is, by **average
+                    precision** (step rule: sum_k (R_k - R_{k-1}) P_k; sklearn ``average_precision_score``).
+* ``aupr_out_ap``   the same with OOD positive and the score negated.
+* ``aupr_in_trapz`` / ``aupr_out_trapz``  the same curves by the **trapezoid rule** from (R, P) = (0, 1)
+                    (sklearn ``auc(recall, precision)`` of ``precision_recall_curve``: OpenOOD v1.5's and
+                    pytorch-ood's AUPR-In / AUPR-Out). The two rules differ most on tied scores (e.g.
+                    all scores equal: AP = n_pos / n, trapezoid = (1 + n_pos / n) / 2).
 * ``fpr95_id_pos``  seed papers (GradNorm / ReAct / KNN / GRODIN / Wu et al.): fraction of **OOD**
                     accepted as ID at the threshold that keeps ~95 % of **ID** (see the function).
 * ``fpr95_ood_pos`` OpenOOD v1.5 / pytorch-ood: fraction of **ID** flagged OOD at the first threshold
@@ -21,7 +26,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -69,18 +74,49 @@ def auroc(s_id, s_ood) -> float:
     return float(roc_auc_score(y, s))
 
 
-def aupr_in(s_id, s_ood) -> float:
-    """Average precision with ID as the positive class and the score as is."""
-    a, b = _pair(s_id, s_ood)
-    y, s = _labels_scores(a, b)
-    return float(average_precision_score(y, s))
+def _precision_recall(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recall R_k = tp_k / n_pos and precision P_k = tp_k / (tp_k + fp_k) at every distinct score,
+    descending (see :func:`_operating_points`; tp_k + fp_k >= 1 since the threshold is a score)."""
+    _, tp, fp = _operating_points(pos, neg)
+    return tp / pos.size, tp / (tp + fp)
 
 
-def aupr_out(s_id, s_ood) -> float:
-    """Average precision with OOD as the positive class and the negated score."""
+def average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Step rule: AP = sum_k (R_k - R_{k-1}) P_k, R_0 = 0 (= sklearn ``average_precision_score``)."""
+    r, p = _precision_recall(pos, neg)
+    return float(np.sum(np.diff(r, prepend=0.0) * p))
+
+
+def pr_auc_trapz(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Trapezoid rule: sum_k (R_k - R_{k-1}) (P_k + P_{k-1}) / 2 from (R_0, P_0) = (0, 1)
+    (= sklearn ``auc(recall, precision)`` of ``precision_recall_curve``, as OpenOOD / pytorch-ood)."""
+    r, p = _precision_recall(pos, neg)
+    r, p = np.r_[0.0, r], np.r_[1.0, p]
+    return float(np.sum(np.diff(r) * (p[1:] + p[:-1]) / 2))
+
+
+def aupr_in_ap(s_id, s_ood) -> float:
+    """AUPR-In by average precision: ID positive, score as is."""
     a, b = _pair(s_id, s_ood)
-    y, s = _labels_scores(a, b)
-    return float(average_precision_score(1 - y, -s))
+    return average_precision(a, b)
+
+
+def aupr_out_ap(s_id, s_ood) -> float:
+    """AUPR-Out by average precision: OOD positive, score negated."""
+    a, b = _pair(s_id, s_ood)
+    return average_precision(-b, -a)
+
+
+def aupr_in_trapz(s_id, s_ood) -> float:
+    """AUPR-In by the trapezoid rule (OpenOOD / pytorch-ood): ID positive, score as is."""
+    a, b = _pair(s_id, s_ood)
+    return pr_auc_trapz(a, b)
+
+
+def aupr_out_trapz(s_id, s_ood) -> float:
+    """AUPR-Out by the trapezoid rule (OpenOOD / pytorch-ood): OOD positive, score negated."""
+    a, b = _pair(s_id, s_ood)
+    return pr_auc_trapz(-b, -a)
 
 
 def _operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,8 +194,10 @@ def fpr95_ood_pos(s_id, s_ood, recall_level: float = RECALL_LEVEL) -> float:
 
 METRICS: dict[str, Metric] = {
     "auroc": auroc,
-    "aupr_in": aupr_in,
-    "aupr_out": aupr_out,
+    "aupr_in_ap": aupr_in_ap,
+    "aupr_out_ap": aupr_out_ap,
+    "aupr_in_trapz": aupr_in_trapz,
+    "aupr_out_trapz": aupr_out_trapz,
     "fpr95_id_pos": fpr95_id_pos,
     "fpr95_ood_pos": fpr95_ood_pos,
 }

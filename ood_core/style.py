@@ -11,15 +11,22 @@ figure spanning both columns ``TEXT_WIDTH``. Fonts are ~8 pt so that figures are
 
 Colours: in-distribution data is always ``ID_COLOR`` (first colour of the seaborn colorblind
 palette); OOD data pooled together is ``OOD_COLOR`` (mid grey); individual OOD sets get stable
-colours from :func:`ood_colors` (same set -> same colour in every notebook).
+colours from :func:`ood_colors` (same set -> same colour in every notebook). Scores against chance
+(AUROC) use the diverging ``DIVERGING_CMAP`` centred at chance over :func:`diverging_range`.
+
+Figure conventions shared by the notebooks: :func:`label_log_axis` (readable log-axis labels),
+:func:`label_row_groups` (group names beside the rows of a heatmap), :func:`scatter_groups` (the
+smallest group drawn last, all semi-transparent, so that none hides another). Methods are shown by
+their registered display names (``ood_core.scores.display_name``), never their code names.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 from .cache import atomic_path
 from .cache import write_text as _write_text
@@ -38,6 +45,7 @@ ID_COLOR = PALETTE[0]
 OOD_COLOR = "0.6"
 # OOD sets are drawn from the palette minus the ID colour and the grey
 _OOD_CYCLE = [c for c in PALETTE[1:] if c != "#949494"]
+DIVERGING_CMAP = "RdBu"  # red below chance, white at chance, blue above
 
 RC = {
     "font.size": FONT_SIZE,
@@ -105,6 +113,76 @@ def class_colors(num_classes: int) -> list:
 
     cmap = plt.get_cmap("turbo")
     return [cmap(i / max(1, num_classes - 1)) for i in range(num_classes)]
+
+
+def diverging_range(values, center: float, min_half_width: float = 1.0) -> tuple[float, float]:
+    """(center - w, center + w) with w = max(|v - center|) over the finite values (at least
+    ``min_half_width``): a diverging scale centred at ``center`` covering the data on both sides."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    w = max(float(np.abs(v - center).max()) if v.size else 0.0, float(min_half_width))
+    return center - w, center + w
+
+
+def label_log_axis(axis, lo: float, hi: float, max_labels: int = 8) -> None:
+    """Tick labels on a log-scaled ``axis`` (``ax.xaxis`` / ``ax.yaxis``) whose data span [lo, hi]:
+    at 1, 10, 100, ... for >= 3 decades (every k-th decade, at most ``max_labels``), 1-2-5 steps for
+    >= 0.5 decade, else every 1..9 step. The limits widen to the labelled values just below lo
+    (strictly: a bar of length lo stays visible) and at or above hi, so >= 2 labels show; labels are
+    plain numbers (0.02, 5, 300)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = float(lo), float(hi)
+    if not (0 < lo <= hi):
+        raise ValueError(f"label_log_axis needs 0 < lo <= hi, got lo={lo}, hi={hi}")
+    decades = np.log10(hi / lo)
+    subs = (1.0,) if decades >= 3 else (1.0, 2.0, 5.0) if decades >= 0.5 else tuple(range(1, 10))
+    exps = np.arange(np.floor(np.log10(lo)) - 1, np.ceil(np.log10(hi)) + 2)
+    ticks = np.array(sorted(m * 10.0**e for e in exps for m in subs))
+    lim_lo, lim_hi = ticks[ticks < lo * (1 - 1e-9)][-1], ticks[ticks >= hi * (1 - 1e-9)][0]
+    shown = ticks[(ticks >= lim_lo) & (ticks <= lim_hi)]
+    axis.set_major_locator(FixedLocator(shown[::-(-len(shown) // max_labels)]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+    set_lim = axis.axes.set_xlim if axis is axis.axes.xaxis else axis.axes.set_ylim
+    set_lim(lim_lo, lim_hi)
+
+
+def label_row_groups(ax, groups: Sequence[str], names: Mapping[str, str] | None = None,
+                     color: str = "k") -> list[tuple[str, int, int]]:
+    """Mark runs of equal ``groups`` (one entry per heatmap row, top to bottom; row i spans
+    y in [i, i + 1]) with a line between runs and the run's name (``names[group]``, else the group)
+    right of the axes. Returns the runs as (group, first row, last row + 1)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    runs: list[tuple[str, int, int]] = []
+    for i, g in enumerate(groups):
+        if runs and runs[-1][0] == g:
+            runs[-1] = (g, runs[-1][1], i + 1)
+        else:
+            runs.append((g, i, i + 1))
+    tr = blended_transform_factory(ax.transAxes, ax.transData)
+    for k, (g, a, b) in enumerate(runs):
+        if k:
+            ax.axhline(a, color=color, linewidth=1.2)
+        ax.plot([1.015, 1.015], [a + 0.15, b - 0.15], color=color, linewidth=0.8, transform=tr, clip_on=False)
+        ax.text(1.03, (a + b) / 2, (names or {}).get(g, g), transform=tr, ha="left", va="center",
+                fontsize=FONT_SIZE - 1, clip_on=False)
+    return runs
+
+
+def scatter_groups(ax, x, y, groups: Mapping[str, tuple[np.ndarray, str]], alpha: float = 0.5, **kw) -> list:
+    """Scatter each group (label -> (boolean mask, colour)) semi-transparently, the largest group
+    first and the smallest last (on top), so a small group (ID test beside several OOD sets) is not
+    buried under a large one. Returns one opaque legend handle per group, in the given order:
+    ``ax.legend(handles=...)``."""
+    from matplotlib.lines import Line2D
+
+    x, y = np.asarray(x), np.asarray(y)
+    for m, c in sorted(groups.values(), key=lambda g: -int(np.sum(g[0]))):
+        ax.scatter(x[m], y[m], color=c, alpha=alpha, linewidths=0, **kw)
+    return [Line2D([], [], linestyle="none", marker="o", markersize=4, color=c, label=label)
+            for label, (_, c) in groups.items()]
 
 
 def _atomic_save(fig, path: Path, **kw) -> None:

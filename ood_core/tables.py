@@ -3,7 +3,11 @@
 A *metric row* is a plain dict with the columns of :data:`METRIC_COLUMNS`, one per
 (method, OOD set). Metric values in rows and CSVs are fractions in [0, 1]; the Markdown / LaTeX tables
 show percent. ``fpr95`` is the seed papers' ID-positive FPR95 (``metrics.fpr95_id_pos``),
-``fpr95_ood_pos`` the OpenOOD v1.5 one. No pandas: csv module + lists of dicts.
+``fpr95_ood_pos`` the OpenOOD v1.5 one; ``aupr_*_ap`` are average precision, ``aupr_*_trapz`` the
+trapezoid rule of OpenOOD / pytorch-ood (see ``ood_core.metrics``). CSVs hold the methods' code names;
+the rendered tables (.md / .tex) show each method's registered display name
+(``scores.registry.display_name``) and each family's (``family_display``). No pandas: csv module +
+lists of dicts.
 """
 from __future__ import annotations
 
@@ -14,13 +18,16 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import reference as ref
-from .scores.registry import FAMILIES
+from .scores.registry import FAMILIES, display_name, family_display
 
 METRIC_COLUMNS = [
     "method", "family", "ood_set", "group", "auroc", "auroc_std", "fpr95", "fpr95_ood_pos",
-    "aupr_in", "aupr_out", "hyperparams", "protocol", "n_id", "n_ood", "id_accuracy", "model",
+    "aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz", "hyperparams", "protocol", "n_id", "n_ood",
+    "id_accuracy", "model",
 ]
-_FLOAT_COLS = {"auroc", "auroc_std", "fpr95", "fpr95_ood_pos", "aupr_in", "aupr_out", "id_accuracy"}
+_FLOAT_COLS = {"auroc", "auroc_std", "fpr95", "fpr95_ood_pos", "aupr_in_ap", "aupr_out_ap", "aupr_in_trapz",
+               "aupr_out_trapz", "id_accuracy",
+               "aupr_in", "aupr_out"}  # the last two: average precision, in metrics.csv files written before
 _INT_COLS = {"n_id", "n_ood"}
 GROUP_ORDER = ("near", "far")
 GAP_THRESHOLD = 2.0  # AUROC points
@@ -153,7 +160,9 @@ def tex_escape(s: Any) -> str:
     s = str(s)
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
                  ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}"),
-                 ("±", r"$\pm$"), ("—", "--"), ("−", "-")):
+                 ("±", r"$\pm$"), ("—", "--"), ("−", "-"),  # below: the display names' math signs
+                 ("‖", r"\ensuremath{\|}"), ("×", r"\ensuremath{\times}"), ("₁", r"\ensuremath{_1}"),
+                 ("₂", r"\ensuremath{_2}"), ("²", r"\ensuremath{^2}")):
         s = s.replace(a, b)
     return s
 
@@ -169,6 +178,10 @@ _METRIC_TITLES = {
     "fpr95": ("FPR95 (%, lower is better; ID-positive: OOD accepted at 95 % ID recall)", "min"),
     "fpr95_ood_pos": ("FPR95 OpenOOD v1.5 convention (%, lower is better; ID flagged at 95 % OOD recall)", "min"),
 }
+
+
+_NAMES_NOTE = ("Methods by display name; metrics.csv holds the code names "
+               "(`python -m analysis.score --list` pairs them).")
 
 
 def _caption(info: Mapping[str, Any]) -> str:
@@ -198,7 +211,8 @@ def _info_from_rows(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any] |
 def metrics_markdown(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any] | None = None,
                      metric_list: Sequence[str] = ("auroc", "fpr95")) -> str:
     info = _info_from_rows(rows, info)
-    out = [f"# OOD benchmark: {info.get('title', info.get('model', ''))}".rstrip(), "", _caption(info), ""]
+    out = [f"# OOD benchmark: {info.get('title', info.get('model', ''))}".rstrip(), "", _caption(info), "",
+           _NAMES_NOTE, ""]
     for metric in metric_list:
         title, mode = _METRIC_TITLES[metric]
         columns, body = summary(rows, metric)
@@ -206,7 +220,7 @@ def metrics_markdown(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any] 
         lines = []
         prev_fam = None
         for i, e in enumerate(body):
-            cells = [e["family"] if e["family"] != prev_fam else "", e["method"]]
+            cells = [family_display(e["family"]) if e["family"] != prev_fam else "", display_name(e["method"])]
             prev_fam = e["family"]
             for c in columns:
                 s = _fmt(e.get(c))
@@ -239,7 +253,8 @@ def metrics_latex(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any] | N
         for i, e in enumerate(body):
             if prev_fam is not None and e["family"] != prev_fam:
                 out.append(r"\midrule")
-            cells = [tex_escape(e["family"]) if e["family"] != prev_fam else "", tex_escape(e["method"])]
+            cells = [tex_escape(family_display(e["family"])) if e["family"] != prev_fam else "",
+                     tex_escape(display_name(e["method"]))]
             prev_fam = e["family"]
             for c in columns:
                 s = _fmt(e.get(c)).replace("—", "--")
@@ -334,7 +349,8 @@ def write_grodin_ablation(long_rows: Sequence[Mapping[str, Any]], out_dir: Path,
     eps, T (the chosen values). Table: rows = method x setting, columns = OOD sets + mean."""
     order = {s: i for i, s in enumerate(GRODIN_SETTINGS)}
     rows = sorted(long_rows, key=lambda r: (r["method"], order.get(r["setting"], 99)))
-    rows = [{**r, "setting": GRODIN_SETTING_LABEL.get(r["setting"], r["setting"])} for r in rows]
+    rows = [{**r, "method": display_name(r["method"]), "setting": GRODIN_SETTING_LABEL.get(r["setting"], r["setting"])}
+            for r in rows]
     columns, body = pivot(rows, ["method", "setting"], "ood_set", "auroc")
     cap = "GRODIN ablation: test AUROC (%) with eps and/or T tuned on validation parts" + (f" ({note})" if note else "")
     return write_table(body, ["method", "setting"], columns, Path(out_dir) / "ablation_grodin", cap,
@@ -344,7 +360,8 @@ def write_grodin_ablation(long_rows: Sequence[Mapping[str, Any]], out_dir: Path,
 def write_sweep_ablation(long_rows: Sequence[Mapping[str, Any]], param: str, stem: Path, caption: str) -> list[Path]:
     """Generic one-parameter sweep table (rows = method x param value, columns = OOD sets + mean)."""
     index = ["method", param] if any("method" in r for r in long_rows) else [param]
-    columns, body = pivot(long_rows, index, "ood_set", "auroc_test")
+    shown = [{**r, "method": display_name(r["method"])} if "method" in r else r for r in long_rows]
+    columns, body = pivot(shown, index, "ood_set", "auroc_test")
     return write_table(body, index, columns, stem, caption, csv_rows=long_rows)
 
 
@@ -415,8 +432,8 @@ def reference_markdown(rows: Sequence[Mapping[str, Any]], *, id_dataset: str, mo
     else:
         body = []
         for c in comp:
-            body.append([c["source"], c["tag"], c["method"], c["ood_set"], ", ".join(c["our_sets"]), c["metric"],
-                         _fmt(c["value"]), _fmt(c["ours"]) if c["ours"] is not None else "not run",
+            body.append([c["source"], c["tag"], display_name(c["method"]), c["ood_set"], ", ".join(c["our_sets"]),
+                         c["metric"], _fmt(c["value"]), _fmt(c["ours"]) if c["ours"] is not None else "not run",
                          f"{c['gap']:+.2f}" if c["gap"] is not None else "—", c["comparability"]])
         lines += [_md_table(["source", "tag", "method", "their set", "our set(s)", "metric", "theirs", "ours",
                              "gap", "comparability"], body), ""]
@@ -425,8 +442,8 @@ def reference_markdown(rows: Sequence[Mapping[str, Any]], *, id_dataset: str, mo
         if not gaps:
             lines.append("None.")
         for c in gaps:
-            lines.append(f"- Gap {c['gap']:+.2f} pts, {c['method']} on {c['ood_set']} vs {c['source']} {c['tag']}: "
-                         f"differs in {_differs_line(c, model, protocol, preprocessing)}.")
+            lines.append(f"- Gap {c['gap']:+.2f} pts, {display_name(c['method'])} on {c['ood_set']} vs {c['source']} "
+                         f"{c['tag']}: differs in {_differs_line(c, model, protocol, preprocessing)}.")
         lines.append("")
     lines += ["## Set mapping", ""]
     for ours, maps in ref.SET_MAP.items():

@@ -122,7 +122,7 @@ def _scores(a: dict, idx: np.ndarray, train: dict) -> dict[str, np.ndarray]:
         "rg": np.minimum(h, c).sum(1) * e,
         "grodin_sg": -a["grodin_sqnorm"][0, 0, idx].astype(np.float64),
         "odin": a["odin_s"][1, 1, idx].astype(np.float64),
-        "l1_x_maxp": np.abs(h).sum(1) * p.max(1),
+        "family_q1_msp": np.abs(h).sum(1) * p.max(1),  # registered: shown as its display name
         "l2_x_negent": np.linalg.norm(h, axis=1) * (p * np.log(p)).sum(1),
         "lowdim_knn": -np.linalg.norm(a["lowdim_pca"][idx], axis=1),
     }
@@ -131,7 +131,7 @@ def _scores(a: dict, idx: np.ndarray, train: dict) -> dict[str, np.ndarray]:
 FAMILY = {
     "msp": "forward", "maxlogit": "forward", "energy": "forward", "knn": "forward", "odin": "forward",
     "gradnorm": "gradient", "exgrad": "gradient", "grodin_sg": "gradient", "rg": "gradient",
-    "l1_x_maxp": "decomposition", "l2_x_negent": "decomposition", "lowdim_knn": "lowdim",
+    "family_q1_msp": "decomposition", "l2_x_negent": "decomposition", "lowdim_knn": "lowdim",
 }
 
 
@@ -205,7 +205,8 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
             rows.append({
                 "method": m, "family": fam, "ood_set": o, "group": g, "auroc": au,
                 "auroc_std": 0.02, "fpr95": _fpr95(si, so), "fpr95_ood_pos": _fpr95(-so, -si),
-                "aupr_in": min(1.0, au + 0.01), "aupr_out": max(0.0, au - 0.01),
+                "aupr_in_ap": min(1.0, au + 0.01), "aupr_out_ap": max(0.0, au - 0.01),
+                "aupr_in_trapz": min(1.0, au + 0.02), "aupr_out_trapz": max(0.0, au - 0.005),
                 "hyperparams": "{}", "protocol": "fixed", "n_id": n_id, "n_ood": N - N_VAL,
                 "id_accuracy": acc, "model": "toy_mlp",
             })

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from ood_core import metrics as M
 
@@ -16,7 +16,7 @@ def test_perfect_separation():
     assert ev["auroc"] == 1.0
     assert ev["fpr95_id_pos"] == 0.0
     assert ev["fpr95_ood_pos"] == 0.0
-    assert ev["aupr_in"] == 1.0 and ev["aupr_out"] == 1.0
+    assert ev["aupr_in_ap"] == ev["aupr_out_ap"] == ev["aupr_in_trapz"] == ev["aupr_out_trapz"] == 1.0
     assert (ev["n_id"], ev["n_ood"]) == (4, 3)
 
 
@@ -82,9 +82,30 @@ def test_aupr_in_out_use_opposite_positives():
     s_id = np.array([0.9, 0.8, 0.3])
     s_ood = np.array([0.7, 0.1])
     # AUPR-In (ID positive, ranked by s desc: .9 I, .8 I, .7 O, .3 I, .1 O): AP = (1 + 1 + 3/4)/3
-    assert M.aupr_in(s_id, s_ood) == pytest.approx((1 + 1 + 0.75) / 3)
+    assert M.aupr_in_ap(s_id, s_ood) == pytest.approx((1 + 1 + 0.75) / 3)
     # AUPR-Out (OOD positive, ranked by -s desc: .1 O, .3 I, .7 O, ...): AP = (1 + 2/3)/2
-    assert M.aupr_out(s_id, s_ood) == pytest.approx((1 + 2 / 3) / 2)
+    assert M.aupr_out_ap(s_id, s_ood) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_aupr_average_precision_vs_trapezoid_on_ties_by_hand():
+    # ID [2, 1, 1], OOD [1, 0]. AUPR-In (ID positive, s as is), thresholds 2, 1, 0:
+    #   (R, P) = (1/3, 1), (1, 3/4), (1, 3/5).
+    #   AP    = 1/3 * 1 + 2/3 * 3/4                      = 5/6
+    #   trapz = 1/3 * (1 + 1)/2 + 2/3 * (1 + 3/4)/2 + 0  = 11/12   (from (R, P) = (0, 1))
+    # AUPR-Out (OOD positive, -s), thresholds 0, -1, -2: (R, P) = (1/2, 1), (1, 1/2), (1, 2/5).
+    #   AP    = 1/2 * 1 + 1/2 * 1/2                      = 3/4
+    #   trapz = 1/2 * 1 + 1/2 * (1 + 1/2)/2              = 7/8
+    s_id, s_ood = np.array([2.0, 1.0, 1.0]), np.array([1.0, 0.0])
+    assert M.aupr_in_ap(s_id, s_ood) == pytest.approx(5 / 6)
+    assert M.aupr_in_trapz(s_id, s_ood) == pytest.approx(11 / 12)
+    assert M.aupr_out_ap(s_id, s_ood) == pytest.approx(3 / 4)
+    assert M.aupr_out_trapz(s_id, s_ood) == pytest.approx(7 / 8)
+    # all scores tied: AP = the positives' share, trapezoid = (1 + share) / 2
+    assert M.aupr_in_ap(np.ones(3), np.ones(2)) == pytest.approx(3 / 5)
+    assert M.aupr_in_trapz(np.ones(3), np.ones(2)) == pytest.approx(4 / 5)
+    ev = M.evaluate(s_id, s_ood)
+    assert {"aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz"} <= set(ev)
+    assert not {"aupr_in", "aupr_out"} & set(ev)  # every AUPR key names its convention
 
 
 # -------------------------------------------------------------------------------- cross-checks
@@ -134,6 +155,14 @@ def test_against_sklearn_and_reference_on_random_data(seed):
     fpr_o, tpr_o, _ = roc_curve(1 - y, -s, drop_intermediate=False)
     assert M.fpr95_ood_pos(s_id, s_ood) == pytest.approx(fpr_o[np.argmax(tpr_o >= 0.95)])
 
+    # AUPR: sklearn's average precision, and OpenOOD's auc(recall, precision) of precision_recall_curve
+    assert M.aupr_in_ap(s_id, s_ood) == pytest.approx(average_precision_score(y, s))
+    assert M.aupr_out_ap(s_id, s_ood) == pytest.approx(average_precision_score(1 - y, -s))
+    p_in, r_in, _ = precision_recall_curve(y, s)
+    p_out, r_out, _ = precision_recall_curve(1 - y, -s)
+    assert M.aupr_in_trapz(s_id, s_ood) == pytest.approx(auc(r_in, p_in))
+    assert M.aupr_out_trapz(s_id, s_ood) == pytest.approx(auc(r_out, p_out))
+
 
 # ----------------------------------------------------------------------------------- bootstrap
 def test_bootstrap_deterministic_and_spread():
@@ -164,7 +193,8 @@ def test_bootstrap_other_metric_by_name():
 
 
 # ---------------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("fn", [M.auroc, M.aupr_in, M.aupr_out, M.fpr95_id_pos, M.fpr95_ood_pos, M.evaluate])
+@pytest.mark.parametrize("fn", [M.auroc, M.aupr_in_ap, M.aupr_out_ap, M.aupr_in_trapz, M.aupr_out_trapz,
+                                M.fpr95_id_pos, M.fpr95_ood_pos, M.evaluate])
 def test_nan_in_ood_named(fn):
     with pytest.raises(ValueError, match=r"OOD scores contain 2 non-finite value\(s\) of 4 \(2 NaN, 0 inf\)"):
         fn(np.array([1.0, 2.0]), np.array([np.nan, 0.0, np.nan, 1.0]))

@@ -12,7 +12,12 @@ on 2 CPU cores.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +47,8 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
         "files": []},
 }
 REQUIRED_PARAMS = ("profile", "analysis_dir", "fig_dir", "seed")
+SCRATCH = "scratch"  # analysis.notebooks.SCRATCH: cache/<profile>/scratch, fig_dir of a run by hand
+NOISE = ("Unable to parse", "without encryption", "KeyboardInterrupt")  # what a successful run must not print
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -77,13 +84,84 @@ def test_notebook_stored_clean(nb_path: Path):
     for name in REQUIRED_PARAMS:
         assert f"\n{name} =" in "\n" + src, f"{nb_path.name}: parameters cell lacks '{name}'"
     assert 'profile = "demo"' in src and 'analysis_dir = "../cache/demo/analysis"' in src
-    assert 'fig_dir = "../figures/demo"' in src and "seed = 0" in src
+    # run by hand with its defaults, a notebook writes to a scratch folder, never the pipeline's figures/
+    assert f'fig_dir = "../cache/demo/{SCRATCH}"' in src and "seed = 0" in src
+    assert "../figures" not in src.split("fig_dir =", 1)[1].splitlines()[0], "default fig_dir is the pipeline's"
     assert "style.apply()" in "".join(_source(c) for c in code), f"{nb_path.name}: no style.apply()"
+
+
+def _parameters_cell(nb_path: Path) -> dict:
+    cell = next(c for c in _load(nb_path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    return {**cell, "source": _source(cell)}
+
+
+@pytest.mark.parametrize("nb_path", sorted(NB_DIR.glob("*.ipynb")), ids=lambda p: p.name)
+def test_parameters_cell_parses_without_papermill_warning(nb_path: Path, caplog):
+    """papermill inspects the parameters cell on every run and warns 'Unable to parse line' for a line
+    with more than one '=' (e.g. '([] = all)' in a comment); every assigned name must be found."""
+    import ast
+
+    translators = pytest.importorskip("papermill.translators")
+    cell = _parameters_cell(nb_path)
+    with caplog.at_level(logging.DEBUG, logger="papermill"):
+        found = [p.name for p in translators.PythonTranslator.inspect(cell)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, f"{nb_path.name}: papermill warns on its parameters cell: {warnings}"
+    assigned = [t.id for node in ast.parse(cell["source"]).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    assert found == assigned, f"{nb_path.name}: papermill sees parameters {found}, the cell assigns {assigned}"
+
+
+def test_kernel_shutdown_sends_no_sigint(tmp_path):
+    """The pipeline's kernel manager shuts a kernel down without the SIGINT jupyter_client sends first
+    (logged by the kernel as 'KeyboardInterrupt caught in kernel'), and the kernel's own log holds
+    neither that nor the TCP warning."""
+    pytest.importorskip("ipykernel")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():  # pragma: no cover
+        pytest.skip("no Jupyter kernel 'python3'")
+    from analysis.notebooks import KERNEL_ARGS, quiet_kernel_manager
+
+    sent: list[int] = []
+
+    class Recording(quiet_kernel_manager()):
+        async def _async_signal_kernel(self, signum):
+            sent.append(signum)
+            await super()._async_signal_kernel(signum)
+
+    log = tmp_path / "kernel.log"
+
+    async def start_use_stop():
+        km = Recording(kernel_name="python3")
+        with open(log, "w") as err:
+            await km.start_kernel(extra_arguments=list(KERNEL_ARGS), stderr=err)
+            kc = km.client()
+            kc.start_channels()
+            try:
+                await kc.wait_for_ready(timeout=120)
+                await kc.execute_interactive("x = 1", timeout=60)
+            finally:
+                kc.stop_channels()
+            await km.shutdown_kernel()
+
+    asyncio.run(start_use_stop())
+    assert signal.SIGINT not in sent, "the kernel got a SIGINT on shutdown"
+    text = log.read_text()
+    assert not [n for n in NOISE if n in text], f"kernel log: {text}"
 
 
 # ------------------------------------------------------------------------------------------------
 # slow: execute every notebook with papermill on the tiny cache
 # ------------------------------------------------------------------------------------------------
+def _need_papermill_kernel() -> None:
+    pytest.importorskip("papermill")
+    pytest.importorskip("ipykernel")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():  # pragma: no cover
+        pytest.skip("no Jupyter kernel 'python3': run .venv/bin/python -m ipykernel install --sys-prefix --name python3")
+
 def _execute(nb_name: str, analysis_dir: Path, fig_dir: Path, out_dir: Path) -> tuple[int, str]:
     """Run one notebook with papermill (own process, kernel 'python3'); return (rc, log tail)."""
     cmd = [
@@ -148,6 +226,19 @@ def test_notebook_runs_and_writes_figures(executed, nb_name):
         assert p.is_file() and p.stat().st_size > 0, f"{name} missing or empty"
     leftovers = [p.name for p in fig_dir.iterdir() if p.name.startswith(".")]
     assert not leftovers, f"temporary files left behind by atomic writes: {leftovers}"
+
+
+@pytest.mark.slow
+def test_notebook_tables_show_display_names(executed):
+    """A method's registered display name, not its code name, in what the notebooks render (a name
+    the registry does not know stays as it is)."""
+    rc, log = executed["results"]["04_gradients_needed.ipynb"]
+    assert rc == 0, log
+    table = (executed["fig_dir"] / "igoe_family_table.md").read_text()
+    assert "| ‖h‖₁ × max p |" in table and "family_q1_msp" not in table
+    assert "| l2_x_negent |" in table
+    out02 = (executed["out_dir"] / "02_lowdim_densities.ipynb").read_text()
+    assert "inverted" in out02  # the top-dimension table says which dimensions are inverted
 
 
 @pytest.mark.slow
@@ -220,3 +311,79 @@ def test_notebooks_on_a_selected_cells_cache(tmp_path):
     assert f"using grid point T={grid_T[0]:g}, eps={grid_eps[0]:g}" in (out_dir / "03_sg_decomposition.ipynb").read_text()
     _check_png(fig_dir / "grodin_sg_decomposition.png")
     _check_png(fig_dir / "sweep_odin_eps_T.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# slow: the documented papermill command and a quiet notebook stage
+# ------------------------------------------------------------------------------------------------
+def readme_papermill_command() -> str:
+    """The papermill command of notebooks/README.md, exactly as written (continuation lines joined)."""
+    lines = (NB_DIR / "README.md").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(".venv/bin/papermill"):
+            cmd = [line.strip()]
+            while cmd[-1].endswith("\\"):
+                i += 1
+                cmd.append(lines[i].strip())
+            return "\n".join(cmd)
+    raise AssertionError("notebooks/README.md has no '.venv/bin/papermill ...' command")
+
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_readme_papermill_command_runs_as_written(tmp_path):
+    """Pasted from the repository root after ./run_all.sh, the README's command runs, writes its
+    figures to the scratch folder, and touches neither notebooks/ nor the pipeline's figures/demo/."""
+    _need_papermill_kernel()
+    from analysis.notebooks import seed_scratch
+
+    papermill = Path(sys.executable).with_name("papermill")
+    if not papermill.is_file():  # pragma: no cover
+        pytest.skip(f"no papermill script beside {sys.executable}")
+    # a copy of the repository's layout after ./run_all.sh, on the tiny cache (nothing else is read)
+    root = tmp_path / "repo"
+    shutil.copytree(NB_DIR, root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "figures"))
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "papermill").symlink_to(papermill)
+    _, tables = make_tiny_analysis_cache(root / "cache" / "demo", seed=0)
+    pipeline_figs = root / "figures" / "demo"
+    pipeline_figs.parent.mkdir()
+    shutil.move(str(tables), str(pipeline_figs))  # where the benchmark stage writes its tables
+    seed_scratch(pipeline_figs, root / "cache" / "demo" / SCRATCH)  # what the notebooks stage leaves
+    notebooks_before, figs_before = _listing(root / "notebooks"), _listing(pipeline_figs)
+    scratch_before = set(_listing(root / "cache" / "demo" / SCRATCH))
+
+    cmd = readme_papermill_command()
+    r = subprocess.run(["bash", "-c", cmd], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{cmd}\nfailed (rc={r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}"
+    out = [a for a in shlex.split(cmd.replace("\\\n", " ")) if a.endswith(".ipynb")][1]
+    out_nb = _load(root / out)
+    errors = [o for c in out_nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    new = set(_listing(root / "cache" / "demo" / SCRATCH)) - scratch_before
+    assert any(n.endswith(".png") for n in new), f"no figure written to the scratch folder: {sorted(new)}"
+    assert not (root / "notebooks" / "figures").exists(), "stray notebooks/figures/"
+    assert _listing(root / "notebooks") == notebooks_before, "the command changed notebooks/"
+    assert _listing(pipeline_figs) == figs_before, "a notebook run by hand changed the pipeline's figures"
+
+
+@pytest.mark.slow
+def test_notebook_stage_is_quiet_and_leaves_tables_for_runs_by_hand(tmp_path):
+    """A successful notebook stage prints no papermill parse warning, no kernel TCP warning and no
+    KeyboardInterrupt line; it copies the benchmark's tables into cache/<profile>/scratch/."""
+    _need_papermill_kernel()
+    analysis_dir, fig_dir = make_tiny_analysis_cache(tmp_path / "t", seed=0)
+    cache = tmp_path / "c"
+    cmd = [sys.executable, "-m", "analysis.notebooks", "--profile", "demo", "--analysis-dir", str(analysis_dir),
+           "--fig-dir", str(fig_dir), "--cache-dir", str(cache), "--only", "02_lowdim_densities", "05_benchmark"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "05_benchmark.ipynb in" in out
+    noisy = [line for line in out.splitlines() if any(n in line for n in NOISE)]
+    assert not noisy, "noise in a successful notebook stage:\n" + "\n".join(noisy)
+    for name in ("metrics.csv", "metrics.md", "sweep_odin.csv"):
+        assert (cache / SCRATCH / name).read_bytes() == (fig_dir / name).read_bytes(), name

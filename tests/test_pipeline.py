@@ -108,35 +108,46 @@ def test_rerun_is_bit_identical_and_survives_sigkill(tmp_path):
     assert not (kdir / "fig" / "metrics.csv").exists()
     r = run_cli(["analysis.run", *stage_args(prof, kdir), *stages], timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "[train] cached" in r.stdout, "the finished training stage must be reused after the kill"
+    assert "== stage train: cached" in r.stdout, "the finished training stage must be reused after the kill"
     assert (kdir / "fig" / "metrics.csv").read_bytes() == runs["a"]
     leftovers = [p for p in kdir.rglob("*") if ".tmp" in p.name]
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
 
-def test_explicit_cuda_without_gpu_fails_and_profile_cuda_falls_back(tmp_path, monkeypatch):
+def test_explicit_cuda_without_gpu_fails_and_profile_cuda_falls_back(tmp_path, monkeypatch, capsys):
     from analysis.common import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="--device cuda was given but no CUDA GPU is available"):
         resolve_device("cuda", "auto")
-    with pytest.warns(UserWarning, match="no GPU is available: falling back to CPU"):
-        assert resolve_device(None, "cuda") == "cpu"
+    assert resolve_device(None, "cuda") == "cpu"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "no GPU is available: falling back to CPU" in err[0]
     assert resolve_device(None, "auto") == "cpu"
 
 
+def training_cifar10_profile(tmp_path: Path) -> Path:
+    """The cifar10 profile without its committed checkpoint, so that the train stage reads the data."""
+    cfg = yaml.safe_load((REPO / "analysis/configs/cifar10.yaml").read_text())
+    cfg["model"]["checkpoint"] = None
+    p = tmp_path / "cifar10_train.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
 def test_missing_data_root_names_the_file(tmp_path):
-    r = run_cli(["analysis.train", "--profile", "cifar10", "--data-root", str(tmp_path / "nowhere"),
+    r = run_cli(["analysis.train", "--profile", str(training_cifar10_profile(tmp_path)), "--data-root", str(tmp_path / "nowhere"),
                  "--cache-dir", str(tmp_path / "c"), "--device", "cpu"], timeout=300)
     assert r.returncode != 0
     assert r.stderr.startswith("error: dataset 'cifar10_train") and "nowhere/cifar10_train.npz" in r.stderr and "file not found" in r.stderr
 
 
 def test_failing_stage_is_named_with_its_log(tmp_path):
-    r = run_cli(["analysis.run", "--profile", "cifar10", "--data-root", str(tmp_path / "nowhere"),
+    r = run_cli(["analysis.run", "--profile", str(training_cifar10_profile(tmp_path)), "--data-root", str(tmp_path / "nowhere"),
                  "--cache-dir", str(tmp_path / "c"), "--fig-dir", str(tmp_path / "f"), "--device", "cpu"], timeout=300)
     assert r.returncode != 0
-    assert "FAILED at stage 'train'" in r.stderr and str(tmp_path / "c" / "logs" / "train.log") in r.stderr
+    assert "FAILED at stage 'train'" in r.stdout and str(tmp_path / "c" / "logs" / "train.log") in r.stdout
+    assert r.stderr.strip().splitlines()[-1].startswith("error: dataset 'cifar10_train"), r.stderr
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ from ood_core.scores import registry
 
 def _row(method, family, ood_set, group, auroc, fpr, **kw):
     r = {"method": method, "family": family, "ood_set": ood_set, "group": group, "auroc": auroc,
-         "auroc_std": 0.001, "fpr95": fpr, "fpr95_ood_pos": fpr / 2, "aupr_in": 0.9, "aupr_out": 0.8,
+         "auroc_std": 0.001, "fpr95": fpr, "fpr95_ood_pos": fpr / 2, "aupr_in_ap": 0.9, "aupr_out_ap": 0.8,
+         "aupr_in_trapz": 0.95, "aupr_out_trapz": 0.85,
          "hyperparams": {"T": 1.0, "eps": 0.0014}, "protocol": "per_ood_val", "n_id": 100, "n_ood": 50,
          "id_accuracy": 0.9506, "model": "resnet18"}
     r.update(kw)
@@ -33,7 +34,7 @@ ROWS = [
 
 
 def _table_rows(md: str, title_prefix: str) -> dict[str, list[str]]:
-    """method -> cells of the Markdown table whose section title starts with ``title_prefix``."""
+    """method (display name) -> cells of the Markdown table whose section title starts with ``title_prefix``."""
     sec = md.split(f"## {title_prefix}")[1].split("\n## ")[0]
     out = {}
     for line in sec.splitlines():
@@ -59,19 +60,19 @@ def test_markdown_bolds_best_auroc_and_lowest_fpr():
     md = TB.metrics_markdown(ROWS, {"protocol": "per_ood_val"})
     auc = _table_rows(md, "AUROC")
     # columns: tinyimagenet, mnist, near avg, far avg, all avg
-    assert auc["grodin_g"][0].startswith("**95.00**") and not auc["msp"][0].startswith("**")
-    assert auc["msp"][1].startswith("**90.00**") and not auc["grodin_g"][1].startswith("**")
-    assert auc["msp"][4] == "**85.00**"  # all avg: msp 85.0 > energy 77.5 = grodin_g 77.5
+    assert auc["GRODIN G"][0].startswith("**95.00**") and not auc["MSP"][0].startswith("**")
+    assert auc["MSP"][1].startswith("**90.00**") and not auc["GRODIN G"][1].startswith("**")
+    assert auc["MSP"][4] == "**85.00**"  # all avg: msp 85.0 > energy 77.5 = grodin_g 77.5
     fpr = _table_rows(md, "FPR95 (%")
-    assert fpr["energy"][0] == "**40.00**" and fpr["grodin_g"][1] == "**20.00**"
-    assert fpr["msp"][0] == "50.00"
+    assert fpr["Energy"][0] == "**40.00**" and fpr["GRODIN G"][1] == "**20.00**"
+    assert fpr["MSP"][0] == "50.00"
     assert "ID test accuracy: 95.06 %" in md
 
 
 def test_latex_bolds_and_escapes():
     tex = TB.metrics_latex(ROWS)
     assert r"\textbf{95.00}" in tex and r"\textbf{20.00}" in tex
-    assert r"grodin\_g" in tex and "95.06" in tex
+    assert "GRODIN G" in tex and "grodin" not in tex and "95.06" in tex
     assert tex.count(r"\begin{tabular}") == 2
 
 
@@ -90,8 +91,50 @@ def test_ablation_table_bold(tmp_path):
     paths = TB.write_grodin_ablation(long, tmp_path)
     assert {p.name for p in paths} == {"ablation_grodin.md", "ablation_grodin.tex", "ablation_grodin.csv"}
     md = (tmp_path / "ablation_grodin.md").read_text()
-    assert "| grodin_g | eps and T | **90.00** | 60.00 |" in md
-    assert "| grodin_g | vanilla (eps=0, T=1) | 50.00 | **70.00** |" in md
+    assert "| GRODIN G | eps and T | **90.00** | 60.00 |" in md
+    assert "| GRODIN G | vanilla (eps=0, T=1) | 50.00 | **70.00** |" in md
+    with open(tmp_path / "ablation_grodin.csv") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"grodin_g"}  # the CSV keeps the code name
+
+
+# -------------------------------------------------------------------------------- display names
+def _package_scores() -> list[str]:
+    """Scores registered by ood_core.scores itself (tests register their own stand-ins)."""
+    return [n for n in registry.names() if registry.get(n).fn.__module__.startswith("ood_core.scores.")]
+
+
+def test_every_registered_score_has_a_unique_display_name():
+    names = _package_scores()
+    assert len(names) > 30
+    missing = [n for n in names if not registry.get(n).display]
+    assert not missing, f"scores without a display name: {missing}"
+    shown = [registry.display_name(n) for n in names]
+    dup = sorted({d for d in shown if shown.count(d) > 1})
+    assert not dup, f"display names used twice: {dup}"
+    assert registry.display_name("family_q1_l1u") == "‖h‖₁ × ‖p−u‖₁"
+    assert registry.display_name("no_such_method") == "no_such_method"  # e.g. a row of an older CSV
+    assert all(registry.family_display(f) != f for f in registry.FAMILIES)
+
+
+def test_register_refuses_a_display_name_twice():
+    with pytest.raises(ValueError, match="display name 'MSP' is already used by 'msp'"):
+        registry.register("_test_dup_display", family="forward", display="MSP")(lambda arrays, state=None: 0)
+    assert "_test_dup_display" not in registry.names()
+
+
+def test_rendered_tables_show_display_names_csv_keeps_code_names(tmp_path):
+    rows = ROWS + [_row("family_q2_sqnorm", "decomposition", o, g, 0.7, 0.5)
+                   for o, g in (("tinyimagenet", "near"), ("mnist", "far"))]
+    TB.write_metrics_tables(rows, tmp_path)
+    md, tex = (tmp_path / "metrics.md").read_text(), (tmp_path / "metrics.tex").read_text()
+    assert "| Igoe family (no backward pass) | ‖h‖₂ × ‖p‖₂² |" in md
+    assert "| Forward (features / logits) | MSP |" in md and "| msp |" not in md
+    assert r"\ensuremath{\|}h\ensuremath{\|}\ensuremath{_2} \ensuremath{\times} " in tex
+    assert "‖" not in tex and r"family\_q2" not in tex
+    with open(tmp_path / "metrics.csv") as f:
+        back = list(csv.DictReader(f))
+    assert {r["method"] for r in back} == {"msp", "energy", "grodin_g", "family_q2_sqnorm"}
+    assert {r["family"] for r in back} == {"forward", "gradient", "decomposition"}
 
 
 # ------------------------------------------------------------------------------------ reference
@@ -112,23 +155,23 @@ def test_reference_md_gap_lines(tmp_path):
                               protocol="per_ood_val")
     md = p.read_text()
     gap_lines = [l for l in md.splitlines() if l.startswith("- Gap")]
-    grodin_lines = [l for l in gap_lines if "grodin_g on TIN" in l]
+    grodin_lines = [l for l in gap_lines if "GRODIN G on TIN" in l]
     assert len(grodin_lines) == 1 and "-8.30 pts" in grodin_lines[0]
     for what in ("model weights/training", "OOD image lists/subsets", "preprocessing", "protocol"):
         assert what in grodin_lines[0]
-    assert not [l for l in gap_lines if "msp on TIN" in l]
+    assert not [l for l in gap_lines if "MSP on TIN" in l]
     # msp vs OpenOOD near (88.03 [mem]): ours 95.5 -> +7.47, flagged with the [mem] caveat
-    mem_line = [l for l in gap_lines if "msp on near" in l]
+    mem_line = [l for l in gap_lines if "MSP on near" in l]
     assert len(mem_line) == 1 and "[mem], unverified" in mem_line[0]
     assert "unverified" in md.split("##")[0]
     assert "SVHN, LSUN, iSUN, Places365, CIFAR-100" in md
-    assert "| msp | TIN | tinyimagenet | auroc | 95.40 | 95.50 | +0.10 | comparable |" in md
+    assert "| MSP | TIN | tinyimagenet | auroc | 95.40 | 95.50 | +0.10 | comparable |" in md
 
 
 def test_reference_md_no_gap_when_close(tmp_path):
     rows = [_row("grodin_g", "gradient", "tinyimagenet", "near", 0.975, 0.5)]
     md = TB.reference_markdown(rows, id_dataset="cifar10", model="m", protocol="p")
-    assert "grodin_g on TIN" not in md and "- Gap" not in md
+    assert "GRODIN G on TIN" not in md and "- Gap" not in md
 
 
 # ---------------------------------------------------------------------------- benchmark (e2e)
@@ -181,6 +224,11 @@ def _bm_lowknn(arrays, state=None, *, subspace="pca", k=5):
     return -np.sort(d, axis=1)[:, k - 1]
 
 
+def _bm_saturated(arrays, state=None):
+    """Like MSP of a confident model: distinct in float64, all 1.0 once rounded to float32."""
+    return 1.0 + 1e-9 * arrays["logits"][:, 0].astype(np.float64)
+
+
 def _bm_needs_missing(arrays, state=None):
     return arrays["lowdim_nope"][:, 0]
 
@@ -198,6 +246,7 @@ BM = {
     "_test_bm_lowknn": dict(fn=_bm_lowknn, family="lowdim", defaults={"subspace": "pca", "k": 5},
                             grid={"k": [1, 5]}, needs=(), fit=_fit_lowknn),
     "_test_bm_missing": dict(fn=_bm_needs_missing, family="lowdim", needs=("lowdim_nope",)),
+    "_test_bm_saturated": dict(fn=_bm_saturated, family="forward", needs=("logits",)),
 }
 
 
@@ -321,3 +370,29 @@ def test_benchmark_held_out_and_defaults(bm_scores, bench, analysis_dir, tmp_pat
     bench.run_benchmark(analysis_dir, fig2, methods=["_test_bm_odin"], protocol="paper_defaults", bootstrap_n=5)
     rows = TB.read_metrics_csv(fig2 / "metrics.csv")
     assert all(r["hyperparams"] == {"eps": 0.0, "T": 1.0} and r["protocol"] == "paper_defaults" for r in rows)
+
+
+def test_stored_scores_reproduce_the_table_exactly(bm_scores, bench, analysis_dir, tmp_path):
+    """Every metric of metrics.csv, recomputed from <analysis_dir>/scores/*.npz, is equal (==) to the
+    table's: scores are stored as scored (float64), not rounded (float32 made the saturated score's
+    ties: AUROC 0.5 from the stored scores)."""
+    from ood_core import metrics as M
+
+    fig = tmp_path / "fig_rt"
+    methods = ["_test_bm_msp", "_test_bm_saturated", "_test_bm_odin", "_test_bm_react"]
+    bench.run_benchmark(analysis_dir, fig, methods=methods, protocol="per_ood_val", bootstrap_n=2, seed=0)
+    rows = TB.read_metrics_csv(fig / "metrics.csv")
+    assert len(rows) == 2 * len(methods)
+    sid = np.load(analysis_dir / "scores" / "cifar10_test.npz")
+    column_of = {"auroc": "auroc", "fpr95_id_pos": "fpr95", "fpr95_ood_pos": "fpr95_ood_pos",
+                 "aupr_in_ap": "aupr_in_ap", "aupr_out_ap": "aupr_out_ap", "aupr_in_trapz": "aupr_in_trapz",
+                 "aupr_out_trapz": "aupr_out_trapz"}
+    for r in rows:
+        m, o = r["method"], r["ood_set"]
+        s_id = sid[m] if m in sid.files else sid[f"{m}__vs__{o}"]
+        s_ood = np.load(analysis_dir / "scores" / f"{o}.npz")[m]
+        assert s_id.dtype == s_ood.dtype == np.float64
+        ev = M.evaluate(s_id, s_ood)
+        assert {col: ev[k] for k, col in column_of.items()} == {col: r[col] for col in column_of.values()}, (m, o)
+    sat = [r for r in rows if r["method"] == "_test_bm_saturated"]
+    assert all(r["auroc"] != 0.5 for r in sat)

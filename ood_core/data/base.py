@@ -5,6 +5,7 @@ A loader is ``fn(root, **options) -> ImageSet``; it is registered under one or m
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -88,7 +89,10 @@ class ImageSet:
         """Raise ``DatasetError`` unless every label is in ``0..num_classes-1``."""
         lo, hi = int(self.labels.min()), int(self.labels.max())
         if lo < 0 or hi >= num_classes:
-            raise fail(self.name, self.source, f"labels must be in 0..{num_classes - 1}, got range {lo}..{hi}")
+            bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
+            raise fail(self.name, self.source, f"labels must be in 0..{num_classes - 1}, got range {lo}..{hi} "
+                       f"(label {int(self.labels[bad[0]])} at row {int(bad[0])}; {bad.size} row(s) outside; "
+                       f"check the model's num_classes)")
         return self
 
 
@@ -109,6 +113,16 @@ def register_loader(*kinds: str) -> Callable[[Loader], Loader]:
     return deco
 
 
+def check_options(kind: str, name: str, root: PathLike | None, options: dict[str, Any]) -> None:
+    """Raise a one-line ``DatasetError`` if the loader of ``kind`` does not take ``options``."""
+    loader = DATASETS[kind]
+    try:
+        inspect.signature(loader).bind(root, **options)
+    except TypeError as e:
+        takes = [p for p in inspect.signature(loader).parameters if p != "root"]
+        raise fail(name, root, f"kind '{kind}': {e} (it takes: {', '.join(takes)})") from None
+
+
 def load_dataset(
     kind: str,
     root: PathLike | None = None,
@@ -127,6 +141,7 @@ def load_dataset(
     """
     if kind not in DATASETS:
         raise KeyError(f"unknown dataset kind '{kind}'; known kinds: {', '.join(sorted(DATASETS))}")
+    check_options(kind, name or kind, root, options)
     s = DATASETS[kind](root, **options)
     if name is not None:
         s = ImageSet(name, s.images, s.labels, s.class_names, s.source)

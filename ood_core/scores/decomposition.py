@@ -73,6 +73,10 @@ OUTPUT_TERMS: dict[str, Callable[..., np.ndarray]] = {
     "energy": V_energy,
     "infogain": V_infogain,
 }
+# how the registered family members' display names write the two terms
+_FEATURE_TERM_DISPLAY = {1: "‖h‖₁", 2: "‖h‖₂"}
+_OUTPUT_TERM_DISPLAY = {"msp": "max p", "l1u": "‖p−u‖₁", "sqnorm": "‖p‖₂²", "energy": "Energy",
+                        "infogain": "InfoGain"}
 
 
 # --------------------------------------------------------------------------- exact factor pairs
@@ -111,6 +115,7 @@ for _q in (1, 2):
         register(
             f"family_q{_q}_{_v}",
             family="decomposition",
+            display=f"{_FEATURE_TERM_DISPLAY[_q]} × {_OUTPUT_TERM_DISPLAY[_v]}",
             defaults={"a": 1.0},
             grid={"a": [0.5, 1.0, 2.0]},
             needs=("h", "logits"),

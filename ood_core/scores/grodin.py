@@ -21,7 +21,7 @@ _GRID = {"eps": ODIN_EPS_GRID, "T": ODIN_T_GRID}
 _PAPER = "GRODIN, ICLR 2022 submission"
 
 
-@register("grodin_s", family="gradient", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
+@register("grodin_s", family="gradient", display="GRODIN S", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
           needs=("odin_s", "odin_eps", "odin_T"), paper=_PAPER)
 def grodin_s(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN S: s = S = p_yhat(x~) = max softmax(f(x~)/T) (identical to ODIN at the same eps, T;
@@ -29,21 +29,23 @@ def grodin_s(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 
     return cached_slice(arrays, "odin_s", eps, T)
 
 
-@register("grodin_sg", family="gradient", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID, needs=_NEEDS, paper=_PAPER)
+@register("grodin_sg", family="gradient", display="GRODIN SG", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
+          needs=_NEEDS, paper=_PAPER)
 def grodin_sg(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN SG: s = -||d/dtheta CE(f(x~)/T, yhat)||_2^2 over all weights (negated: a large
     gradient means OOD)."""
     return -cached_slice(arrays, "grodin_sqnorm", eps, T)
 
 
-@register("grodin_g", family="gradient", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID, needs=_NEEDS, paper=_PAPER)
+@register("grodin_g", family="gradient", display="GRODIN G", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
+          needs=_NEEDS, paper=_PAPER)
 def grodin_g(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN G: s = -||G||_2^2 = -||grad||_2^2 / S^2 with S = odin_s (grad = S * G; S >= 1/C > 0)."""
     S = cached_slice(arrays, "odin_s", eps, T)
     return -cached_slice(arrays, "grodin_sqnorm", eps, T) / S**2
 
 
-@register("gradnorm_allweights", family="gradient", needs=("kl_allw_sqnorm",),
+@register("gradnorm_allweights", family="gradient", display="GradNorm (all weights, L2)", needs=("kl_allw_sqnorm",),
           paper="Huang, Geng, Li, NeurIPS 2021 (all-layers ablation)")
 def gradnorm_allweights(arrays: Arrays, state: Any = None) -> np.ndarray:
     """GradNorm over ALL weights: s = +||d/dtheta KL(u || softmax f)||_2 = sqrt(kl_allw_sqnorm)

@@ -176,8 +176,9 @@ def _probe(name: str, state: Any, subspace: str, params: dict[str, Any]) -> Prob
     return st["probe"]
 
 
-def _reg_probe(name: str, defaults: dict[str, Any], grid: dict[str, list[Any]] | None = None, fit=fit_probe_state):
-    return register(name, family="lowdim", defaults={"subspace": "pca", **defaults, **PROBE_DEFAULTS},
+def _reg_probe(name: str, display: str, defaults: dict[str, Any], grid: dict[str, list[Any]] | None = None,
+               fit=fit_probe_state):
+    return register(name, family="lowdim", display=display, defaults={"subspace": "pca", **defaults, **PROBE_DEFAULTS},
                     grid=grid or {}, needs=(), fit=fit, paper=PAPER)
 
 
@@ -187,8 +188,8 @@ def fit_lowdim_knn(train: Arrays, *, subspace: str = "pca", **_: Any) -> dict[st
     return {**knn_bank(lowdim_array(train, subspace)), "subspace": subspace}
 
 
-@register("lowdim_knn", family="lowdim", defaults={"subspace": "pca", "k": 5}, grid={"k": KNN_K_GRID},
-          needs=(), fit=fit_lowdim_knn, paper=PAPER)
+@register("lowdim_knn", family="lowdim", display="Low-dim KNN", defaults={"subspace": "pca", "k": 5},
+          grid={"k": KNN_K_GRID}, needs=(), fit=fit_lowdim_knn, paper=PAPER)
 def lowdim_knn(arrays: Arrays, state: Any = None, *, subspace: str = "pca", k: int = 5) -> np.ndarray:
     """Low-dim KNN (Wu et al. 2023): s = -||z - z_(k)||_2 with z = G_low / ||G_low||_2 and z_(k)
     the k-th nearest normalised training G_low (exact; Wu: k = 5 CIFAR / 10 ImageNet, score on the
@@ -203,7 +204,7 @@ def fit_lowdim_mahalanobis(train: Arrays, *, subspace: str = "pca", **_: Any) ->
     return {"classes": classes, "means": means, "precision": prec, "subspace": subspace}
 
 
-@register("lowdim_mahalanobis", family="lowdim", defaults={"subspace": "pca"}, needs=(),
+@register("lowdim_mahalanobis", family="lowdim", display="Low-dim Mahalanobis", defaults={"subspace": "pca"}, needs=(),
           fit=fit_lowdim_mahalanobis, paper=PAPER)
 def lowdim_mahalanobis(arrays: Arrays, state: Any = None, *, subspace: str = "pca") -> np.ndarray:
     """Low-dim Mahalanobis (Wu et al. 2023): s = max_c -(z - mu_c)^T P (z - mu_c) on G_low with
@@ -215,7 +216,7 @@ def lowdim_mahalanobis(arrays: Arrays, state: Any = None, *, subspace: str = "pc
 
 
 # --------------------------------------------------------------------------- probe scores
-@_reg_probe("lowdim_msp", {})
+@_reg_probe("lowdim_msp", "Low-dim MSP", {})
 def lowdim_msp(arrays: Arrays, state: Any = None, *, subspace: str = "pca", **pp: Any) -> np.ndarray:
     """Low-dim MSP (Wu et al. 2023): s = max softmax(probe(G_low)), probe = BatchNorm1d -> Linear
     trained on training G_low (10 epochs, SGD)."""
@@ -223,14 +224,14 @@ def lowdim_msp(arrays: Arrays, state: Any = None, *, subspace: str = "pca", **pp
     return softmax(probe.logits(lowdim_array(arrays, subspace))).max(axis=1)
 
 
-@_reg_probe("lowdim_energy", {"T": 1.0})
+@_reg_probe("lowdim_energy", "Low-dim Energy", {"T": 1.0})
 def lowdim_energy(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 1.0, **pp: Any) -> np.ndarray:
     """Low-dim Energy (Wu et al. 2023): s = T logsumexp(probe(G_low) / T)."""
     probe = _probe("lowdim_energy", state, subspace, pp)
     return float(T) * logsumexp(probe.logits(lowdim_array(arrays, subspace)) / float(T), axis=1)
 
 
-@_reg_probe("lowdim_odin", {"T": 100.0, "eps": 50.0},
+@_reg_probe("lowdim_odin", "Low-dim ODIN", {"T": 100.0, "eps": 50.0},
             grid={"T": [1.0, 10.0, 100.0, 1000.0], "eps": [0.0, 0.005, 0.05, 0.5, 5.0, 50.0]})
 def lowdim_odin(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 100.0,
                 eps: float = 50.0, **pp: Any) -> np.ndarray:
@@ -257,7 +258,7 @@ def fit_lowdim_react(train: Arrays, *, subspace: str = "pca", percentile: float 
     return st
 
 
-@_reg_probe("lowdim_react", {"percentile": 90.0, "clip_from": 0},
+@_reg_probe("lowdim_react", "Low-dim ReAct", {"percentile": 90.0, "clip_from": 0},
             grid={"percentile": [70.0, 80.0] + PERCENTILE_GRID}, fit=fit_lowdim_react)
 def lowdim_react(arrays: Arrays, state: Any = None, *, subspace: str = "pca", percentile: float = 90.0,
                  clip_from: int = 0, **pp: Any) -> np.ndarray:
@@ -273,7 +274,7 @@ def lowdim_react(arrays: Arrays, state: Any = None, *, subspace: str = "pca", pe
     return logsumexp(probe.logits(z), axis=1)
 
 
-@_reg_probe("lowdim_gradnorm", {"T": 1.0})
+@_reg_probe("lowdim_gradnorm", "Low-dim GradNorm", {"T": 1.0})
 def lowdim_gradnorm(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 1.0, **pp: Any) -> np.ndarray:
     """Low-dim GradNorm (Wu et al. 2023): GradNorm of the probe's Linear layer in closed form,
     s = (1/T) ||BN(z)||_1 ||p_T - u||_1 (BN(z) is the Linear layer's input; KL-to-uniform
@@ -290,8 +291,9 @@ def fit_lowdim_knn_react(train: Arrays, *, subspace: str = "pca", percentile: fl
     return {"knn": fit_lowdim_knn(train, subspace=subspace), "react": fit_react(train, percentile=percentile)}
 
 
-@register("lowdim_knn_react", family="ensemble", defaults={"a": 1.0, "subspace": "pca", "k": 5, "percentile": 90.0},
-          grid={"a": [0.1, 0.3, 1.0, 3.0, 10.0]}, needs=("h", "W", "b"), fit=fit_lowdim_knn_react, paper=PAPER)
+@register("lowdim_knn_react", family="ensemble", display="Low-dim KNN + ReAct",
+          defaults={"a": 1.0, "subspace": "pca", "k": 5, "percentile": 90.0}, grid={"a": [0.1, 0.3, 1.0, 3.0, 10.0]},
+          needs=("h", "W", "b"), fit=fit_lowdim_knn_react, paper=PAPER)
 def lowdim_knn_react(arrays: Arrays, state: Any = None, *, a: float = 1.0, subspace: str = "pca", k: int = 5,
                      percentile: float = 90.0) -> np.ndarray:
     """Forward + backward ensemble (Wu et al. 2023): s = a * lowdim_knn(G_low; k) + ReAct(h; p),

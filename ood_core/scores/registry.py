@@ -3,8 +3,11 @@
 Every score is a pure function over cached arrays (see docs/architecture.md) returning a float64
 vector with **higher = more in-distribution**. Scores that need training statistics have a ``fit``.
 
-    @register("energy", family="forward", defaults={"T": 1.0}, needs=("logits",))
+    @register("energy", family="forward", display="Energy", defaults={"T": 1.0}, needs=("logits",))
     def energy(arrays, state=None, *, T=1.0): ...
+
+Every entry carries its ``display`` name, the one name tables and figures show for the method
+(:func:`display_name`); CSVs keep the code name (``metrics.csv``'s ``method``).
 """
 from __future__ import annotations
 
@@ -20,6 +23,14 @@ ScoreFn = Callable[..., np.ndarray]
 FitFn = Callable[..., Any]
 
 FAMILIES = ("forward", "gradient", "decomposition", "lowdim", "ensemble")
+# what tables and figures call each family
+FAMILY_DISPLAY = {
+    "forward": "Forward (features / logits)",
+    "gradient": "Gradient",
+    "decomposition": "Igoe family (no backward pass)",
+    "lowdim": "Low-dim gradient (Wu et al.)",
+    "ensemble": "Ensemble",
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class ScoreSpec:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     needs: tuple[str, ...] = ("logits",)
     paper: str = ""
+    display: str = ""
 
     @property
     def doc(self) -> str:
@@ -50,15 +62,21 @@ def register(
     needs: tuple[str, ...] = ("logits",),
     fit: FitFn | None = None,
     paper: str = "",
+    display: str = "",
 ) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator adding a score function to the registry."""
+    """Decorator adding a score function to the registry; ``display`` is the method's name in tables
+    and figures (empty: the code name is shown)."""
     if family not in FAMILIES:
         raise ValueError(f"score '{name}': family must be one of {FAMILIES}, got '{family}'")
 
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in _REGISTRY:
             raise ValueError(f"score '{name}' is registered twice")
-        _REGISTRY[name] = ScoreSpec(name, family, fn, fit, dict(defaults or {}), dict(grid or {}), needs, paper)
+        taken = next((n for n, s in _REGISTRY.items() if display and s.display == display), None)
+        if taken:
+            raise ValueError(f"score '{name}': display name '{display}' is already used by '{taken}'")
+        _REGISTRY[name] = ScoreSpec(name, family, fn, fit, dict(defaults or {}), dict(grid or {}), needs, paper,
+                                    display)
         return fn
 
     return deco
@@ -69,6 +87,18 @@ def get(name: str) -> ScoreSpec:
     if name not in _REGISTRY:
         raise KeyError(f"unknown score '{name}'; known scores: {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def display_name(name: str) -> str:
+    """The method's name in tables and figures: its registered ``display``, else the code name
+    itself (an unregistered or undisplayed name, e.g. a row of an older metrics.csv)."""
+    spec = _REGISTRY.get(name)
+    return spec.display if spec is not None and spec.display else name
+
+
+def family_display(family: str) -> str:
+    """A family's name in tables and figures (:data:`FAMILY_DISPLAY`, else the code name)."""
+    return FAMILY_DISPLAY.get(family, family)
 
 
 def names(family: str | None = None) -> list[str]:
