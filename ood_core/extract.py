@@ -100,7 +100,7 @@ def extract_arrays(
     ``grodin_rows``: compute the ODIN/GRODIN grid on these rows only (NaN elsewhere; the other rows'
     cells come from :func:`grid_cells_pass`); None = every row."""
     from .grads import grodin_grid, kl_allweights_sqnorm
-    from .grads.lowdim import project
+    from .grads.lowdim import fold_whitening, project
 
     model.eval().to(device)
     bs = int(cfg["batch_size"])
@@ -108,6 +108,8 @@ def extract_arrays(
     seconds: dict[str, float] = defaultdict(float)
     use_grodin = bool(cfg["grodin"]) and bool(odin_T) and bool(odin_eps) and with_grodin
     groups = group_subspaces(subspaces)
+    # each group's bases concatenated and the whitening folded in once (not per batch: P x K copies)
+    folds = [fold_whitening(g[0].V if len(g) == 1 else torch.cat([s.V for s in g], 1), g[0].stats) for g in groups]
     n_grid = len(odin_T or ()) * len(odin_eps or ())
     counts: dict[str, int] = {}
     batches = iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
@@ -133,10 +135,9 @@ def extract_arrays(
             _sync(device)
             seconds["kl_allweights"] += time.perf_counter() - t
             parts["kl_allw_sqnorm"].append(np.asarray(kl, dtype=np.float32))
-        for group in groups:  # one per-sample gradient pass per parameter set, all its subspaces at once
+        for group, fold in zip(groups, folds):  # one per-sample gradient pass per parameter set
             t = time.perf_counter()
-            z = project(model, [xb], group[0].V if len(group) == 1 else torch.cat([g.V for g in group], 1),
-                        group[0].stats, group[0].params, chunk=lowdim_chunk)
+            z = project(model, [xb], fold[0], None, group[0].params, chunk=lowdim_chunk, folded=fold)
             _sync(device)
             dt = (time.perf_counter() - t) / len(group)
             col = 0

@@ -107,7 +107,11 @@ def train_model(
     eval_every = int(cfg.get("eval_every", 0))
     history = [] if history is None else history
     t0 = time.perf_counter()
-    for epoch in tqdm(range(start_epoch, epochs), desc="train", unit="epoch", leave=False):
+    # one bar over every remaining step (rate and ETA within the epoch, not only between epochs)
+    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc="train", unit="step", leave=False,
+               mininterval=2.0)
+    for epoch in range(start_epoch, epochs):
+        bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}")
         t_epoch = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
@@ -126,6 +130,7 @@ def train_model(
             opt.step()
             running += loss.detach().double() * len(idx)
             seen += len(idx)
+            bar.update(1)
         row = {"epoch": epoch + 1, "loss": float(running) / seen, "lr": lr,
                "seconds": round(time.perf_counter() - t_epoch, 2)}
         if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
@@ -133,6 +138,7 @@ def train_model(
         history.append(row)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, opt, gen.get_state())
+    bar.close()
     acc = accuracy(model, x_test, y_test)
     history.append({"epoch": epochs, "test_accuracy": acc})
     return TrainResult(acc, time.perf_counter() - t0, history)

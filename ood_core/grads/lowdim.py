@@ -32,6 +32,7 @@ from .per_sample import (
 __all__ = [
     "GradStats",
     "class_mean_subspace",
+    "fold_whitening",
     "gradient_stats",
     "iter_whitened_grads",
     "last_block_prefixes",
@@ -344,6 +345,14 @@ def class_mean_subspace(
     return v.to(_out_dtype(model))
 
 
+def fold_whitening(V: torch.Tensor, stats: GradStats | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(scale * V, (mean * scale) V): g~ V = g (scale * V) - (mean * scale) V, so a projection never
+    forms whitened gradients. Fold once per basis, not per batch (a (P, K) copy at ResNet scale)."""
+    if stats is None:
+        return V, None
+    return stats[1].to(V.dtype)[:, None] * V, (stats[0] * stats[1]).to(V.dtype) @ V
+
+
 def project(
     model: nn.Module,
     batches: Iterable,
@@ -353,17 +362,18 @@ def project(
     *,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    folded: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> np.ndarray:
-    """G_low = g~(x)^T V for every sample of ``batches``: (N, K) float32 numpy."""
+    """G_low = g~(x)^T V for every sample of ``batches``: (N, K) float32 numpy. ``folded``: the
+    result of :func:`fold_whitening` (V, stats) computed once by a caller projecting many batches."""
     names = resolve_params(model, params)
-    # whitening folded into V: g~ V = g (scale * V) - (mean * scale) V (no whitened gradient copy)
-    vs, shift = (V, None) if stats is None else (stats[1].to(V.dtype)[:, None] * V, (stats[0] * stats[1]).to(V.dtype) @ V)
+    vs, shift = fold_whitening(V, stats) if folded is None else folded
     out = []
     for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
-        if g.shape[1] != V.shape[0]:
-            raise ValueError(f"V has {V.shape[0]} rows, the selected parameters number {g.shape[1]}")
-        z = g.to(V.dtype) @ vs
+        if g.shape[1] != vs.shape[0]:
+            raise ValueError(f"V has {vs.shape[0]} rows, the selected parameters number {g.shape[1]}")
+        z = g.to(vs.dtype) @ vs
         out.append((z if shift is None else z - shift).float().cpu().numpy())
     if not out:
-        return np.zeros((0, V.shape[1]), np.float32)
+        return np.zeros((0, vs.shape[1]), np.float32)
     return np.concatenate(out).astype(np.float32)
