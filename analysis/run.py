@@ -145,6 +145,13 @@ def run_or_skip(stage: str, ctx: Context, cmd: list[str]) -> int | None:
     return 0
 
 
+def cpu_estimate_line(cfg: dict, device_name: str, stages: list[str]) -> str | None:
+    """The profile's ``cpu_estimate``, stated up front when work will run on the CPU."""
+    if device_name != "cpu" or not cfg.get("cpu_estimate") or not set(stages) & {"train", "extract"}:
+        return None
+    return f"[run] on this CPU, expect: {cfg['cpu_estimate']}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--stages", nargs="*", choices=STAGES, default=None, help="run only these stages (default: all)")
@@ -153,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ctx = make_context(args)
     stages, analysis_dir = plan(args, ctx)
+    note = cpu_estimate_line(ctx.cfg, ctx.device_name, stages)
+    if note:
+        print(note, flush=True)
     t0 = time.perf_counter()
     cached = []
     for stage in stages:

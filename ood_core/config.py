@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "threads": None,
+    "cpu_estimate": None,  # free text shown before a CPU run: how long this profile takes on a CPU
     "data": {
         "root": None,
         "id_name": None,
@@ -97,6 +98,7 @@ ANY_SHAPE = {("extract", "odin_eps")}
 # their default's type (e.g. ``lowdim.params``: "all" / "head" / "last_block" or a list of prefixes).
 NULLABLE: dict[tuple[str, ...], tuple[type, ...]] = {
     ("threads",): (int,),
+    ("cpu_estimate",): (str,),
     ("data", "root"): (str,),
     ("data", "id_name"): (str,),
     ("model", "checkpoint"): (str,),

@@ -321,3 +321,15 @@ def test_rerun_skips_cached_stages_and_reruns_what_changed(tmp_path):
     fifth = cli(*args, timeout=600)
     assert fifth.returncode == 0, fifth.stderr[-2000:]
     assert "== stage train ==" in fifth.stdout and "[train] retraining" in fifth.stdout
+
+
+def test_cpu_estimate_is_stated_up_front_on_a_cpu():
+    from analysis.run import cpu_estimate_line
+    from ood_core.config import load_profile
+
+    cfg = load_profile("cifar10")
+    line = cpu_estimate_line(cfg, "cpu", ["train", "extract", "benchmark", "notebooks"])
+    assert line is not None and cfg["cpu_estimate"] in line
+    assert cpu_estimate_line(cfg, "cuda", ["extract"]) is None
+    assert cpu_estimate_line(cfg, "cpu", ["notebooks"]) is None
+    assert cpu_estimate_line(load_profile("demo"), "cpu", ["extract"]) is None
