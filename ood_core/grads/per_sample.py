@@ -194,25 +194,18 @@ def _grouped_ok(mod: nn.Conv2d, a: torch.Tensor, L: int) -> bool:
             and a.device.type == "cpu" and L >= GROUPED_MIN_POSITIONS)
 
 
-def _conv_weight_grads_grouped(mod: nn.Conv2d, a: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+def _conv_weight_grads_grouped(mod: nn.Conv2d, a: torch.Tensor, G: torch.Tensor,
+                               hw: Sequence[int]) -> torch.Tensor:
     """(n, Co, Cin kh kw) per-sample weight gradients: conv weight-gradient of the batch folded into
-    the channels with groups = n, so sample i only meets its own input and output gradient."""
+    the channels with groups = n, so sample i only meets its own input and output gradient;
+    ``hw`` = the output's spatial shape (that of the output gradient)."""
     n, co = G.shape[0], mod.out_channels
     x = a.to(G.dtype).reshape(1, n * mod.in_channels, *a.shape[2:])
-    hw = _conv_out_hw(mod, a)
     w_shape = (n * co, mod.in_channels, *mod.kernel_size)
     gw = torch.ops.aten.convolution_backward(
         G.reshape(1, n * co, *hw), x, torch.empty(w_shape, dtype=G.dtype), None, mod.stride, mod.padding,
         mod.dilation, False, (0, 0), n, (False, True, False))[1]
     return gw.reshape(n, co, -1)
-
-
-def _conv_out_hw(mod: nn.Conv2d, a: torch.Tensor) -> tuple[int, int]:
-    hw = []
-    for d in range(2):
-        size = a.shape[2 + d] + 2 * mod.padding[d] - mod.dilation[d] * (mod.kernel_size[d] - 1) - 1
-        hw.append(size // mod.stride[d] + 1)
-    return hw[0], hw[1]
 
 
 def _use_gram(co: int, k: int, L: int) -> bool:
@@ -283,7 +276,8 @@ def _layer_sq_norm(mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: tor
             elsize = torch.finfo(dt).bits // 8
             if _grouped_ok(mod, a, L):
                 for sl in _sub_chunks(n, (co * k + co * L + k * L) * elsize, max_bytes):
-                    out[sl] += _conv_weight_grads_grouped(mod, a[sl], G[sl].to(dt)).pow(2).sum(dim=(1, 2))
+                    w = _conv_weight_grads_grouped(mod, a[sl], G[sl].to(dt), g.shape[2:])
+                    out[sl] += w.pow(2).sum(dim=(1, 2))
             else:
                 for sl in _sub_chunks(n, _outer_bytes_per_sample(co, k, L, elsize), max_bytes):
                     U = _conv_unfold(mod, a[sl]).to(dt)
@@ -323,7 +317,7 @@ def _layer_grads_into(mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: 
         if "weight" in local:
             w = views["weight"].view(n, mod.out_channels, -1)
             if _grouped_ok(mod, a, G.shape[2]):
-                w.copy_(_conv_weight_grads_grouped(mod, a, G))
+                w.copy_(_conv_weight_grads_grouped(mod, a, G, g.shape[2:]))
             else:
                 torch.bmm(G, _conv_unfold(mod, a).to(dt).transpose(1, 2), out=w)
         if "bias" in local:
