@@ -204,7 +204,10 @@ def test_ctrl_c_of_a_run_is_quiet_and_resumes(tmp_path):
     prof = tiny_profile(tmp_path)
     cmd = [sys.executable, "-m", "analysis.run", *stage_args(prof, tmp_path), "--stages", "train", "extract"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the run starts with SIGINT's default action even when the suite itself runs as a background job
+    # of a non-interactive shell (which starts it with SIGINT ignored, so the signal never arrives)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("== stage extract"):
