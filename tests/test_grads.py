@@ -25,7 +25,7 @@ from ood_core.grads import (
     project,
     resolve_params,
 )
-from ood_core.grads.per_sample import _outer_sq_norms
+from ood_core.grads.layers.outer import outer_sq_norms
 from ood_core.models import ResNet18Cifar, SmallCNN
 
 RTOL = 1e-6
@@ -190,8 +190,8 @@ def test_gram_and_materialize_routes_agree():
     G = torch.randn(3, 5, 11, generator=gen, dtype=torch.float64)
     U = torch.randn(3, 4, 11, generator=gen, dtype=torch.float64)
     ref = torch.stack([(G[i] @ U[i].T).pow(2).sum() for i in range(3)])
-    assert _rel(_outer_sq_norms(G, U, "gram"), ref) <= 1e-12
-    assert _rel(_outer_sq_norms(G, U, "materialize"), ref) <= 1e-12
+    assert _rel(outer_sq_norms(G, U, "gram"), ref) <= 1e-12
+    assert _rel(outer_sq_norms(G, U, "materialize"), ref) <= 1e-12
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -211,10 +211,10 @@ def test_head_grads_closed_form_equal_hooks(name):
     from ood_core.grads.lowdim import head_grads_closed_form
 
     model, x = _build(name)
-    _, ref = per_sample_grads_flat(model, x, energy_delta, "head", method="hooks")
+    _, ref = per_sample_grads_flat(model, x, energy_delta, params="head", method="hooks")
     got = head_grads_closed_form(model, x, ["head.weight", "head.bias"], energy_delta)
     assert got.shape == ref.shape and _rel(got, ref) <= 1e-12
-    _, ref_b = per_sample_grads_flat(model, x, energy_delta, ["head.bias"], method="hooks")
+    _, ref_b = per_sample_grads_flat(model, x, energy_delta, params=["head.bias"], method="hooks")
     assert _rel(head_grads_closed_form(model, x, ["head.bias"], energy_delta), ref_b) <= 1e-12
 
 
@@ -230,7 +230,7 @@ def test_grads_flat_match_loop(name):
     names = [n for n, _ in model.named_parameters()]
     subset = ["head.bias", names[0]]
     want = [n for n in names if n in subset]
-    _, Gs = per_sample_grads_flat(model, x, energy_delta, subset)
+    _, Gs = per_sample_grads_flat(model, x, energy_delta, params=subset)
     assert _rel(Gs, _loop_grads(model, x, _energy_loss, want)) <= RTOL
 
 
@@ -455,12 +455,12 @@ def test_grouped_conv_route_matches_loop(name, min_positions, monkeypatch):
     """Per-sample conv weight gradients by one grouped convolution backward (the CPU route for
     large-spatial layers) equal the per-sample autograd loop, for norms and materialised gradients;
     min_positions 0 forces it on every eligible conv, 10**9 forces unfold + bmm."""
-    from ood_core.grads import per_sample as ps
+    from ood_core.grads.layers import conv2d
 
     calls = []
-    real = ps._conv_weight_grads_grouped
-    monkeypatch.setattr(ps, "GROUPED_MIN_POSITIONS", min_positions)
-    monkeypatch.setattr(ps, "_conv_weight_grads_grouped", lambda *a: calls.append(1) or real(*a))
+    real = conv2d.weight_grads_grouped
+    monkeypatch.setattr(conv2d, "GROUPED_MIN_POSITIONS", min_positions)
+    monkeypatch.setattr(conv2d, "weight_grads_grouped", lambda *a: calls.append(1) or real(*a))
     model, x = _build(name)
     ref = _loop_grads(model, x, _energy_loss)
     _, sq = per_sample_sq_norms(model, x, energy_delta, chunk=4)

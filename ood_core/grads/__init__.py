@@ -1,5 +1,12 @@
-"""Per-sample gradient engine (hooks + vmap fallback), ODIN/GRODIN grid, low-dimensional gradients."""
+"""Per-sample gradients and the scores built on them.
+
+per_sample (public entry points) over deltas (dL/dlogits), selection (``params``), hooks (engine)
+with layers/ (one rule per layer type) and vmap (torch.func reference); perturb (ODIN step),
+grodin (ODIN/GRODIN grid), lowdim (low-dimensional gradients)."""
+from .deltas import ce_pred_delta, energy_delta, kl_uniform_delta
 from .grodin import grodin_grid, kl_allweights_sqnorm
+from .hooks import HookEngine
+from .layers import UnsupportedModuleError
 from .lowdim import (
     class_mean_subspace,
     gradient_stats,
@@ -10,17 +17,9 @@ from .lowdim import (
     resolve_params,
     whiten,
 )
-from .per_sample import (
-    HookEngine,
-    UnsupportedModuleError,
-    ce_pred_delta,
-    energy_delta,
-    kl_uniform_delta,
-    per_sample_grads_flat,
-    per_sample_sq_norms,
-    select_param_names,
-)
+from .per_sample import per_sample_grads_flat, per_sample_sq_norms
 from .perturb import apply_sign_step, input_grad_sign, odin_perturb
+from .selection import select_param_names
 
 __all__ = [
     "HookEngine",

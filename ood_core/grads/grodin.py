@@ -18,15 +18,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .per_sample import (
-    DEFAULT_MAX_BYTES,
-    HookEngine,
-    ParamSpec,
-    ce_pred_delta,
-    kl_uniform_delta,
-    model_device_dtype,
-    per_sample_sq_norms,
-)
+from .deltas import ce_pred_delta, kl_uniform_delta
+from .hooks import DEFAULT_MAX_BYTES, HookEngine
+from .per_sample import per_sample_sq_norms
+from .runtime import model_device_dtype
+from .selection import ParamSpec
 from .perturb import SPACES, apply_sign_step
 
 __all__ = ["grodin_grid", "kl_allweights_sqnorm"]
@@ -83,10 +79,12 @@ def grodin_grid(
             signs: dict[int, torch.Tensor] = {}
             for t in active:
                 T, need_sign = Ts[t], bool(pert_at[t].size)
-                res = eng.sq_norms(ce_pred_delta(T)(z), retain_graph=t != active[-1], input_grad=need_sign)
-                sq, gx = res if need_sign else (res, None)
+                delta, retain = ce_pred_delta(T)(z), t != active[-1]
                 if need_sign:
+                    sq, gx = eng.sq_norms_and_input_grad(delta, retain_graph=retain)
                     signs[t] = gx.sign().to(torch.int8)
+                else:
+                    sq = eng.sq_norms(delta, retain_graph=retain)
                 if zero_at[t].size:
                     S = torch.softmax(z / T, dim=1).amax(1).cpu().numpy()
                     for e in zero_at[t]:

@@ -8,7 +8,7 @@ scale; g~ = (g - z_bar) * scale. ``stats=None`` means normalisation "none" (g~ =
 
 Nothing here holds an N x P matrix: every function streams over a data iterator (``batches`` yields
 normalized x tensors, or (x, y, ...) tuples whose first item is x) and over chunks of per-sample
-gradients from ``per_sample_grads_flat``. Subspace bases V (P, K) and the stats live on the model's
+gradients from ``HookEngine.grads_flat``. Subspace bases V (P, K) and the stats live on the model's
 device; P x K must fit there (ResNet-18, K = 200: 2.2 G entries = 9 GB in float32).
 """
 from __future__ import annotations
@@ -19,15 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .per_sample import (
-    DeltaFn,
-    HookEngine,
-    _eval_mode,
-    ParamSpec,
-    energy_delta,
-    model_device_dtype,
-    select_param_names,
-)
+from .deltas import DeltaFn, energy_delta
+from .hooks import HookEngine
+from .runtime import eval_mode, model_device_dtype
+from .selection import ParamSpec, select_param_names
 
 __all__ = [
     "GradStats",
@@ -73,7 +68,7 @@ def last_block_prefixes(model: nn.Module) -> list[str]:
 
 
 def resolve_params(model: nn.Module, params: ParamSpec = "all") -> list[str]:
-    """Selected parameter names; adds the ``"last_block"`` shortcut to per_sample's selection forms."""
+    """Selected parameter names: ``select_param_names`` plus the ``"last_block"`` shortcut."""
     if isinstance(params, str) and params == "last_block":
         params = last_block_prefixes(model)
     return select_param_names(model, params)
@@ -100,7 +95,7 @@ def head_grads_closed_form(model: nn.Module, x: torch.Tensor, names: list[str], 
     """Per-sample gradients over the head only, from one forward and no backward:
     d l / dW = delta h^T, d l / db = delta, with delta = d l / d logits (``delta_fn``) and h the
     penultimate features; columns in ``named_parameters()`` order, as ``HookEngine.grads_flat``."""
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         h = model.features(x)
         delta = delta_fn(model.head(h))
         h = h.to(delta.dtype)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .per_sample import _autocast, _eval_mode, _upcast, model_device_dtype
+from .runtime import autocast, eval_mode, model_device_dtype, upcast
 
 __all__ = ["apply_sign_step", "input_grad_sign", "odin_perturb"]
 
@@ -37,10 +37,10 @@ def input_grad_sign(model: nn.Module, x: torch.Tensor, T: float = 1.0, *,
     """``(sign(grad_x CE(f(x)/T, argmax f(x))), logits at x)`` for a batch, one forward + backward."""
     dev, pdt = model_device_dtype(model)
     x = x.detach().to(device=dev, dtype=pdt).requires_grad_(True)
-    with _eval_mode(model), torch.enable_grad():
-        with _autocast(dev, amp_dtype):
+    with eval_mode(model), torch.enable_grad():
+        with autocast(dev, amp_dtype):
             logits = model(x)
-        z = _upcast(logits)
+        z = upcast(logits)
         loss = F.cross_entropy(z / float(T), z.argmax(1).detach(), reduction="sum")
         (gx,) = torch.autograd.grad(loss, x)
     return gx.sign(), z.detach()

@@ -1,0 +1,28 @@
+"""Per-layer rules of the hooks engine: one ``LayerRule`` per supported module type
+(Linear, Conv2d with groups = 1, BatchNorm1d/2d with running statistics)."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .base import LayerRule, UnsupportedModuleError
+from .batchnorm import BatchNormRule
+from .conv2d import Conv2dRule
+from .linear import LinearRule
+
+__all__ = ["RULES", "LayerRule", "UnsupportedModuleError", "rule_for"]
+
+RULES: tuple[LayerRule, ...] = (LinearRule(), Conv2dRule(), BatchNormRule())
+
+
+def rule_for(name: str, mod: nn.Module) -> LayerRule:
+    """The rule serving module ``name``; UnsupportedModuleError (naming it) when there is none or
+    the rule refuses the module's configuration."""
+    label = f"module '{name or '<root>'}' ({type(mod).__name__})"
+    for rule in RULES:
+        if isinstance(mod, rule.types):
+            rule.check(mod, label)
+            return rule
+    raise UnsupportedModuleError(
+        f"{label} holds trainable parameters but is not supported by the hooks engine "
+        "(Linear, Conv2d with groups=1, BatchNorm1d/2d). Use method='vmap'."
+    )

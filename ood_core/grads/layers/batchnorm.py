@@ -1,0 +1,61 @@
+"""Per-sample gradients of ``nn.BatchNorm1d/2d`` in eval mode (running statistics).
+
+x_hat = (x - mu) / sqrt(var + eps); dgamma_i = sum_spatial g_i * x_hat_i, dbeta_i = sum_spatial g_i.
+Without running statistics samples are not independent, and the rule refuses the module.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..runtime import compute_dtype
+from .base import UnsupportedModuleError
+
+__all__ = ["BatchNormRule"]
+
+
+def _xhat(mod: nn.Module, a: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """(n, C, spatial) normalised input (x - running_mean) / sqrt(running_var + eps)."""
+    n, c = a.shape[0], a.shape[1]
+    a = a.reshape(n, c, -1).to(dt)
+    mean = mod.running_mean.to(dt).view(1, c, 1)
+    var = mod.running_var.to(dt).view(1, c, 1)
+    return (a - mean) / torch.sqrt(var + mod.eps)
+
+
+class BatchNormRule:
+    """``LayerRule`` of nn.BatchNorm1d / nn.BatchNorm2d with running statistics."""
+
+    types = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+    def check(self, mod: nn.Module, label: str) -> None:
+        if mod.running_mean is None or mod.running_var is None:
+            raise UnsupportedModuleError(
+                f"{label} has no running statistics (track_running_stats=False), so samples are not "
+                "independent in eval mode. Use method='vmap' only if that is intended."
+            )
+
+    def sq_norm(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
+                max_bytes: int) -> torch.Tensor:
+        dt = compute_dtype(g)
+        n = g.shape[0]
+        out = torch.zeros(n, dtype=dt, device=g.device)
+        c = g.shape[1]
+        g3 = g.reshape(n, c, -1).to(dt)
+        if "weight" in local:
+            out += (g3 * _xhat(mod, a, dt)).sum(2).pow(2).sum(1)
+        if "bias" in local:
+            out += g3.sum(2).pow(2).sum(1)
+        return out
+
+    def write_grads(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
+                    views: dict[str, torch.Tensor]) -> None:
+        dt = next(iter(views.values())).dtype
+        n = g.shape[0]
+        g3 = g.reshape(n, g.shape[1], -1).to(dt)
+        if "weight" in local:
+            views["weight"].copy_((g3 * _xhat(mod, a, dt)).sum(2))
+        if "bias" in local:
+            views["bias"].copy_(g3.sum(2))
