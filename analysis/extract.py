@@ -7,6 +7,14 @@ each OOD set, ``head.npz``, ``splits.npz`` (seeded validation/test parts of id_t
 set), ``meta.json`` and ``timings.csv``. Each file records the hash of what it was made from
 (model sha256 + dataset spec + preprocessing + extraction config) and is reused when it matches.
 Subspaces (Wu et al.) go to ``<cache>/lowdim/<name>.pt``.
+
+On several processes (CPU: gloo; GPUs: NCCL), each takes a shard of whole batches of every set and
+the results are joined into the same cache a single process writes (``ood_core.distributed``)::
+
+    torchrun --standalone --nproc-per-node 2 -m analysis.extract --profile demo
+
+A rank's finished shard is kept in ``<analysis>/parts/`` until the set is joined, so a rerun of a
+killed launch continues where it stopped.
 """
 from __future__ import annotations
 
@@ -24,8 +32,9 @@ from tqdm.auto import tqdm
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
 from ood_core.config import ConfigError, odin_eps_grid
 from ood_core.data import iter_batches, split_indices
-from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, grid_cells_pass
-from ood_core.grid import FULL_POINTS_KEY, GRID_VALUE_KEYS, full_points
+from ood_core.distributed import Ranks, init_ranks, shutdown
+from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, grid_cells_pass, grid_on_rows
+from ood_core.grid import FULL_POINTS_KEY, GRID_AXIS_KEYS, GRID_VALUE_KEYS, full_points
 from ood_core.grid_selection import select_test_points
 from ood_core.tuning import Split
 
@@ -38,8 +47,9 @@ GRODIN_TEST_POINTS = ("grid", "selected")  # extract.grodin_test_points (ood_cor
 
 
 def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict,
-              stats_memo: dict) -> tuple[Subspace, str]:
-    """Compute (or load) one low-dim subspace of Wu et al. from the training set."""
+              stats_memo: dict, ranks: Ranks = Ranks()) -> tuple[Subspace, str]:
+    """Compute (or load) one low-dim subspace of Wu et al. from the training set (each rank
+    streams its shard of whole batches; ood_core.grads.lowdim reduces across the ranks)."""
     from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
     unknown = set(spec) - {"kind", "k", "n_iter", "params"}
@@ -65,6 +75,8 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
         train = train.take(np.sort(rng.choice(len(train), int(lcfg["n_samples"]), replace=False)))
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
     device, bs, chunk = ctx.device(), int(lcfg["batch_size"]), int(lcfg["chunk"])
+    if ranks.is_distributed:
+        train = train.take(ranks.batch_shard(len(train), bs))
 
     def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
         it = iter_batches(train, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
@@ -79,22 +91,24 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
     elif repr(params) in stats_memo:  # the same parameters' whitening statistics: one pass serves all
         stats = stats_memo[repr(params)]
     else:
-        stats = stats_memo[repr(params)] = gradient_stats(model, batches(), params, chunk=chunk)
+        stats = stats_memo[repr(params)] = gradient_stats(model, batches(), params, chunk=chunk, ranks=ranks)
     kind = spec.get("kind")
     if kind == "pca":
         V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], params,
-                         chunk=chunk)
+                         chunk=chunk, ranks=ranks)
     elif kind == "class_mean":
         V = class_mean_subspace(model, batches(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params,
-                                chunk=chunk)
+                                chunk=chunk, ranks=ranks)
     else:
         raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
     blob = {"key": key, "V": V.cpu(), "seconds": time.perf_counter() - t0}
     if stats is not None:
         blob["mean"], blob["scale"] = stats[0].cpu(), stats[1].cpu()
-    with atomic_path(path, ".pt") as tmp:
-        torch.save(blob, tmp)
-    print(f"[extract] subspace '{name}' ({kind}, K={V.shape[1]}) in {time.perf_counter() - t0:.1f}s")
+    if ranks.is_main:
+        with atomic_path(path, ".pt") as tmp:
+            torch.save(blob, tmp)
+        print(f"[extract] subspace '{name}' ({kind}, K={V.shape[1]}) in {time.perf_counter() - t0:.1f}s")
+    ranks.barrier()
     return Subspace(name, V, stats, params), key
 
 
@@ -105,6 +119,17 @@ def _split(ctx: Context, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(ctx: Context) -> Path:
+    """The extract stage; under ``torchrun`` every rank runs it on its shards (rank 0 writes)."""
+    ranks = init_ranks(ctx.device().type)
+    if ranks.is_distributed and ctx.device().type == "cuda":
+        ctx.device_name = f"cuda:{ranks.local_rank}"
+    try:
+        return _run(ctx, ranks)
+    finally:
+        shutdown(ranks)
+
+
+def _run(ctx: Context, ranks: Ranks) -> Path:
     t_start = time.perf_counter()
     out = ctx.analysis_dir
     model, meta_ck = load_model(ctx)
@@ -121,7 +146,7 @@ def run(ctx: Context) -> Path:
     stats_memo: dict = {}
     if ctx.cfg["lowdim"]["enabled"]:
         for name, spec in ctx.cfg["lowdim"]["subspaces"].items():
-            sub, k = _subspace(ctx, model, model_sha, name, spec, memo, stats_memo)
+            sub, k = _subspace(ctx, model, model_sha, name, spec, memo, stats_memo, ranks)
             sub.V = sub.V.to(device)
             sub.stats = None if sub.stats is None else tuple(s.to(device) for s in sub.stats)
             subspaces.append(sub)
@@ -147,20 +172,27 @@ def run(ctx: Context) -> Path:
             if not is_ood:
                 ds.check_labels(int(ctx.cfg["model"]["kwargs"]["num_classes"]))
             val_rows = _split(ctx, name, len(ds))[0] if mode == "selected" and name not in SPLIT_ROLES_EXCLUDED else None
-            res: ExtractResult = extract_arrays(
-                model, ds, pre, ecfg, device, odin_T=Ts, odin_eps=epss, subspaces=subspaces,
-                lowdim_chunk=int(ctx.cfg["lowdim"]["chunk"]), is_ood=is_ood,
-                with_grodin=name != "train", grodin_rows=val_rows, desc=name
-            )
-            save_npz(path, res.arrays, key=key)
+            kw = dict(odin_T=Ts, odin_eps=epss, subspaces=subspaces, lowdim_chunk=int(ctx.cfg["lowdim"]["chunk"]),
+                      is_ood=is_ood, with_grodin=name != "train", desc=name)
+            if ranks.is_distributed:
+                arrays, res = _extract_sharded(ctx, ranks, model, ds, pre, key, name, val_rows, kw)
+            else:
+                res = extract_arrays(model, ds, pre, ecfg, device, grodin_rows=val_rows, **kw)
+                arrays = res.arrays
+            if ranks.is_main:
+                save_npz(path, arrays, key=key)
+                _remove_parts(ctx, name)
             timings[name] = _timing_entry(res)
-            n = res.n
-            print(f"[extract] {name}: {n} images, " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
+            n = len(ds)
+            print(f"[extract] {name}: {res.n} images{_on_rank(ranks)}, "
+                  + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
         if name not in SPLIT_ROLES_EXCLUDED:
             val, test = _split(ctx, name, n)
             splits[f"{name}__val"], splits[f"{name}__test"] = val, test
     if mode == "selected":
-        _fill_selected_cells(ctx, model, specs, splits, Ts, epss, pre, memo, timings)
+        _fill_selected_cells(ctx, model, specs, splits, Ts, epss, pre, memo, timings, ranks)
+    if not ranks.is_main:
+        return out
     W, b = model.head_weights()
     save_npz(out / "head.npz", {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()})
     save_npz(out / "splits.npz", splits)
@@ -185,12 +217,89 @@ def run(ctx: Context) -> Path:
         "seed": ctx.cfg["seed"],
         "device": ctx.device_name,
     }
+    if ranks.is_distributed:
+        meta["ranks"] = ranks.world
     write_json(out / "meta.json", meta)
     if timings:
         _write_timings(out / "timings.csv", timings, ctx.device_name, int(ecfg["batch_size"]))
-    record_run(ctx, "extract", time.perf_counter() - t_start, {"timings": timings, "id_accuracy": id_acc})
+    record_run(ctx, "extract", time.perf_counter() - t_start,
+               {"timings": timings, "id_accuracy": id_acc, "ranks": ranks.world})
     print(f"[extract] analysis cache: {out} (ID accuracy {id_acc:.4f})")
     return out
+
+
+def _on_rank(ranks: Ranks) -> str:
+    return f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
+
+
+def _parts_dir(ctx: Context) -> Path:
+    return ctx.analysis_dir / "parts"
+
+
+def _remove_parts(ctx: Context, name: str) -> None:
+    """Drop the joined shards of set ``name`` (rank 0, once the set's file is written)."""
+    for p in _parts_dir(ctx).glob(f"{name}.*.rank*of*.npz"):
+        p.unlink(missing_ok=True)
+
+
+def join_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Shards' arrays joined in rank order: grid values along their last (sample) axis, grid axes
+    from the first shard, every other array along axis 0; empty shards (no keys) are skipped."""
+    parts = [p for p in parts if p]
+    out: dict[str, np.ndarray] = {}
+    for key in parts[0]:
+        if key in GRID_AXIS_KEYS:
+            out[key] = parts[0][key]
+        else:
+            out[key] = np.concatenate([p[key] for p in parts], axis=-1 if key in GRID_VALUE_KEYS else 0)
+    return out
+
+
+def _sharded(ctx: Context, ranks: Ranks, tag: str, key: str, n: int, batch_size: int,
+             compute) -> tuple[dict[str, np.ndarray] | None, ExtractResult]:
+    """Run ``compute(positions)`` (-> ExtractResult) on this rank's shard of ``n`` rows (whole
+    batches), keep it as ``parts/<tag>.rank<r>of<w>.npz`` (reused by a rerun when its key matches),
+    and on rank 0 return every rank's arrays joined in rank order (other ranks: None)."""
+    parts = _parts_dir(ctx)
+    part = parts / f"{tag}.rank{ranks.rank}of{ranks.world}.npz"
+    pkey = hash_config(key, tag, ranks.rank, ranks.world)
+    pos = ranks.batch_shard(n, batch_size)
+    if part.is_file() and npz_key(part) == pkey:
+        res = ExtractResult(load_npz(part), n=len(pos))
+    else:
+        res = compute(pos) if len(pos) else ExtractResult({}, n=0)
+        save_npz(part, res.arrays, key=pkey)
+    ranks.barrier()
+    if not ranks.is_main:
+        return None, res
+    return join_rows([load_npz(parts / f"{tag}.rank{r}of{ranks.world}.npz") for r in range(ranks.world)]), res
+
+
+def _extract_sharded(ctx: Context, ranks: Ranks, model, ds, pre: Preprocess, key: str, name: str,
+                     val_rows: np.ndarray | None, kw: dict) -> tuple[dict[str, np.ndarray] | None, ExtractResult]:
+    """One set's arrays from every rank's shard; the same arrays as one ``extract_arrays`` call
+    with ``grodin_rows=val_rows`` (the validation rows' grid is sharded on its own)."""
+    ecfg, device, bs = ctx.cfg["extract"], ctx.device(), int(ctx.cfg["extract"]["batch_size"])
+    main_kw = {**kw, "with_grodin": kw["with_grodin"] and val_rows is None}
+
+    def main(pos: np.ndarray) -> ExtractResult:
+        return extract_arrays(model, ds.take(pos), pre, ecfg, device, **main_kw)
+
+    arrays, res = _sharded(ctx, ranks, f"{name}.main", key, len(ds), bs, main)
+    if val_rows is None or not kw["with_grodin"] or not ecfg["grodin"]:
+        return arrays, res
+    Ts, epss = kw["odin_T"], kw["odin_eps"]
+
+    def grid(pos: np.ndarray) -> ExtractResult:
+        return grid_cells_pass(model, ds.take(val_rows[pos]), pre, ecfg, device, odin_T=Ts, odin_eps=epss,
+                               points=np.ones((len(epss), len(Ts)), bool), desc=f"{name} grid")
+
+    got, gres = _sharded(ctx, ranks, f"{name}.valgrid", key, len(val_rows), bs, grid)
+    res.seconds["grodin_grid"] = gres.seconds.get("grodin_selected", 0.0)
+    res.counts["grodin_grid"], res.grid_cells = gres.n, gres.grid_cells
+    if arrays is not None:
+        arrays.update(grid_on_rows(len(ds), val_rows, got, Ts, epss))
+    return arrays, res
 
 
 def _timing_entry(res: ExtractResult) -> dict:
@@ -201,37 +310,54 @@ def _timing_entry(res: ExtractResult) -> dict:
 
 
 def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre: Preprocess, memo: dict,
-                         timings: dict) -> None:
+                         timings: dict, ranks: Ranks = Ranks()) -> None:
     """``grodin_test_points: selected``: choose the grid cells on the validation rows of every set
-    (ood_core.grid_selection), then compute exactly those cells on the other rows of each set."""
+    (ood_core.grid_selection), then compute exactly those cells on the other rows of each set
+    (rank 0 chooses and writes; every rank computes its shard of the rows)."""
     eval_names = [n for n in specs if n not in SPLIT_ROLES_EXCLUDED]
     paths = {n: ctx.analysis_dir / "arrays" / f"{n}.npz" for n in eval_names}
-    arrays = {n: load_npz(p) for n, p in paths.items()}
-    if not all("odin_s" in a for a in arrays.values()):
+    plan = None  # {set: cells still to compute}, decided on rank 0
+    if ranks.is_main:
+        arrays = {n: load_npz(p) for n, p in paths.items()}
+        if all("odin_s" in a for a in arrays.values()):
+            sp = {n: Split(splits[f"{n}__val"], splits[f"{n}__test"]) for n in eval_names}
+            oods = [n for n in eval_names if n != "id_test"]
+            need = select_test_points(arrays["id_test"], sp["id_test"], {o: arrays[o] for o in oods},
+                                      {o: sp[o] for o in oods})
+            print(f"[extract] grid cells selected on validation rows: {int(need.sum())} of {need.size} "
+                  f"(eps, T) = {[(epss[e], Ts[t]) for e, t in np.argwhere(need)]}")
+            plan = {n: need & ~full_points(arrays[n]) for n in eval_names}
+    plan = ranks.broadcast_object(plan)
+    if plan is None:
         return
-    sp = {n: Split(splits[f"{n}__val"], splits[f"{n}__test"]) for n in eval_names}
-    oods = [n for n in eval_names if n != "id_test"]
-    need = select_test_points(arrays["id_test"], sp["id_test"], {o: arrays[o] for o in oods}, {o: sp[o] for o in oods})
-    print(f"[extract] grid cells selected on validation rows: {int(need.sum())} of {need.size} "
-          f"(eps, T) = {[(epss[e], Ts[t]) for e, t in np.argwhere(need)]}")
     for name in eval_names:
-        a = arrays[name]
-        have = full_points(a)
-        todo = need & ~have
+        todo = plan[name]
         if not todo.any():
             continue
-        rows = sp[name].test  # val and test partition the rows (split_indices)
-        res = grid_cells_pass(model, load_named(ctx, name, memo).take(rows), pre, ctx.cfg["extract"], ctx.device(),
-                              odin_T=Ts, odin_eps=epss, points=todo, desc=f"{name} cells")
+        rows = splits[f"{name}__test"]  # val and test partition the rows (split_indices)
+        ds = load_named(ctx, name, memo)
+        bs = int(ctx.cfg["extract"]["batch_size"])
+
+        def cells(pos: np.ndarray) -> ExtractResult:
+            return grid_cells_pass(model, ds.take(rows[pos]), pre, ctx.cfg["extract"], ctx.device(),
+                                   odin_T=Ts, odin_eps=epss, points=todo, desc=f"{name} cells")
+
+        got, res = _sharded(ctx, ranks, f"{name}.cells", npz_key(paths[name]) or "", len(rows), bs, cells)
+        if not ranks.is_main:
+            continue
+        a = load_npz(paths[name])
+        have = full_points(a)
         for key in GRID_VALUE_KEYS:
             for e, t in np.argwhere(todo):
-                a[key][e, t, rows] = res.arrays[key][e, t]
+                a[key][e, t, rows] = got[key][e, t]
         a[FULL_POINTS_KEY] = have | todo
         save_npz(paths[name], a, key=npz_key(paths[name]))
+        _remove_parts(ctx, name)
         entry, new = timings.setdefault(name, {"_grid_cells": 0}), _timing_entry(res)
         entry["_grid_cells"] += new.pop("_grid_cells")
         entry.update(new)
-        print(f"[extract] {name}: {int(todo.sum())} selected cells on {len(rows)} rows in {res.seconds['grodin_selected']:.1f}s")
+        print(f"[extract] {name}: {int(todo.sum())} selected cells on {res.n} rows{_on_rank(ranks)} in "
+              f"{res.seconds.get('grodin_selected', 0.0):.1f}s")
 
 
 def _write_timings(path: Path, timings: dict, device: str, batch_size: int) -> None:

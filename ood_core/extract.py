@@ -159,13 +159,23 @@ def extract_arrays(
         rows = np.asarray(grodin_rows, np.int64)
         sub = grid_cells_pass(model, data.take(rows), pre, cfg, device, odin_T=odin_T, odin_eps=odin_eps,
                               points=np.ones((len(odin_eps), len(odin_T)), bool), desc=f"{desc} grid")
-        for key in GRID_VALUE_KEYS:
-            arrays[key] = np.full((len(odin_eps), len(odin_T), len(data)), np.nan, np.float32)
-            arrays[key][..., rows] = sub.arrays[key]
-        arrays[FULL_POINTS_KEY] = np.zeros((len(odin_eps), len(odin_T)), bool)  # grid_cells_pass adds cells
+        arrays.update(grid_on_rows(len(data), rows, sub.arrays, odin_T, odin_eps))
         seconds["grodin_grid"] = sub.seconds["grodin_selected"]
         counts["grodin_grid"], cells = len(rows), sub.grid_cells
     return ExtractResult(arrays, dict(seconds), len(data.images), counts, cells)
+
+
+def grid_on_rows(n: int, rows: np.ndarray, grid: Mapping[str, np.ndarray], odin_T: list[float],
+                 odin_eps: list[float]) -> dict[str, np.ndarray]:
+    """The grid arrays of a set of ``n`` rows whose whole grid was computed on ``rows`` only
+    (``grid``: values (n_eps, n_T, len(rows))): NaN on the other rows, no cell marked as computed
+    everywhere (``grid_cells_pass`` adds cells later)."""
+    out: dict[str, np.ndarray] = {}
+    for key in GRID_VALUE_KEYS:
+        out[key] = np.full((len(odin_eps), len(odin_T), n), np.nan, np.float32)
+        out[key][..., rows] = grid[key]
+    out[FULL_POINTS_KEY] = np.zeros((len(odin_eps), len(odin_T)), bool)
+    return out
 
 
 def grid_cells_pass(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..distributed import Ranks
 from .deltas import DeltaFn, energy_delta
 from .hooks import HookEngine
 from .runtime import eval_mode, model_device_dtype
@@ -159,34 +160,49 @@ def _out_dtype(model: nn.Module) -> torch.dtype:
 # statistics
 
 
+def _merge_moments(a: tuple[int, torch.Tensor, torch.Tensor] | None, nb: int, mb: torch.Tensor,
+                   m2b: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(count, mean, centred sum of squares) of two disjoint sample sets (Chan, Golub, LeVeque 1983)."""
+    if a is None or a[0] == 0:
+        return nb, mb, m2b
+    if nb == 0:
+        return a
+    count, mean, m2 = a
+    tot = count + nb
+    d = mb - mean
+    return tot, mean + d * (nb / tot), m2 + m2b + d.pow(2) * (count * nb / tot)
+
+
 def gradient_stats(model: nn.Module, batches: Iterable, params: ParamSpec = "all", *,
-                   delta_fn: DeltaFn = energy_delta, chunk: int = DEFAULT_CHUNK) -> GradStats:
+                   delta_fn: DeltaFn = energy_delta, chunk: int = DEFAULT_CHUNK,
+                   ranks: Ranks = Ranks()) -> GradStats:
     """NFK whitening statistics over the samples of ``batches``: ``(mean (P,), scale (P,))``.
 
     One pass; chunk means and centred sums of squares are merged in float64 (Chan et al.), so no
     cancellation. Variance is the population variance (ddof = 0, as Wu et al.). scale = 1/sigma;
-    coordinates with sigma = 0 get the largest finite scale (1 if there is none)."""
+    coordinates with sigma = 0 get the largest finite scale (1 if there is none). Under several
+    ``ranks`` each holds a shard of the samples; their moments are merged in rank order."""
     names = resolve_params(model, params)
-    count = 0
-    mean = m2 = None
+    moments = None  # (count, mean, m2), float64
     for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
         # chunk moments in the gradients' dtype, in place (g is a scratch buffer: no multi-GB
         # float64 copy per chunk, and dtype-converting reductions over dim 0 are 15x slower on the
-        # CPU); the chunks are merged in float64 below
-        nb = g.shape[0]
+        # CPU); the chunks are merged in float64
         mb_g = g.mean(0)
         m2b = g.sub_(mb_g).square_().sum(0).to(torch.float64)
-        mb = mb_g.to(torch.float64)
-        if mean is None:
-            mean, m2, count = mb, m2b, nb
-            continue
-        tot = count + nb
-        d = mb - mean
-        mean = mean + d * (nb / tot)
-        m2 = m2 + m2b + d.pow(2) * (count * nb / tot)
-        count = tot
-    if mean is None:
+        moments = _merge_moments(moments, g.shape[0], mb_g.to(torch.float64), m2b)
+    if ranks.is_distributed:
+        P = HookEngine(model, names).num_params
+        dev = model_device_dtype(model)[0]
+        zero = torch.zeros(P, dtype=torch.float64, device=dev)
+        count, mean, m2 = moments if moments is not None else (0, zero, zero)
+        counts = ranks.all_gather(torch.tensor([float(count)], dtype=torch.float64, device=dev))
+        moments = None
+        for c, mb, m2b in zip(counts, ranks.all_gather(mean), ranks.all_gather(m2)):
+            moments = _merge_moments(moments, int(c.item()), mb, m2b)
+    if moments is None or moments[0] == 0:
         raise ValueError("gradient_stats: the batch iterator yielded no samples")
+    count, mean, m2 = moments
     sigma = torch.sqrt(m2 / count)
     scale = torch.where(sigma > 0, 1.0 / sigma, torch.full_like(sigma, float("inf")))
     finite = torch.isfinite(scale)
@@ -224,6 +240,7 @@ def pca_subspace(
     oversample: int = 10,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    ranks: Ranks = Ranks(),
 ) -> torch.Tensor:
     """Top-k right singular vectors V (P, k) (orthonormal columns) of the whitened N x P gradient
     matrix A, by randomized truncated SVD (Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1):
@@ -233,7 +250,8 @@ def pca_subspace(
     Only the products A @ M (N x l, streamed row chunks) and A^T @ Q (P x l, accumulated) are formed,
     l = k + oversample; ``batches_factory()`` must replay the same samples in the same order on each
     of the 2 + 2 n_iter passes. (N x l) products are float64; (P x l) accumulators float64 when
-    they fit in 1 GiB, else float32."""
+    they fit in 1 GiB, else float32. Under several ``ranks`` each streams a shard of the rows:
+    A @ M is gathered (rows in rank order), A^T @ Q summed over the ranks."""
     names = resolve_params(model, params)
     dev, _ = model_device_dtype(model)
     P = HookEngine(model, names).num_params
@@ -256,6 +274,7 @@ def pca_subspace(
         return (g for g, _ in _iter_raw(model, batches_factory(), names, delta_fn, chunk))
 
     n_rows: list[int] = []
+    offsets: list[int] = []  # this rank's first row in the gathered (N, l) products
 
     def times(m: torch.Tensor) -> torch.Tensor:  # A @ m, (N, l) float64
         m = m.to(acc)
@@ -264,7 +283,12 @@ def pca_subspace(
         for g in raw_chunks():
             y = g.to(acc) @ ms
             rows.append((y if shift is None else y - shift).to(torch.float64))
-        y = torch.cat(rows)
+        y = ranks.all_gather_rows(torch.cat(rows) if rows else torch.zeros(0, m.shape[1], dtype=torch.float64,
+                                                                              device=dev))
+        if ranks.is_distributed and not offsets:
+            sizes = ranks.all_gather(torch.tensor([float(sum(r.shape[0] for r in rows))], dtype=torch.float64,
+                                                  device=dev))
+            offsets.append(int(sum(float(c.item()) for c in sizes[: ranks.rank])))
         if n_rows and y.shape[0] != n_rows[0]:
             raise RuntimeError(f"batches_factory gave {y.shape[0]} samples, an earlier pass {n_rows[0]}")
         n_rows.append(y.shape[0])
@@ -272,13 +296,15 @@ def pca_subspace(
 
     def t_times(q: torch.Tensor) -> torch.Tensor:  # A^T @ q, (P, l)
         out = torch.zeros(P, q.shape[1], dtype=acc, device=dev)
-        s = 0
+        first = offsets[0] if offsets else 0
+        s = first
         for g in raw_chunks():
             n = g.shape[0]
             out.addmm_(g.to(acc).T, q[s: s + n].to(acc))
             s += n
-        if s != q.shape[0]:
+        if not ranks.is_distributed and s != q.shape[0]:
             raise RuntimeError(f"batches_factory gave {s} samples, an earlier pass {q.shape[0]}")
+        ranks.all_reduce_sum_(out)
         if stats is not None:
             out.addr_(stats[0].to(acc), q.sum(0).to(acc), alpha=-1.0).mul_(scale[:, None])
         return out
@@ -306,10 +332,12 @@ def class_mean_subspace(
     classes: Sequence[int] | None = None,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    ranks: Ranks = Ranks(),
 ) -> torch.Tensor:
     """V (P, C): column c = whitened mean gradient of the samples labelled c, scaled to unit L2 norm
     (not orthogonalised; Wu et al.'s "average gradient" subspace). ``classes`` computes only those
-    columns (in that order), for V that do not fit at once (ImageNet: blocks of classes)."""
+    columns (in that order), for V that do not fit at once (ImageNet: blocks of classes). Under
+    several ``ranks`` the per-class sums and counts are summed over the ranks."""
     names = resolve_params(model, params)
     cls = list(range(num_classes)) if classes is None else [int(c) for c in classes]
     dev, _ = model_device_dtype(model)
@@ -331,6 +359,8 @@ def class_mean_subspace(
         elif bool(keep.any()):
             sums.index_add_(0, col[keep], g[keep].to(acc))
             counts.index_add_(0, col[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=dev))
+    ranks.all_reduce_sum_(sums)
+    ranks.all_reduce_sum_(counts)
     empty = [c for c, n in zip(cls, counts.tolist()) if n == 0]
     if empty:
         raise ValueError(f"classes {empty} have no samples; their mean gradient is undefined")
