@@ -23,7 +23,7 @@ from ..distributed import Ranks
 from .deltas import DeltaFn, energy_delta
 from .hooks import HookEngine
 from .runtime import eval_mode, model_device_dtype
-from .selection import ParamSpec, select_param_names
+from .selection import ParamSpec, last_block_prefixes, resolve_params  # noqa: F401  (re-exported)
 
 __all__ = [
     "GradStats",
@@ -40,39 +40,6 @@ __all__ = [
 
 GradStats = tuple[torch.Tensor, torch.Tensor]  # (mean (P,), scale (P,))
 DEFAULT_CHUNK = 16  # samples whose full gradients are materialised at once (Wu et al.: 16 on CIFAR)
-
-
-# --------------------------------------------------------------------------------------------------
-# parameter subsets
-
-
-def last_block_prefixes(model: nn.Module) -> list[str]:
-    """Parameter-name prefixes of the last residual stage + head for the zoo's models."""
-    from .. import models as zoo
-
-    if isinstance(model, zoo.ResNet18Cifar):
-        return ["layer4", "head"]
-    if isinstance(model, zoo.TorchvisionResNet50):
-        return ["body.layer4", "head"]
-    if isinstance(model, zoo.WideResNet):
-        blocks = list(model.blocks)
-        width = blocks[-1].conv2.out_channels
-        last = [i for i, b in enumerate(blocks) if b.conv2.out_channels == width]
-        return [f"blocks.{i}" for i in last] + ["bn", "head"]
-    if isinstance(model, zoo.SmallCNN):  # no residual stage: the last conv block
-        return ["conv3", "bn3", "head"]
-    # generic: the highest-numbered top-level child named layerN
-    layers = sorted((int(n[5:]), n) for n, _ in model.named_children() if n.startswith("layer") and n[5:].isdigit())
-    if layers and hasattr(model, "head"):
-        return [layers[-1][1], "head"]
-    raise ValueError(f"no 'last_block' rule for {type(model).__name__}; pass a list of parameter prefixes")
-
-
-def resolve_params(model: nn.Module, params: ParamSpec = "all") -> list[str]:
-    """Selected parameter names: ``select_param_names`` plus the ``"last_block"`` shortcut."""
-    if isinstance(params, str) and params == "last_block":
-        params = last_block_prefixes(model)
-    return select_param_names(model, params)
 
 
 # --------------------------------------------------------------------------------------------------

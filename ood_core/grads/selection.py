@@ -3,7 +3,8 @@
 ``params`` is ``"all"`` (every parameter with requires_grad), a prefix of parameter names
 (``"head"``, ``"layer4"`` selects ``layer4.*``; ``"conv1.weight"`` one tensor), a list of such
 prefixes, or a callable ``name -> bool``. Selected names follow ``model.named_parameters()`` order,
-and so do the columns of flat gradients.
+and so do the columns of flat gradients. :func:`resolve_params` adds ``"last_block"`` (the last
+residual stage + head of the zoo's models, Wu et al.'s "which layers" ablation).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Callable, Sequence, Union
 
 import torch.nn as nn
 
-__all__ = ["ParamSpec", "select_param_names"]
+__all__ = ["ParamSpec", "last_block_prefixes", "resolve_params", "select_param_names"]
 
 ParamSpec = Union[str, Sequence[str], Callable[[str], bool]]
 
@@ -34,3 +35,32 @@ def select_param_names(model: nn.Module, params: ParamSpec = "all") -> list[str]
     if not sel:
         raise ValueError(f"parameter selection {params!r} selects no trainable parameter")
     return sel
+
+
+def last_block_prefixes(model: nn.Module) -> list[str]:
+    """Parameter-name prefixes of the last residual stage + head for the zoo's models."""
+    from .. import models as zoo
+
+    if isinstance(model, zoo.ResNet18Cifar):
+        return ["layer4", "head"]
+    if isinstance(model, zoo.TorchvisionResNet50):
+        return ["body.layer4", "head"]
+    if isinstance(model, zoo.WideResNet):
+        blocks = list(model.blocks)
+        width = blocks[-1].conv2.out_channels
+        last = [i for i, b in enumerate(blocks) if b.conv2.out_channels == width]
+        return [f"blocks.{i}" for i in last] + ["bn", "head"]
+    if isinstance(model, zoo.SmallCNN):  # no residual stage: the last conv block
+        return ["conv3", "bn3", "head"]
+    # generic: the highest-numbered top-level child named layerN
+    layers = sorted((int(n[5:]), n) for n, _ in model.named_children() if n.startswith("layer") and n[5:].isdigit())
+    if layers and hasattr(model, "head"):
+        return [layers[-1][1], "head"]
+    raise ValueError(f"no 'last_block' rule for {type(model).__name__}; pass a list of parameter prefixes")
+
+
+def resolve_params(model: nn.Module, params: ParamSpec = "all") -> list[str]:
+    """Selected parameter names: ``select_param_names`` plus the ``"last_block"`` shortcut."""
+    if isinstance(params, str) and params == "last_block":
+        params = last_block_prefixes(model)
+    return select_param_names(model, params)
