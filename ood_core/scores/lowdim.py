@@ -288,7 +288,8 @@ def lowdim_gradnorm(arrays: Arrays, state: Any = None, *, subspace: str = "pca",
 def fit_lowdim_knn_react(train: Arrays, *, subspace: str = "pca", percentile: float = 90.0, memo: Memo | None = None,
                          **_: Any) -> dict[str, Any]:
     """KNN bank on training G_low + ReAct threshold on training forward features h."""
-    return {"knn": fit_lowdim_knn(train, subspace=subspace, memo=memo), "react": fit_react(train, percentile=percentile)}
+    return {"knn": fit_lowdim_knn(train, subspace=subspace, memo=memo),
+            "react": fit_react(train, percentile=percentile)}
 
 
 @register("lowdim_knn_react", family="ensemble", display="Low-dim KNN + ReAct",
