@@ -129,27 +129,15 @@ def _autocast(dev: torch.device, bf16: bool):
 
 
 def _lastlayer_fn(model, x, dev, bf16):
-    try:
-        from ood_core.scores import lastlayer as ll  # lazy: the scores package may be incomplete
-    except Exception as exc:  # pragma: no cover - depends on the tree
-        print(f"[bench] ood_core.scores.lastlayer unavailable ({exc}); using inline torch formulas")
-        ll = None
+    """Forward pass, then the library's closed-form last-layer scores (GradNorm, ExGrad, GRODIN SG)."""
+    from ood_core.scores import lastlayer
 
     def run():
         with torch.no_grad(), _autocast(dev, bf16):
             h = model.features(x)
             logits = model.head(h)
-        h, logits = h.float(), logits.float()
-        if ll is not None:
-            arrays = {"h": h.cpu().numpy(), "logits": logits.cpu().numpy()}
-            ll.gradnorm(arrays), ll.exgrad(arrays), ll.grodin_sg_lastlayer(arrays)
-        else:
-            p = torch.softmax(logits, 1)
-            C = p.shape[1]
-            _ = h.abs().sum(1) * (p - 1.0 / C).abs().sum(1)
-            _ = -(h.pow(2).sum(1) + 1) * (1 - p.pow(2).sum(1))
-            d = p - F.one_hot(p.argmax(1), C).float()
-            _ = (-d.pow(2).sum(1) * (h.pow(2).sum(1) + 1)).cpu()
+        arrays = {"h": h.float().cpu().numpy(), "logits": logits.float().cpu().numpy()}
+        lastlayer.gradnorm(arrays), lastlayer.exgrad(arrays), lastlayer.grodin_sg_lastlayer(arrays)
 
     return run
 
@@ -324,13 +312,9 @@ def load_model(args, dev):
     torch.manual_seed(args.seed)
     model = build_model(args.model, num_classes=C)
     if args.checkpoint:  # timings do not depend on the weights; a checkpoint is still checked
-        from ood_core.checkpoint import load_checkpoint, load_state_dict_file
+        from ood_core.checkpoint import load_checkpoint
 
-        path = Path(args.checkpoint)
-        if path.with_name(path.name + ".json").is_file():
-            sd, _ = load_checkpoint(path)  # sha256 against its record
-        else:
-            sd = load_state_dict_file(path)  # a foreign weights file: weights-only load
+        sd, _ = load_checkpoint(Path(args.checkpoint))  # weights only, sha256 against its .json record
         model.load_state_dict(sd)
     return model.to(dev).eval(), shape
 
@@ -338,7 +322,8 @@ def load_model(args, dev):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small_cnn", choices=sorted(INPUTS))
-    ap.add_argument("--checkpoint", default=None, help="weights file (default: random weights)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="checkpoint written by the train stage, with its .json record (default: random weights)")
     ap.add_argument("--batch-size", default="64,256", help="comma-separated list")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])

@@ -16,7 +16,6 @@ import numpy as np
 from ood_core.cache import atomic_path, load_npz
 from ood_core.grid import full_points, point_available
 from ood_core.scores import registry
-from ood_core.scores.lowdim import clear_probe_cache
 
 log = logging.getLogger("analysis.costs")
 
@@ -25,20 +24,21 @@ COMPONENT_OF = {"odin_s": "grodin_one_grid_point", "grodin_sqnorm": "grodin_one_
                 "kl_allw_sqnorm": "kl_allweights"}
 
 
-def _components(needs: tuple[str, ...], subspace: str | None) -> list[str]:
+def _components(inputs: tuple[str, ...]) -> list[str]:
+    """The extraction components that produce a score's input arrays (``lowdim_<subspace>`` arrays
+    come from the component of that name), the forward pass first."""
     out = ["forward"]
-    for k in needs:
-        if k in COMPONENT_OF and COMPONENT_OF[k] not in out:
-            out.append(COMPONENT_OF[k])
-    if subspace:
-        out.append(f"lowdim_{subspace}")
+    for k in inputs:
+        c = COMPONENT_OF.get(k, k if k.startswith("lowdim_") else None)
+        if c is not None and c not in out:
+            out.append(c)
     return out
 
 
 def _timing_params(spec: registry.ScoreSpec, arrays: dict) -> dict | None:
     """Parameters to time a method at: its defaults, except that a grid method whose default cell
     is not cached on every row (off the profile's grid, or not selected) uses the first cell that is."""
-    if "odin_eps" not in spec.needs or not {"eps", "T"} <= set(spec.defaults):
+    if not spec.uses_grid:
         return {}
     try:
         if point_available(arrays, spec.defaults["eps"], spec.defaults["T"]):
@@ -65,16 +65,14 @@ def method_costs(analysis_dir: Path, methods: list[str], repeats: int = 3) -> li
     rows = []
     for name in methods:
         spec = registry.get(name)
-        sub = spec.defaults.get("subspace")
-        needs = tuple(spec.needs) + ((f"lowdim_{sub}",) if sub else ())
-        if any(k not in test and k not in ("W", "b") for k in needs):
+        inputs = spec.inputs()
+        if any(k not in test and k not in ("W", "b") for k in inputs):
             continue
         params = _timing_params(spec, test)
         if params is None:
             log.warning("compute cost of %s: no grid cell on every row; skipped", name)
             continue
-        clear_probe_cache()  # time the probe's training too, not a memoised copy
-        try:
+        try:  # fitted without a memo: the timing includes training the low-dim probe
             t0 = time.perf_counter()
             state = registry.fit(name, train, **params)
             fit_s = time.perf_counter() - t0
@@ -87,7 +85,7 @@ def method_costs(analysis_dir: Path, methods: list[str], repeats: int = 3) -> li
             log.warning("compute cost of %s failed (%s: %s); skipped", name, type(e).__name__, e)
             continue
         score_s = 1000 * float(np.median(times)) / n
-        parts = [c for c in _components(tuple(spec.needs), sub) if c in comp]
+        parts = [c for c in _components(inputs) if c in comp]
         extract_s = sum(float(comp[c]["seconds_per_1000"]) for c in parts)
         first = next(iter(comp.values()))
         rows.append({"method": name, "family": spec.family, "seconds_per_1000": extract_s + score_s,

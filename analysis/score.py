@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, np.ndarray] = {}
     used: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
+    memo = S.Memo()  # shared by the fits: one low-dim probe for all probe scores
     for name in names:
         spec = S.get(name)
         try:
-            state = S.fit(name, train, **params[name])
+            state = S.fit(name, train, memo=memo, **params[name])
             for ds, arrays in evals.items():
                 out[f"{name}/{ds}"] = S.compute(name, arrays, state, **params[name])
         except KeyError as e:  # missing arrays

@@ -47,6 +47,44 @@ def code_hashes(files: Iterable[str]) -> dict[str, str | None]:
     return out
 
 
+PROJECT_PACKAGES = ("ood_core", "analysis")
+
+
+def _module_file(module: str) -> Path | None:
+    p = REPO.joinpath(*module.split("."))
+    return next((f for f in (p.with_suffix(".py"), p / "__init__.py") if f.is_file()), None)
+
+
+def imported_sources(*start: Path, packages: Iterable[str] = PROJECT_PACKAGES) -> list[Path]:
+    """``start`` and every source file of ``packages`` they import, directly or not, with the
+    packages' ``__init__.py``: read from the import statements (those inside functions too), so the
+    list does not depend on how or how far the code has run."""
+    import ast
+
+    packages = tuple(packages)
+    todo, seen = [Path(f).resolve() for f in start], set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        package = list(f.relative_to(REPO).with_suffix("").parts[:-1])
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                base = ".".join(base + (node.module.split(".") if node.module else []))
+                modules = [base, *(f"{base}.{a.name}" for a in node.names)]  # `from pkg import module`
+            else:
+                continue
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] in packages:
+                    todo += [mf for i in range(1, len(parts) + 1) if (mf := _module_file(".".join(parts[:i])))]
+    return sorted(seen)
+
+
 def stage_code(stage: str, loaded: Iterable[str]) -> dict[str, str | None]:
     """Hashes of the files the stage process loaded (``loaded``) and of its ``EXTRA_CODE``."""
     extra = [p.relative_to(REPO).as_posix() for g in EXTRA_CODE.get(stage, ()) for p in REPO.glob(g)]

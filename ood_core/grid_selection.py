@@ -5,10 +5,11 @@ The (eps, T) grid costs one forward + backward with per-sample gradient norms pe
 validation rows, so ``extract.grodin_test_points: selected`` computes the full grid on those rows
 only, then on the test rows only the cells a choice can land on:
 
-* for each grid method (ODIN = GRODIN S, GRODIN G, GRODIN SG) and each OOD set, the validation-best
-  cell of each GRODIN ablation setting (:func:`choose_settings`): ``vanilla`` (eps0, T0), ``only_eps``
-  (best with T = T0), ``only_T`` (best with eps = eps0), ``both`` (best overall = what
-  ``per_ood_val`` picks; ``held_out_ood`` picks the ``both`` cell of the held-out set);
+* for each score that reads the grid (``registry.names(uses_grid=True)``: ODIN, GRODIN S / G / SG)
+  and each OOD set, the validation-best cell of each GRODIN ablation setting (:func:`choose_settings`):
+  ``vanilla`` (eps0, T0), ``only_eps`` (best with T = T0), ``only_T`` (best with eps = eps0), ``both``
+  (best overall = what ``per_ood_val`` picks; ``held_out_ood`` picks the ``both`` cell of the
+  held-out set);
 * every grid method's registered defaults (``paper_defaults``) when they lie on the grid.
 
 The selection reads validation rows only (``tuning.tune``'s leakage guard) and is deterministic, so
@@ -24,8 +25,7 @@ from .grid import grid_index
 from .scores import registry
 from .tuning import Split, best_of, tune
 
-SETTINGS = ("vanilla", "only_eps", "only_T", "both")
-GRID_METHODS = ("odin", "grodin_g", "grodin_sg")  # grodin_s reads the same cells as odin
+SETTINGS = ("vanilla", "only_eps", "only_T", "both")  # the GRODIN ablation's settings, in table order
 
 
 def anchor_values(eps_values: Sequence[float], T_values: Sequence[float]) -> tuple[float, float]:
@@ -53,9 +53,10 @@ def select_test_points(
     id_split: Split,
     ood_arrays: Mapping[str, Mapping[str, np.ndarray]],
     ood_splits: Mapping[str, Split],
-    methods: Sequence[str] = GRID_METHODS,
+    methods: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """(n_eps, n_T) bool mask of the cells the test rows need (module docstring)."""
+    """(n_eps, n_T) bool mask of the cells the test rows need (module docstring); ``methods``
+    defaults to every score that reads the grid."""
     eps_values = [float(v) for v in np.asarray(id_arrays["odin_eps"]).ravel()]
     T_values = [float(v) for v in np.asarray(id_arrays["odin_T"]).ravel()]
     mask = np.zeros((len(eps_values), len(T_values)), bool)
@@ -63,7 +64,7 @@ def select_test_points(
     def mark(point: Mapping[str, Any]) -> None:
         mask[grid_index(eps_values, point["eps"], "eps"), grid_index(T_values, point["T"], "T")] = True
 
-    for m in methods:
+    for m in registry.names(uses_grid=True) if methods is None else methods:
         spec = registry.get(m)
         grid = {k: (T_values if k == "T" else eps_values) for k in spec.grid}  # the spec's key order
         tr = tune(m, protocol="per_ood_val", id_arrays=id_arrays, id_split=id_split, ood_arrays=ood_arrays,

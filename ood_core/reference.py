@@ -1,10 +1,11 @@
-"""Published numbers (docs: /work/shared/reference/anchors.md section 3) as data.
+"""Published numbers of the papers the study compares with, as data (``reference.md`` sets ours beside them).
 
 Every entry is a dict with keys
 ``source, tag, model, id_dataset, ood_set, method, metric, value, note, protocol, preprocessing``:
 
-* ``tag``: ``[seed]`` read in a seed paper's text; ``[mem]`` recalled from the published paper and
-  **not re-verified** (verify before quoting); ``[issue]`` from a public GitHub thread.
+* ``tag``: ``[seed]`` read in the text of the paper the study reproduces (the ``source``); ``[mem]``
+  recalled from the published paper and **not re-verified** (verify before quoting); ``[issue]``
+  from a public GitHub thread.
 * ``method``: OUR registry name where one exists (``msp``, ``odin``, ``grodin_g`` ...), else a
   descriptive name (``knn_supcon``, ``igoe_family_best``, ``ensemble5``).
 * ``metric``: ``auroc`` | ``fpr95_id_pos`` | ``fpr95_ood_pos`` | ``id_accuracy``; ``value`` in percent
@@ -17,11 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 OPENOOD = "OpenOOD v1.5 (arXiv 2306.09301) leaderboard"
-GRODIN = "GRODIN (ICLR 2022 submission) seed 003"
+GRODIN = "GRODIN (ICLR 2022 submission)"
 KNN = "KNN (Sun et al. ICML 2022)"
 GRADNORM = "GradNorm (Huang et al. NeurIPS 2021) Table 1"
 REACT = "ReAct (Sun et al. NeurIPS 2021) / KNN Table 2"
-IGOE = "Igoe et al. 2022 (How useful are gradients...) seed 001/004"
+IGOE = "Igoe et al. 2022 (How useful are gradients for OOD detection really?)"
 
 _OPENOOD_PRE = "Resize(32)+CenterCrop(32), CIFAR-10 mean/std normalisation"
 _OPENOOD_MODEL = "ResNet-18 32x32, OpenOOD checkpoints s0-s2 (mean of 3)"
@@ -145,9 +146,9 @@ def _imagenet() -> list[dict[str, Any]]:
     for s, v in zip(sets, (54.11, 46.73, 50.62, 38.12, 47.4)):
         out.append(_e(IGOE, "[seed]", "BiT-S-R101x1 (GradNorm setup)", "imagenet", s, "igoe_family_best",
                       "fpr95_id_pos", v, "best member of the N(h)*V(p) family"))
-    out.append(_e("Wu et al. (arXiv 2310.17163) seed 000", "[seed]", "ResNet-50", "imagenet", "avg", "lowdim_best",
+    out.append(_e("Wu et al. (arXiv 2310.17163)", "[seed]", "ResNet-50", "imagenet", "avg", "lowdim_best",
                   "fpr95_id_pos", None, "relative only: -11.15 pt average FPR95 vs prior SOTA"))
-    out.append(_e("RG (ICLR 2023 submission) seed 002", "[seed]", "(MOS setup)", "imagenet", "avg", "rg", "auroc", None,
+    out.append(_e("RG (ICLR 2023 submission)", "[seed]", "(MOS setup)", "imagenet", "avg", "rg", "auroc", None,
                   "relative only: +2.06 AUROC vs MOS, +8.9 vs ReAct, +5.86 vs GradNorm"))
     return out
 
@@ -162,7 +163,7 @@ def _igoe_small() -> list[dict[str, Any]]:
 REFERENCE: list[dict[str, Any]] = [*_openood(), *_knn_cifar(), *_grodin(), *_imagenet(), *_igoe_small()]
 
 TAG_MEANING = {
-    "[seed]": "read in a seed paper's text",
+    "[seed]": "read in the text of the paper the study reproduces",
     "[mem]": "recalled from the published paper, NOT re-verified offline -- verify before quoting",
     "[issue]": "from a public GitHub issue thread (a user's or maintainer's report)",
 }
@@ -200,10 +201,6 @@ ABSENT_NOTE = (
 def entries(**where: Any) -> list[dict[str, Any]]:
     """Reference entries whose fields equal the given values, e.g. ``entries(id_dataset="cifar10")``."""
     return [dict(e) for e in REFERENCE if all(e.get(k) == v for k, v in where.items())]
-
-
-def their_sets_for(our_set: str) -> list[tuple[str, str, str]]:
-    return SET_MAP.get(our_set, [])
 
 
 def our_sets_for(their_set: str, available: list[str]) -> list[tuple[str, str, str]]:

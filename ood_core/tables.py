@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import reference as ref
+from .grid_selection import SETTINGS as GRODIN_SETTINGS
 from .scores.registry import FAMILIES, display_name, family_display
 
 METRIC_COLUMNS = [
@@ -339,7 +340,6 @@ def write_table(body: Sequence[Mapping[str, Any]], index: Sequence[str], columns
 
 
 # ------------------------------------------------------------------------------------ ablations
-GRODIN_SETTINGS = ("vanilla", "only_eps", "only_T", "both")
 GRODIN_SETTING_LABEL = {"vanilla": "vanilla (eps=0, T=1)", "only_eps": "only eps (T=1)",
                         "only_T": "only T (eps=0)", "both": "eps and T"}
 

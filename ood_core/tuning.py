@@ -14,7 +14,8 @@ order, the last key varying fastest); ties go to the first grid point in that or
 Leakage guard: :func:`tune` receives the *full* arrays of each dataset plus a :class:`Split` and slices
 the validation part itself through :func:`val_part`, which asserts that no index of the test part is
 used. Fitted statistics (``fit(name, train, **params)``) go through :class:`FitCache`, memoised on the
-parameters the fit actually takes, so a grid over a scoring-only parameter never refits.
+parameters the fit actually takes, so a grid over a scoring-only parameter never refits; its fits share
+one :class:`~ood_core.scores.memo.Memo` (a probe trained once for all low-dim probe scores).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 from . import metrics
 from .grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
 from .scores import registry
+from .scores.memo import Memo
 
 Arrays = Mapping[str, np.ndarray]
 Params = dict[str, Any]
@@ -110,13 +112,10 @@ def val_part(arrays: Arrays, split: Split) -> dict[str, np.ndarray]:
     return take(arrays, idx)
 
 
-def test_part(arrays: Arrays, split: Split) -> dict[str, np.ndarray]:
-    """The test part of ``arrays`` (for final scoring only)."""
+def eval_part(arrays: Arrays, split: Split) -> dict[str, np.ndarray]:
+    """The test part of ``arrays``, for the final evaluation only (tuning reads :func:`val_part`)."""
     split.assert_disjoint()
     return take(arrays, split.test)
-
-
-test_part.__test__ = False  # not a pytest test
 
 
 # -------------------------------------------------------------------------------------- fitting
@@ -143,10 +142,12 @@ def _freeze(v: Any) -> str:
 
 
 class FitCache:
-    """Memoised ``registry.fit(name, train, **params)``, keyed on the parameters the fit takes."""
+    """Memoised ``registry.fit(name, train, **params)``, keyed on the parameters the fit takes; every
+    fit gets the cache's ``memo`` (a new :class:`Memo` when None)."""
 
-    def __init__(self, train: Arrays):
+    def __init__(self, train: Arrays, memo: Memo | None = None):
         self.train = train
+        self.memo = Memo() if memo is None else memo
         self._cache: dict[tuple, Any] = {}
         self.n_fits = 0
 
@@ -162,7 +163,7 @@ class FitCache:
             return None
         k = self.key(name, params)
         if k not in self._cache:
-            self._cache[k] = registry.fit(name, self.train, **params)
+            self._cache[k] = registry.fit(name, self.train, memo=self.memo, **params)
             self.n_fits += 1
         return self._cache[k]
 

@@ -1,4 +1,5 @@
-"""Shared pytest setup: repo root on sys.path, float64-friendly torch defaults, shared-data locator."""
+"""Shared pytest setup: repo root on sys.path, float64-friendly torch defaults, shared-data locator,
+a check that every test module leaves the score registry as it found it."""
 from __future__ import annotations
 
 import os
@@ -25,3 +26,15 @@ def shared_data() -> Path:
     if p is None:
         pytest.skip("../shared/data not found (set OOD_SHARED_DATA to its path to run this test)")
     return p
+
+
+@pytest.fixture(scope="module", autouse=True)
+def score_registry_left_as_found():
+    """A test module that registers stand-in scores removes them again (``registry.temporary_scores``),
+    so no test depends on the order in which test files run."""
+    from ood_core.scores import registry
+
+    before = registry.names()
+    yield
+    left = sorted(set(registry.names()) ^ set(before))
+    assert not left, f"this test module left the score registry changed: {left}; use registry.temporary_scores()"

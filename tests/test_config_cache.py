@@ -74,6 +74,42 @@ def test_checkpoint_roundtrip_and_sha_mismatch(tmp_path):
         load_checkpoint(path)
 
 
+def test_bench_scores_loads_only_a_checkpoint_with_its_sha256_record(tmp_path):
+    """analysis/bench_scores.py goes through load_checkpoint: weights only, sha256 checked; a bare
+    weights file without its record is refused, not loaded unchecked."""
+    import argparse
+
+    from analysis.bench_scores import load_model
+    from ood_core.models import build_model
+
+    net = build_model("small_cnn", num_classes=5)
+    path = tmp_path / "w.pt"
+    torch.save(net.state_dict(), path)
+    args = argparse.Namespace(model="small_cnn", seed=1, checkpoint=str(path))
+    with pytest.raises(CheckpointError, match="metadata file w.pt.json is missing"):
+        load_model(args, torch.device("cpu"))
+    save_checkpoint(path, net.state_dict(), {"seed": 0})
+    model, _ = load_model(args, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), net.state_dict().values()))
+
+
+def test_benchmark_code_digest_covers_every_library_module_the_stage_imports():
+    """The benchmark's 'cached' decision hashes its own files and every ood_core module they import
+    (derived from the import statements): a changed selection rule or cost model reruns it."""
+    from analysis import benchmark
+    from analysis.stamps import imported_sources
+
+    here = Path(benchmark.__file__).resolve()
+    files = {f.relative_to(here.parents[1]).as_posix()
+             for f in imported_sources(here, here.with_name("costs.py"), packages=("ood_core",))}
+    assert {"analysis/benchmark.py", "analysis/costs.py", "ood_core/grid.py", "ood_core/grid_selection.py",
+            "ood_core/cache.py", "ood_core/tuning.py", "ood_core/metrics.py", "ood_core/tables.py",
+            "ood_core/reference.py", "ood_core/config.py", "ood_core/scores/memo.py",
+            "ood_core/scores/lowdim.py"} <= files
+    assert not any(f.startswith(("ood_core/grads/", "ood_core/data/", "analysis/common")) for f in files)
+    assert len(benchmark._code_digest()) == 16
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

@@ -132,19 +132,35 @@ def test_knn_chunked_equals_unchunked(train):
 
 
 def test_knn_memo_gives_the_exact_kth_distance_for_every_k(train, monkeypatch):
-    """knn_score memoises one sorted distance table per (query, bank); every k reads its column,
-    equal to a fresh exact search, also when a later k exceeds the table (it is rebuilt deeper)."""
+    """knn_score memoises one sorted distance table per (query, bank) in the memo it is given; every k
+    reads its column, equal to a fresh exact search, also when a later k exceeds the table (it is
+    rebuilt deeper)."""
     from ood_core.scores import forward
     from ood_core.scores._common import kth_nn_distance, l2_normalize
+    from ood_core.scores.memo import Memo
 
     monkeypatch.setattr(forward, "NN_TABLE_K", 3)
-    forward._NN_TABLES.clear()
+    tables = Memo()
     Q = RNG.normal(size=(11, D))
     bank = l2_normalize(train["h"])
     for k in (1, 3, 2, 6, 4, len(bank) + 5):
         kk = min(k, len(bank))
-        assert np.array_equal(forward.knn_score(Q, bank, k), -kth_nn_distance(l2_normalize(Q), bank, kk))
-    assert len(forward._NN_TABLES) == 1 and next(iter(forward._NN_TABLES.values())).shape[1] == len(bank)
+        assert np.array_equal(forward.knn_score(Q, bank, k, tables=tables), -kth_nn_distance(l2_normalize(Q), bank, kk))
+        assert np.array_equal(forward.knn_score(Q, bank, k), -kth_nn_distance(l2_normalize(Q), bank, kk))  # no memo
+    assert len(tables) == 1 and next(tables.values()).shape[1] == len(bank)
+
+
+def test_memo_drops_least_recently_used_arrays_over_budget():
+    from ood_core.scores.memo import Memo
+
+    memo = Memo(budget_bytes=2 * 80)
+    a, b, c = (np.zeros(10) for _ in range(3))  # 80 bytes each
+    memo.put("probe", object())  # no arrays: never dropped
+    memo.put("a", a), memo.put("b", b)
+    assert memo.get("a") is a  # "b" is now the least recently used array
+    memo.put("c", c)
+    assert memo.get("b") is None and memo.get("a") is a and memo.get("c") is c and memo.get("probe") is not None
+    assert memo.nbytes == 160
 
 
 def test_vim_dim_D_minus_1_vs_eigh(train):
@@ -307,7 +323,6 @@ def test_knn_bank_is_hashed_once_at_fit_not_per_scoring_call(train, monkeypatch)
 
     state = S.fit("knn", train)
     assert state["bank_key"] == forward.fingerprint(state["bank"])
-    forward._NN_TABLES.clear()
     Q = _arrays(RNG.normal(size=(7, D)), train["W"], train["b"])
     hashed_rows = []
     real = forward.fingerprint

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ood_core import scores as S
-from ood_core.scores.lowdim import clear_probe_cache, train_probe
+from ood_core.scores.lowdim import train_probe
+from ood_core.scores.memo import Memo
 
 C, D, K, N_TRAIN = 3, 5, 4, 90
 
@@ -49,14 +50,14 @@ def test_lowdim_missing_subspace_is_clear(data):
 
 def test_probe_deterministic(data):
     train, test = data
-    clear_probe_cache()
     s1 = S.compute("lowdim_energy", test, S.fit("lowdim_energy", train))
-    clear_probe_cache()
-    st2 = S.fit("lowdim_energy", train)
+    memo = Memo()
+    st2 = S.fit("lowdim_energy", train, memo=memo)
     s2 = S.compute("lowdim_energy", test, st2)
     assert np.array_equal(s1, s2)  # bit-identical on retraining
-    # memoised: a second fit with the same data + hyper-parameters reuses the same probe object
-    assert S.fit("lowdim_msp", train)["probe"] is st2["probe"]
+    # memoised: a second fit with the same data + hyper-parameters and memo reuses the same probe object
+    assert S.fit("lowdim_msp", train, memo=memo)["probe"] is st2["probe"]
+    assert S.fit("lowdim_msp", train)["probe"] is not st2["probe"]  # no memo, no hidden cache: trained anew
     # a different seed gives a different probe (the test could fail)
     s3 = S.compute("lowdim_energy", test, S.fit("lowdim_energy", train, probe_seed=1), probe_seed=1)
     assert not np.array_equal(s1, s3)

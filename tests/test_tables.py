@@ -122,6 +122,41 @@ def test_register_refuses_a_display_name_twice():
     assert "_test_dup_display" not in registry.names()
 
 
+def test_registry_entry_states_inputs_grid_use_and_sweeps():
+    low = registry.get("lowdim_knn")
+    assert low.inputs() == ("lowdim_pca",) and low.inputs({"subspace": "avg"}) == ("lowdim_avg",)
+    assert registry.get("lowdim_knn_react").inputs({"subspace": "head"}) == ("h", "W", "b", "lowdim_head")
+    assert all(registry.get(n).inputs() for n in _package_scores())  # every score says what it reads
+    assert registry.names(uses_grid=True) == ["odin", "grodin_s", "grodin_sg", "grodin_g"]
+    assert [s.ablation for s in low.sweeps] == ["lowdim_k", "lowdim_subspace"]
+    swept = {n: [s.params for s in registry.get(n).sweeps] for n in _package_scores() if registry.get(n).sweeps}
+    assert swept == {"odin": [("eps", "T")], "react": [("percentile",)], "knn": [("k",)], "rg": [("percentile",)],
+                     "grodin_sg": [("eps", "T")], "grodin_g": [("eps", "T")],
+                     "lowdim_knn": [("k",), ("subspace",)]}
+
+
+def test_register_refuses_an_entry_that_contradicts_itself():
+    fn = lambda arrays, state=None, **_: 0  # noqa: E731
+    with registry.temporary_scores():
+        with pytest.raises(ValueError, match="names parameter\\(s\\) \\['subspace'\\]"):
+            registry.register("_test_bad_needs", family="lowdim", needs=("lowdim_{subspace}",))(fn)
+        with pytest.raises(ValueError, match="takes parameters \\('eps', 'T'\\)"):
+            registry.register("_test_bad_grid", family="forward", needs=("odin_s",), defaults={"T": 1.0})(fn)
+        with pytest.raises(ValueError, match="sweep over \\('k',\\)"):
+            registry.register("_test_bad_sweep", family="forward", sweeps=[registry.Sweep(("k",))])(fn)
+        with pytest.raises(ValueError, match="two-parameter sweep"):
+            registry.Sweep(("eps", "k"))
+    assert not [n for n in registry.names() if n.startswith("_test_bad")]
+
+
+def test_temporary_scores_removes_what_was_registered_inside():
+    before = registry.names()
+    with registry.temporary_scores():
+        registry.register("_test_temp", family="forward")(lambda arrays, state=None: arrays["logits"][:, 0])
+        assert "_test_temp" in registry.names()
+    assert registry.names() == before
+
+
 def test_rendered_tables_show_display_names_csv_keeps_code_names(tmp_path):
     rows = ROWS + [_row("family_q2_sqnorm", "decomposition", o, g, 0.7, 0.5)
                    for o, g in (("tinyimagenet", "near"), ("mnist", "far"))]
@@ -236,15 +271,21 @@ def _bm_needs_missing(arrays, state=None):
 BM = {
     "_test_bm_msp": dict(fn=_bm_msp, family="forward", needs=("logits",)),
     "_test_bm_odin": dict(fn=_bm_odin, family="forward", defaults={"eps": 0.0, "T": 1.0},
-                          grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "odin_eps", "odin_T")),
+                          grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "odin_eps", "odin_T"),
+                          sweeps=[registry.Sweep(("eps", "T"))]),
     "_test_bm_grodin": dict(fn=_bm_grodin, family="gradient", defaults={"eps": 0.0, "T": 1.0},
-                            grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "grodin_sqnorm", "odin_eps", "odin_T")),
+                            grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "grodin_sqnorm", "odin_eps", "odin_T"),
+                            sweeps=[registry.Sweep(("eps", "T"), ablation="grodin")]),
     "_test_bm_react": dict(fn=_bm_react, family="forward", defaults={"percentile": 90.0},
-                           grid={"percentile": [85.0, 90.0]}, needs=("h", "W", "b"), fit=_fit_clip),
+                           grid={"percentile": [85.0, 90.0]}, needs=("h", "W", "b"), fit=_fit_clip,
+                           sweeps=[registry.Sweep(("percentile",))]),
     "_test_bm_rg": dict(fn=_bm_rg, family="gradient", defaults={"percentile": 90.0}, needs=("h", "W", "b"),
-                        fit=_fit_clip),
+                        fit=_fit_clip, sweeps=[registry.Sweep(("percentile",), values=(80, 85, 90, 95, 99),
+                                                              ablation="rg_percentile", caption="RG vs percentile")]),
     "_test_bm_lowknn": dict(fn=_bm_lowknn, family="lowdim", defaults={"subspace": "pca", "k": 5},
-                            grid={"k": [1, 5]}, needs=(), fit=_fit_lowknn),
+                            grid={"k": [1, 5]}, needs=("lowdim_{subspace}",), fit=_fit_lowknn,
+                            sweeps=[registry.Sweep(("k",), values=(1, 5, 10, 50), ablation="lowdim_k", caption="k"),
+                                    registry.Sweep(("subspace",), ablation="lowdim_subspace", caption="subspace")]),
     "_test_bm_missing": dict(fn=_bm_needs_missing, family="lowdim", needs=("lowdim_nope",)),
     "_test_bm_saturated": dict(fn=_bm_saturated, family="forward", needs=("logits",)),
 }
@@ -252,12 +293,13 @@ BM = {
 
 @pytest.fixture(scope="module")
 def bm_scores():
-    for name, kw in BM.items():
-        kw = dict(kw)
-        fn = kw.pop("fn")
-        if name not in registry.names():
+    """The stand-in scores above, registered for this module's tests only."""
+    with registry.temporary_scores():
+        for name, kw in BM.items():
+            kw = dict(kw)
+            fn = kw.pop("fn")
             registry.register(name, **kw)(fn)
-    return list(BM)
+        yield list(BM)
 
 
 EPS = np.array([0.0, 0.001, 0.002])
@@ -299,14 +341,8 @@ def analysis_dir(tmp_path):
 
 
 @pytest.fixture()
-def bench(monkeypatch):
+def bench():
     from analysis import benchmark as B
-    monkeypatch.setattr(B, "ODIN_METHODS", ("_test_bm_odin", "_test_bm_grodin"))
-    monkeypatch.setattr(B, "GRODIN_ABLATION_METHODS", ("_test_bm_grodin",))
-    monkeypatch.setattr(B, "REACT_METHODS", ("_test_bm_react", "_test_bm_rg"))
-    monkeypatch.setattr(B, "RG_METHOD", "_test_bm_rg")
-    monkeypatch.setattr(B, "KNN_METHODS", ("_test_bm_lowknn",))
-    monkeypatch.setattr(B, "LOWDIM_KNN_METHOD", "_test_bm_lowknn")
     return B
 
 

@@ -11,9 +11,8 @@ SEEN_ROWS: list[np.ndarray] = []
 FIT_CALLS: list[dict] = []
 
 
-def _register_once(name, fn, **kw):
-    if name not in registry.names():
-        registry.register(name, **kw)(fn)
+def _register(name, fn, **kw):
+    registry.register(name, **kw)(fn)
 
 
 def _rec_score(arrays, state=None, *, a=0.0):
@@ -41,14 +40,17 @@ def _fit_kw(train, *, p=90.0, **params):  # a **kwargs it may use -> every param
 
 @pytest.fixture(scope="module", autouse=True)
 def fake_scores():
-    _register_once("_test_tune_rec", _rec_score, family="forward", defaults={"a": 0.0}, grid={"a": [0.0, 1.0]},
-                   needs=("x", "row"))
-    _register_once("_test_tune_col", _col_score, family="forward", defaults={"col": 0},
-                   grid={"col": [0, 1, 2]}, needs=("feat",))
-    _register_once("_test_tune_fit", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
-                   grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_p)
-    _register_once("_test_tune_fitkw", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
-                   grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_kw)
+    """Stand-in scores, registered for this module's tests only."""
+    with registry.temporary_scores():
+        _register("_test_tune_rec", _rec_score, family="forward", defaults={"a": 0.0}, grid={"a": [0.0, 1.0]},
+                  needs=("x", "row"))
+        _register("_test_tune_col", _col_score, family="forward", defaults={"col": 0},
+                  grid={"col": [0, 1, 2]}, needs=("feat",))
+        _register("_test_tune_fit", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
+                  grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_p)
+        _register("_test_tune_fitkw", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
+                  grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_kw)
+        yield
 
 
 def _dataset(n, loc, rng, offset=0):

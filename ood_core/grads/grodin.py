@@ -2,7 +2,7 @@
 
 For every (eps, T): x~ = ODIN-perturbed x (eps, T); S = max softmax(f(x~)/T) (= ODIN's score = GRODIN
 S); SG = ||grad_theta CE(f(x~)/T, yhat(x~))||^2 over ALL trainable weights (GRODIN; loss at the label
-predicted at x~). GRODIN's G score is SG / S^2 (grad = S * G, anchors 1.9).
+predicted at x~). GRODIN's G score is SG / S^2 (grad = S * G; ood_core/scores/grodin.py).
 
 The logit gradient softmax(f/T) - onehot(yhat) and S are computed from float64 logits: near
 S = 1 the difference cancels, and in float32 it lost up to 3e-3 relative precision.

@@ -1,4 +1,4 @@
-"""Low-dimensional gradients (Wu, Li, Cheng, Yang, Huang, arXiv 2310.17163; anchors 1.12).
+"""Low-dimensional gradients (Wu, Li, Cheng, Yang, Huang 2023, arXiv 2310.17163).
 
 Per-sample gradient g(x) = grad_theta logsumexp(f(x)) (energy; other targets via ``delta_fn``) over
 a parameter subset (``"all"``, ``"head"``, ``"last_block"`` = last residual stage + head, or a list

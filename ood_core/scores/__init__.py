@@ -2,5 +2,8 @@
 
 Importing this package registers every score (forward, gradient, decomposition, lowdim, ensemble).
 """
-from .registry import ScoreSpec, compute, display_name, family_display, fit, get, names, register  # noqa: F401
+from .memo import Memo  # noqa: F401
+from .registry import (  # noqa: F401
+    ScoreSpec, Sweep, compute, display_name, family_display, fit, get, names, register, temporary_scores,
+)
 from . import forward, lastlayer, grodin, decomposition, lowdim  # noqa: F401,E402  (registers scores)

@@ -11,12 +11,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..config import DEFAULTS, odin_eps_grid
 from ..grid import GridPointUnavailable, full_points, grid_index
 
-# The ODIN / GRODIN grid (Liang et al. 2018; GRODIN §3.1), identical to ood_core.config's default
-# extract grid (eps rounded to 10 decimals there as well), i.e. the grid the cache is computed on.
-ODIN_T_GRID: list[float] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
-ODIN_EPS_GRID: list[float] = [float(v) for v in np.round(np.linspace(0.0, 0.004, 21), 10)]
+# The ODIN / GRODIN grid (Liang et al. 2018; GRODIN §3.1): the profiles' default extraction grid
+# (ood_core.config.DEFAULTS), i.e. the grid the cache is computed on unless a profile narrows it.
+ODIN_T_GRID: list[float] = [float(v) for v in DEFAULTS["extract"]["odin_T"]]
+ODIN_EPS_GRID: list[float] = odin_eps_grid(DEFAULTS)
 
 # ReAct percentile sweep (OpenOOD react.yml) and a KNN k sweep (capped at n_train when used).
 PERCENTILE_GRID: list[float] = [85.0, 90.0, 95.0, 99.0]
@@ -58,11 +59,6 @@ def softmax(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     z = as_2d(logits, "logits") / float(T)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
-
-
-def argmax_rows(logits: np.ndarray) -> np.ndarray:
-    """Predicted class yhat = argmax f (first index on ties)."""
-    return np.argmax(as_2d(logits, "logits"), axis=1)
 
 
 def rel_to_top(logits: np.ndarray, T: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,6 @@ All return float64 (N,), higher = more in-distribution.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,8 @@ from ._common import (
     require_state,
     softmax,
 )
-from .registry import Arrays, register
+from .memo import Memo
+from .registry import Arrays, Sweep, register
 
 
 # --------------------------------------------------------------------------- output-only scores
@@ -57,7 +56,7 @@ def energy(arrays: Arrays, state: Any = None, *, T: float = 1.0) -> np.ndarray:
 
 @register("odin", family="forward", display="ODIN", defaults={"T": 1000.0, "eps": 0.0},
           grid={"T": ODIN_T_GRID, "eps": ODIN_EPS_GRID}, needs=("odin_s", "odin_eps", "odin_T"),
-          paper="Liang et al., ICLR 2018")
+          sweeps=[Sweep(("eps", "T"))], paper="Liang et al., ICLR 2018")
 def odin(arrays: Arrays, state: Any = None, *, T: float = 1000.0, eps: float = 0.0) -> np.ndarray:
     """ODIN: s = max_k softmax(f(x~)/T)_k with x~ = x - eps * sign(grad_x CE(f(x)/T, yhat))
     (Liang et al. 2018, "Enhancing the reliability of out-of-distribution image detection").
@@ -82,7 +81,7 @@ def react_logits(h: np.ndarray, W: np.ndarray, b: np.ndarray, c: float) -> np.nd
 
 @register("react", family="forward", display="ReAct", defaults={"percentile": 90.0},
           grid={"percentile": PERCENTILE_GRID}, needs=("h", "W", "b"), fit=fit_react,
-          paper="Sun, Guo, Li, NeurIPS 2021")
+          sweeps=[Sweep(("percentile",))], paper="Sun, Guo, Li, NeurIPS 2021")
 def react(arrays: Arrays, state: Any = None, *, percentile: float = 90.0) -> np.ndarray:
     """ReAct: s = logsumexp(W min(h, c) + b), c = p-th percentile (default 90) of all training
     penultimate activations (Sun, Guo, Li 2021, "ReAct: out-of-distribution detection with
@@ -111,55 +110,54 @@ def mahalanobis(arrays: Arrays, state: Any = None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- KNN
-def fit_knn(train: Arrays, **_: Any) -> dict[str, Any]:
-    """L2-normalised training features (float64) and their fingerprint (the distance memo's key)."""
-    return knn_bank(train["h"])
+def fit_knn(train: Arrays, *, memo: Memo | None = None, **_: Any) -> dict[str, Any]:
+    """L2-normalised training features (float64), their fingerprint and the distance-table memo."""
+    return knn_bank(train["h"], memo)
 
 
-def knn_bank(features: np.ndarray) -> dict[str, Any]:
-    """{"bank": L2-normalised features, "bank_key": fingerprint(bank)}: hashing the bank once at
-    fit time spares hashing a 50k-row bank on every scoring call."""
+def knn_bank(features: np.ndarray, memo: Memo | None = None) -> dict[str, Any]:
+    """{"bank": L2-normalised features, "bank_key": fingerprint(bank), "tables": memo}: hashing the
+    bank once at fit time spares hashing a 50k-row bank on every scoring call; the memo (a new one
+    when None) keeps each query set's sorted distances to the bank (:func:`knn_score`)."""
     bank = l2_normalize(features)
-    return {"bank": bank, "bank_key": fingerprint(bank)}
+    return {"bank": bank, "bank_key": fingerprint(bank), "tables": Memo() if memo is None else memo}
 
 
-# Sorted nearest-neighbour distances per (query, bank), deep enough for every k of the tuning grid
-# and the sweeps: a k grid then costs one exact search per query set instead of one per k.
+# Sorted nearest-neighbour distances per (query, bank) are memoised deep enough for every k of the
+# tuning grid and the sweeps: a k grid then costs one exact search per query set instead of one per k.
 NN_TABLE_K = 1000
-NN_TABLE_BUDGET_BYTES = 2 * 2**30
-_NN_TABLES: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
 
 
-def _nn_table(z: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None = None) -> np.ndarray:
-    """(N, >= k) ascending exact distances of z to bank, memoised (LRU within a byte budget).
+def _nn_table(z: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None, tables: Memo) -> np.ndarray:
+    """(N, >= k) ascending exact distances of z to bank, from ``tables`` when it holds a deep enough one.
     ``bank_key`` is fingerprint(bank) when the caller already has it."""
-    key = (fingerprint(z), bank_key or fingerprint(bank))
-    tab = _NN_TABLES.get(key)
+    key = ("nn_table", fingerprint(z), bank_key or fingerprint(bank))
+    tab = tables.get(key)
     if tab is not None and tab.shape[1] >= k:
-        _NN_TABLES.move_to_end(key)
         return tab
-    tab = knn_distances(z, bank, min(max(k, NN_TABLE_K), len(bank)))
-    _NN_TABLES[key] = tab
-    while sum(t.nbytes for t in _NN_TABLES.values()) > NN_TABLE_BUDGET_BYTES and len(_NN_TABLES) > 1:
-        _NN_TABLES.popitem(last=False)
-    return tab
+    return tables.put(key, knn_distances(z, bank, min(max(k, NN_TABLE_K), len(bank))))
 
 
-def knn_score(x: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None = None) -> np.ndarray:
-    """-||z - z_(k)||_2 with z = x/||x||, k capped at len(bank) (exact; distances memoised per
-    query set; pass ``bank_key`` = fingerprint(bank), as fitted states hold it, to skip rehashing)."""
+def knn_score(x: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None = None,
+              tables: Memo | None = None) -> np.ndarray:
+    """-||z - z_(k)||_2 with z = x/||x||, k capped at len(bank) (exact). With ``tables`` (a
+    :class:`Memo`) the sorted distances of each query set are kept there and every later k reads
+    them; pass ``bank_key`` = fingerprint(bank), as fitted states hold it, to skip rehashing."""
     k = int(min(int(k), len(bank)))
-    return -_nn_table(l2_normalize(x), bank, k, bank_key)[:, k - 1]
+    z = l2_normalize(x)
+    if tables is None:
+        return -knn_distances(z, bank, k)[:, k - 1]
+    return -_nn_table(z, bank, k, bank_key, tables)[:, k - 1]
 
 
 @register("knn", family="forward", display="KNN", defaults={"k": 50}, grid={"k": KNN_K_GRID}, needs=("h",),
-          fit=fit_knn, paper="Sun, Ming, Zhu, Li, ICML 2022")
+          fit=fit_knn, sweeps=[Sweep(("k",))], paper="Sun, Ming, Zhu, Li, ICML 2022")
 def knn(arrays: Arrays, state: Any = None, *, k: int = 50) -> np.ndarray:
     """KNN: s = -||z - z_(k)||_2, z = h/||h||_2, z_(k) the k-th nearest L2-normalised training
     feature, exact batched search (Sun et al. 2022, "Out-of-distribution detection with deep
     nearest neighbors"). k is capped at n_train. Zero features normalise to zero."""
     st = require_state("knn", state)
-    return knn_score(arrays["h"], st["bank"], k, st.get("bank_key"))
+    return knn_score(arrays["h"], st["bank"], k, st.get("bank_key"), st.get("tables"))
 
 
 # --------------------------------------------------------------------------- ViM

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from ._common import ODIN_EPS_GRID, ODIN_T_GRID, cached_slice, f64
-from .registry import Arrays, register
+from .registry import Arrays, Sweep, register
 
 _NEEDS = ("odin_s", "grodin_sqnorm", "odin_eps", "odin_T")
 _GRID = {"eps": ODIN_EPS_GRID, "T": ODIN_T_GRID}
 _PAPER = "GRODIN, ICLR 2022 submission"
+_SWEEPS = [Sweep(("eps", "T"), ablation="grodin")]  # the eps x T sweep and the GRODIN ablation (§3.1)
 
 
 @register("grodin_s", family="gradient", display="GRODIN S", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
@@ -30,7 +31,7 @@ def grodin_s(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 
 
 
 @register("grodin_sg", family="gradient", display="GRODIN SG", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
-          needs=_NEEDS, paper=_PAPER)
+          needs=_NEEDS, paper=_PAPER, sweeps=_SWEEPS)
 def grodin_sg(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN SG: s = -||d/dtheta CE(f(x~)/T, yhat)||_2^2 over all weights (negated: a large
     gradient means OOD)."""
@@ -38,7 +39,7 @@ def grodin_sg(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float =
 
 
 @register("grodin_g", family="gradient", display="GRODIN G", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
-          needs=_NEEDS, paper=_PAPER)
+          needs=_NEEDS, paper=_PAPER, sweeps=_SWEEPS)
 def grodin_g(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN G: s = -||G||_2^2 = -||grad||_2^2 / S^2 with S = odin_s (grad = S * G; S >= 1/C > 0)."""
     S = cached_slice(arrays, "odin_s", eps, T)

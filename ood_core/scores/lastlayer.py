@@ -24,7 +24,7 @@ from ._common import (
     sq_dist_to_onehot_top,
 )
 from .forward import fit_react, react_logits
-from .registry import Arrays, register
+from .registry import Arrays, Sweep, register
 
 
 @register("gradnorm", family="gradient", display="GradNorm", defaults={"T": 1.0}, needs=("h", "logits"),
@@ -63,7 +63,9 @@ def exgrad(arrays: Arrays, state: Any = None) -> np.ndarray:
 
 @register("rg", family="gradient", display="RG (Reactivate GradNorm)",
           defaults={"percentile": 90.0, "clipped_logits": True}, grid={"percentile": PERCENTILE_GRID},
-          needs=("h", "W", "b"), fit=fit_react, paper="Reactivate GradNorm, ICLR 2023 submission")
+          needs=("h", "W", "b"), fit=fit_react, paper="Reactivate GradNorm, ICLR 2023 submission",
+          sweeps=[Sweep(("percentile",), ablation="rg_percentile",
+                        caption="RG: test AUROC (%) vs clipping percentile (other parameters at defaults)")])
 def rg(arrays: Arrays, state: Any = None, *, percentile: float = 90.0, clipped_logits: bool = True) -> np.ndarray:
     """RG (Reactivate GradNorm, ICLR 2023 submission): s = ||min(h, c)||_1 * logsumexp(f~),
     c the ReAct threshold (p-th percentile of all training activations, default 90) and

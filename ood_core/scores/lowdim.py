@@ -7,7 +7,8 @@ energy gradient over all weights projected on a K-dim subspace (docs/architectur
 - ``lowdim_msp / _energy / _odin / _react / _gradnorm`` act on the logits of a linear probe
   BatchNorm1d(K) -> Linear(K, C) trained on the training set's G_low with CE (as Wu's code:
   SGD momentum 0.9, weight decay 5e-4, lr 0.1, 10 epochs, batch 128), seeded and deterministic on
-  CPU in float32, memoised per process by (content hash of G_low and y, hyper-parameters);
+  CPU in float32; fits given one :class:`~ood_core.scores.memo.Memo` share a probe trained on the
+  same G_low, labels and hyper-parameters;
 - ``lowdim_knn_react`` (family "ensemble") = a * lowdim_knn + ReAct energy on forward features.
 The probe is affine in eval mode, so all its gradients (ODIN, GradNorm) are closed forms.
 """
@@ -34,11 +35,13 @@ from ._common import (
     softmax,
 )
 from .forward import fit_react, knn_bank, knn_score, react
-from .registry import Arrays, register
+from .memo import Memo
+from .registry import Arrays, Sweep, register
 
 PAPER = "Wu, Li, Cheng, Yang, Huang, arXiv 2310.17163 (2023)"
 PROBE_DEFAULTS: dict[str, Any] = {"probe_epochs": 10, "probe_lr": 0.1, "probe_schedule": "cosine", "probe_seed": 0}
 PROBE_BATCH, PROBE_MOMENTUM, PROBE_WD = 128, 0.9, 5e-4
+LOWDIM_INPUT = "lowdim_{subspace}"  # the array every score here reads: G_low of the ``subspace`` parameter
 
 
 def lowdim_array(arrays: Arrays, subspace: str) -> np.ndarray:
@@ -79,24 +82,17 @@ class Probe:
         return self.weight * self.bn_scale[None, :]
 
 
-_PROBE_CACHE: dict[tuple, Probe] = {}
-
-
-def clear_probe_cache() -> None:
-    """Forget memoised probes (tests; memory)."""
-    _PROBE_CACHE.clear()
-
-
 def train_probe(
     G: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int = 10, lr: float = 0.1,
     schedule: str = "cosine", seed: int = 0, batch: int = PROBE_BATCH,
-    momentum: float = PROBE_MOMENTUM, weight_decay: float = PROBE_WD, memoise: bool = True,
+    momentum: float = PROBE_MOMENTUM, weight_decay: float = PROBE_WD, memo: Memo | None = None,
 ) -> Probe:
     """Train BatchNorm1d(K) -> Linear(K, C) with CE on (G, y): SGD (momentum, weight decay on all
     parameters), lr ``lr`` with a per-step cosine decay to 0 (``schedule='cosine'``) or constant,
     shuffled mini-batches from a seeded torch.Generator, CPU float32. Linear init is PyTorch's
     default law U(-1/sqrt(K), 1/sqrt(K)) drawn from the same generator, so the result depends on
-    ``seed`` only. A final batch of one sample is skipped (BatchNorm needs two)."""
+    ``seed`` only. A final batch of one sample is skipped (BatchNorm needs two). With ``memo`` a
+    probe trained before on the same data and hyper-parameters is returned instead."""
     import torch
     import torch.nn.functional as F
 
@@ -108,10 +104,11 @@ def train_probe(
         raise ValueError(f"G_low ({len(G)}) and labels ({len(y)}) differ in length")
     if np.any(y < 0) or np.any(y >= n_classes):
         raise ValueError(f"probe labels must be in [0, {n_classes}); got range [{y.min()}, {y.max()}]")
-    key = (fingerprint(G, y), int(n_classes), int(epochs), float(lr), schedule, int(seed), int(batch),
+    key = ("probe", fingerprint(G, y), int(n_classes), int(epochs), float(lr), schedule, int(seed), int(batch),
            float(momentum), float(weight_decay))
-    if memoise and key in _PROBE_CACHE:
-        return _PROBE_CACHE[key]
+    known = None if memo is None else memo.get(key)
+    if known is not None:
+        return known
 
     n, K = G.shape
     gen = torch.Generator().manual_seed(int(seed))
@@ -144,9 +141,7 @@ def train_probe(
     d = lambda t: t.detach().cpu().numpy().astype(np.float64)  # noqa: E731
     probe = Probe(d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), float(bn.eps),
                   d(lin.weight), d(lin.bias))
-    if memoise:
-        _PROBE_CACHE[key] = probe
-    return probe
+    return probe if memo is None else memo.put(key, probe)
 
 
 def _n_classes(train: Arrays) -> int:
@@ -159,12 +154,12 @@ def _probe_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params.get(k, v) for k, v in PROBE_DEFAULTS.items()}
 
 
-def fit_probe_state(train: Arrays, *, subspace: str = "pca", **params: Any) -> dict[str, Any]:
-    """Train (or fetch the memoised) probe on the training G_low."""
+def fit_probe_state(train: Arrays, *, subspace: str = "pca", memo: Memo | None = None, **params: Any) -> dict[str, Any]:
+    """Train (or fetch from ``memo``) the probe on the training G_low."""
     pp = _probe_params(params)
     probe = train_probe(
         lowdim_array(train, subspace), train["y"], _n_classes(train), epochs=pp["probe_epochs"],
-        lr=pp["probe_lr"], schedule=pp["probe_schedule"], seed=pp["probe_seed"],
+        lr=pp["probe_lr"], schedule=pp["probe_schedule"], seed=pp["probe_seed"], memo=memo,
     )
     return {"probe": probe, "subspace": subspace, "probe_params": pp}
 
@@ -179,24 +174,28 @@ def _probe(name: str, state: Any, subspace: str, params: dict[str, Any]) -> Prob
 def _reg_probe(name: str, display: str, defaults: dict[str, Any], grid: dict[str, list[Any]] | None = None,
                fit=fit_probe_state):
     return register(name, family="lowdim", display=display, defaults={"subspace": "pca", **defaults, **PROBE_DEFAULTS},
-                    grid=grid or {}, needs=(), fit=fit, paper=PAPER)
+                    grid=grid or {}, needs=(LOWDIM_INPUT,), fit=fit, paper=PAPER)
 
 
 # --------------------------------------------------------------------------- scores on G_low
-def fit_lowdim_knn(train: Arrays, *, subspace: str = "pca", **_: Any) -> dict[str, Any]:
-    """L2-normalised training G_low and its fingerprint."""
-    return {**knn_bank(lowdim_array(train, subspace)), "subspace": subspace}
+def fit_lowdim_knn(train: Arrays, *, subspace: str = "pca", memo: Memo | None = None, **_: Any) -> dict[str, Any]:
+    """L2-normalised training G_low, its fingerprint and the distance-table memo."""
+    return {**knn_bank(lowdim_array(train, subspace), memo), "subspace": subspace}
 
 
 @register("lowdim_knn", family="lowdim", display="Low-dim KNN", defaults={"subspace": "pca", "k": 5},
-          grid={"k": KNN_K_GRID}, needs=(), fit=fit_lowdim_knn, paper=PAPER)
+          grid={"k": KNN_K_GRID}, needs=(LOWDIM_INPUT,), fit=fit_lowdim_knn, paper=PAPER,
+          sweeps=[Sweep(("k",), values=(1, 5, 10, 50), ablation="lowdim_k",
+                        caption="Low-dim gradient KNN: test AUROC (%) vs k (default subspace)"),
+                  Sweep(("subspace",), ablation="lowdim_subspace",
+                        caption="Low-dim gradient KNN: test AUROC (%) per subspace / parameter subset (default k)")])
 def lowdim_knn(arrays: Arrays, state: Any = None, *, subspace: str = "pca", k: int = 5) -> np.ndarray:
     """Low-dim KNN (Wu et al. 2023): s = -||z - z_(k)||_2 with z = G_low / ||G_low||_2 and z_(k)
     the k-th nearest normalised training G_low (exact; Wu: k = 5 CIFAR / 10 ImageNet, score on the
     squared distance -- monotone-equivalent). k is capped at n_train."""
     st = require_state("lowdim_knn", state)
     check_fitted_param("lowdim_knn", st, "subspace", subspace)
-    return knn_score(lowdim_array(arrays, subspace), st["bank"], k, st.get("bank_key"))
+    return knn_score(lowdim_array(arrays, subspace), st["bank"], k, st.get("bank_key"), st.get("tables"))
 
 
 def fit_lowdim_mahalanobis(train: Arrays, *, subspace: str = "pca", **_: Any) -> dict[str, Any]:
@@ -204,8 +203,8 @@ def fit_lowdim_mahalanobis(train: Arrays, *, subspace: str = "pca", **_: Any) ->
     return {"classes": classes, "means": means, "precision": prec, "subspace": subspace}
 
 
-@register("lowdim_mahalanobis", family="lowdim", display="Low-dim Mahalanobis", defaults={"subspace": "pca"}, needs=(),
-          fit=fit_lowdim_mahalanobis, paper=PAPER)
+@register("lowdim_mahalanobis", family="lowdim", display="Low-dim Mahalanobis", defaults={"subspace": "pca"},
+          needs=(LOWDIM_INPUT,), fit=fit_lowdim_mahalanobis, paper=PAPER)
 def lowdim_mahalanobis(arrays: Arrays, state: Any = None, *, subspace: str = "pca") -> np.ndarray:
     """Low-dim Mahalanobis (Wu et al. 2023): s = max_c -(z - mu_c)^T P (z - mu_c) on G_low with
     class means and tied-covariance pseudo-inverse from the training G_low (no input
@@ -249,9 +248,9 @@ def lowdim_odin(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: 
 
 
 def fit_lowdim_react(train: Arrays, *, subspace: str = "pca", percentile: float = 90.0, clip_from: int = 0,
-                     **params: Any) -> dict[str, Any]:
+                     memo: Memo | None = None, **params: Any) -> dict[str, Any]:
     """Probe + threshold c = percentile of the TRAINING G_low entries in dims >= clip_from."""
-    st = fit_probe_state(train, subspace=subspace, **params)
+    st = fit_probe_state(train, subspace=subspace, memo=memo, **params)
     G = lowdim_array(train, subspace)
     st.update(c=percentile_threshold(G[:, int(clip_from):], percentile), percentile=float(percentile),
               clip_from=int(clip_from))
@@ -286,14 +285,16 @@ def lowdim_gradnorm(arrays: Arrays, state: Any = None, *, subspace: str = "pca",
 
 
 # --------------------------------------------------------------------------- ensemble
-def fit_lowdim_knn_react(train: Arrays, *, subspace: str = "pca", percentile: float = 90.0, **_: Any) -> dict[str, Any]:
+def fit_lowdim_knn_react(train: Arrays, *, subspace: str = "pca", percentile: float = 90.0, memo: Memo | None = None,
+                         **_: Any) -> dict[str, Any]:
     """KNN bank on training G_low + ReAct threshold on training forward features h."""
-    return {"knn": fit_lowdim_knn(train, subspace=subspace), "react": fit_react(train, percentile=percentile)}
+    return {"knn": fit_lowdim_knn(train, subspace=subspace, memo=memo),
+            "react": fit_react(train, percentile=percentile)}
 
 
 @register("lowdim_knn_react", family="ensemble", display="Low-dim KNN + ReAct",
           defaults={"a": 1.0, "subspace": "pca", "k": 5, "percentile": 90.0}, grid={"a": [0.1, 0.3, 1.0, 3.0, 10.0]},
-          needs=("h", "W", "b"), fit=fit_lowdim_knn_react, paper=PAPER)
+          needs=("h", "W", "b", LOWDIM_INPUT), fit=fit_lowdim_knn_react, paper=PAPER)
 def lowdim_knn_react(arrays: Arrays, state: Any = None, *, a: float = 1.0, subspace: str = "pca", k: int = 5,
                      percentile: float = 90.0) -> np.ndarray:
     """Forward + backward ensemble (Wu et al. 2023): s = a * lowdim_knn(G_low; k) + ReAct(h; p),

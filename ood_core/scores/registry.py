@@ -1,18 +1,31 @@
-"""Registry of OOD scores: name -> ScoreSpec.
+"""Registry of OOD scores: name -> ScoreSpec, the one place that states everything about a score.
 
 Every score is a pure function over cached arrays (see docs/architecture.md) returning a float64
 vector with **higher = more in-distribution**. Scores that need training statistics have a ``fit``.
 
-    @register("energy", family="forward", display="Energy", defaults={"T": 1.0}, needs=("logits",))
+    @register("energy", family="forward", display="Energy", defaults={"T": 1.0}, grid={"T": [1.0]},
+              needs=("logits",))
     def energy(arrays, state=None, *, T=1.0): ...
 
-Every entry carries its ``display`` name, the one name tables and figures show for the method
-(:func:`display_name`); CSVs keep the code name (``metrics.csv``'s ``method``).
+An entry holds the score's
+
+* ``family`` and ``display`` name (the one name tables and figures show, :func:`display_name`; CSVs
+  keep the code name, ``metrics.csv``'s ``method``);
+* ``defaults`` (its parameters) and ``grid`` (what tuning searches on validation parts);
+* ``needs``: the arrays it reads; a name may hold a parameter in braces, ``"lowdim_{subspace}"``
+  (:meth:`ScoreSpec.inputs` fills it in). A score that reads the cached ODIN / GRODIN grid arrays
+  (``odin_s``, ``grodin_sqnorm``) takes parameters ``eps`` and ``T`` (:attr:`ScoreSpec.uses_grid`);
+* ``sweeps``: the :class:`Sweep` s the benchmark writes for plots and ablation tables.
+
+Tests register stand-in scores inside :func:`temporary_scores`, which removes them again.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+import string
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +44,40 @@ FAMILY_DISPLAY = {
     "lowdim": "Low-dim gradient (Wu et al.)",
     "ensemble": "Ensemble",
 }
+GRID_PARAMS = ("eps", "T")  # the parameters of a score that reads the cached perturbation grid
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Test AUROC of one score over the values of ``params`` (jointly when two: the eps x T grid),
+    every other parameter at its default; the benchmark writes it for plots.
+
+    ``values``: the values swept; None = what the analysis cache holds for the parameter (the
+    extracted eps / T grid, the extracted low-dim subspaces), else the score's tuning grid.
+    ``ablation``: the ablation table ``ablation_<name>.{md,tex,csv}`` the sweep also feeds ("" for
+    none); an eps x T sweep feeds the GRODIN ablation (``ablation_grodin``: vanilla / only eps /
+    only T / both). ``caption``: that table's caption (one-parameter sweeps)."""
+
+    params: tuple[str, ...]
+    values: tuple[Any, ...] | None = None
+    ablation: str = ""
+    caption: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(self.params))
+        if self.values is not None:
+            object.__setattr__(self, "values", tuple(self.values))
+        if len(self.params) not in (1, 2):
+            raise ValueError(f"a sweep varies one parameter or the eps x T grid, got {self.params}")
+        if len(self.params) == 2 and (self.params != GRID_PARAMS or self.values is not None
+                                      or self.ablation not in ("", "grodin")):
+            raise ValueError(f"a two-parameter sweep is the cached {GRID_PARAMS} grid (values=None, "
+                             f"ablation '' or 'grodin'), got {self}")
+
+    @property
+    def param(self) -> str:
+        """The swept parameter of a one-parameter sweep."""
+        return self.params[0]
 
 
 @dataclass(frozen=True)
@@ -44,13 +91,47 @@ class ScoreSpec:
     needs: tuple[str, ...] = ("logits",)
     paper: str = ""
     display: str = ""
+    sweeps: tuple[Sweep, ...] = ()
 
     @property
     def doc(self) -> str:
         return (self.fn.__doc__ or "").strip()
 
+    def inputs(self, params: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The array names the score reads at ``params`` (defaults for the rest): ``needs`` with
+        each ``{parameter}`` filled in, e.g. ``lowdim_{subspace}`` -> ``lowdim_pca``."""
+        values = {**self.defaults, **(params or {})}
+        return tuple(k.format_map(values) if "{" in k else k for k in self.needs)
+
+    @property
+    def uses_grid(self) -> bool:
+        """Reads the cached ODIN / GRODIN grid arrays (parameters ``eps`` and ``T`` on that grid)."""
+        return bool(set(self.needs) & set(GRID_VALUE_KEYS))
+
+    @property
+    def fit_takes_memo(self) -> bool:
+        """Its fit names a ``memo`` keyword (:class:`ood_core.scores.memo.Memo`)."""
+        return self.fit is not None and "memo" in inspect.signature(self.fit).parameters
+
 
 _REGISTRY: dict[str, ScoreSpec] = {}
+
+
+def _check(spec: ScoreSpec) -> None:
+    """Refuse an entry that contradicts itself (messages name the score)."""
+    name = spec.name
+    taken = next((n for n, s in _REGISTRY.items() if spec.display and s.display == spec.display), None)
+    if taken:
+        raise ValueError(f"score '{name}': display name '{spec.display}' is already used by '{taken}'")
+    fields = {f for k in spec.needs for _, f, _, _ in string.Formatter().parse(k) if f}
+    if fields - set(spec.defaults):
+        raise ValueError(f"score '{name}': needs {spec.needs} names parameter(s) {sorted(fields - set(spec.defaults))} "
+                         f"it does not take ({sorted(spec.defaults)})")
+    if spec.uses_grid and not set(GRID_PARAMS) <= set(spec.defaults):
+        raise ValueError(f"score '{name}' reads the cached grid arrays, so it takes parameters {GRID_PARAMS}")
+    for sw in spec.sweeps:
+        if not set(sw.params) <= set(spec.defaults):
+            raise ValueError(f"score '{name}': sweep over {sw.params}, but it takes {sorted(spec.defaults)}")
 
 
 def register(
@@ -63,23 +144,34 @@ def register(
     fit: FitFn | None = None,
     paper: str = "",
     display: str = "",
+    sweeps: Sequence[Sweep] = (),
 ) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator adding a score function to the registry; ``display`` is the method's name in tables
-    and figures (empty: the code name is shown)."""
+    """Decorator adding a score function to the registry (fields: module docstring); ``display``
+    is the method's name in tables and figures (empty: the code name is shown)."""
     if family not in FAMILIES:
         raise ValueError(f"score '{name}': family must be one of {FAMILIES}, got '{family}'")
 
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in _REGISTRY:
             raise ValueError(f"score '{name}' is registered twice")
-        taken = next((n for n, s in _REGISTRY.items() if display and s.display == display), None)
-        if taken:
-            raise ValueError(f"score '{name}': display name '{display}' is already used by '{taken}'")
-        _REGISTRY[name] = ScoreSpec(name, family, fn, fit, dict(defaults or {}), dict(grid or {}), needs, paper,
-                                    display)
+        spec = ScoreSpec(name, family, fn, fit, dict(defaults or {}), dict(grid or {}), tuple(needs), paper,
+                         display, tuple(sweeps))
+        _check(spec)
+        _REGISTRY[name] = spec
         return fn
 
     return deco
+
+
+@contextlib.contextmanager
+def temporary_scores() -> Iterator[None]:
+    """Scores registered inside the block are removed when it ends (tests' stand-in scores)."""
+    before = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
 
 
 def get(name: str) -> ScoreSpec:
@@ -101,28 +193,33 @@ def family_display(family: str) -> str:
     return FAMILY_DISPLAY.get(family, family)
 
 
-def names(family: str | None = None) -> list[str]:
-    """All registered score names (optionally of one family), in registration order."""
-    return [n for n, s in _REGISTRY.items() if family is None or s.family == family]
+def names(family: str | None = None, *, uses_grid: bool | None = None) -> list[str]:
+    """Registered score names in registration order, optionally of one family and/or only those that
+    do (``uses_grid=True``) or do not read the cached perturbation grid."""
+    return [n for n, s in _REGISTRY.items()
+            if (family is None or s.family == family) and (uses_grid is None or s.uses_grid == uses_grid)]
 
 
-def fit(name: str, train: Arrays, **params: Any) -> Any:
-    """Fit a score's training statistics (None for scores without a fit)."""
+def fit(name: str, train: Arrays, memo: Any = None, **params: Any) -> Any:
+    """Fit a score's training statistics (None for scores without a fit). ``memo``
+    (:class:`ood_core.scores.memo.Memo`) is handed to fits that take one, to share work between fits."""
     spec = get(name)
     if spec.fit is None:
         return None
-    return spec.fit(train, **{**spec.defaults, **params})
+    kw = {**spec.defaults, **params}
+    if memo is not None and spec.fit_takes_memo:
+        kw["memo"] = memo
+    return spec.fit(train, **kw)
 
 
 def compute(name: str, arrays: Arrays, state: Any = None, **params: Any) -> np.ndarray:
     """Score ``arrays`` with ``name``; params override the registered defaults."""
     spec = get(name)
-    missing = [k for k in spec.needs if k not in arrays]
+    needs = spec.inputs(params)
+    missing = [k for k in needs if k not in arrays]
     if missing:
-        raise KeyError(
-            f"score '{name}' needs arrays {list(spec.needs)}; missing {missing} (have {sorted(arrays)})"
-        )
-    for k in spec.needs:
+        raise KeyError(f"score '{name}' needs arrays {list(needs)}; missing {missing} (have {sorted(arrays)})")
+    for k in needs:
         if k in GRID_VALUE_KEYS:  # may hold NaN off the selected grid cells: checked per cell in cached_slice
             continue
         a = np.asarray(arrays[k])
