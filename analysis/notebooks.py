@@ -4,8 +4,9 @@
 
 Each ``notebooks/NN_*.ipynb`` runs with parameters (profile, analysis_dir, fig_dir, seed, plus the
 profile's ``notebooks.params.<notebook>`` knobs) into ``cache/<profile>/notebooks/``; figures go to
-``figures/<profile>/``. A notebook whose inputs (its own source, meta.json, metrics.csv) are unchanged
-since its last successful run is skipped.
+``figures/<profile>/``. A notebook whose inputs (its own source, meta.json, metrics.csv,
+chosen_hyperparams.json, the library code under ``ood_core/``) are unchanged since its last successful
+run is skipped.
 
 A notebook run by hand with its default parameters reads the benchmark's tables from, and writes its
 figures to, the scratch folder ``cache/<profile>/scratch/`` (never the pipeline's ``figures/<profile>/``);
@@ -32,8 +33,10 @@ from .common import REPO, Context, add_common_args, make_context, record_run
 NOTEBOOK_DIR = REPO / "notebooks"
 KERNEL = "python3"
 SCRATCH = "scratch"  # cache/<profile>/scratch: fig_dir of a notebook run by hand with its defaults
-# the benchmark's outputs that notebooks read from their fig_dir (04: metrics.csv; 05: the rest)
-TABLE_PATTERNS = ("metrics.csv", "metrics.md", "ablation_*.md", "sweep_*.csv", "method_costs.csv")
+# the benchmark's outputs that notebooks read from their fig_dir (03: chosen_hyperparams.json;
+# 04: metrics.csv; 05: the rest)
+TABLE_PATTERNS = ("metrics.csv", "metrics.md", "ablation_*.md", "sweep_*.csv", "method_costs.csv",
+                  "chosen_hyperparams.json")
 # ipykernel's own log: errors only (the TCP warning of every start is about the loopback channel
 # between this process and the kernel it launched)
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
@@ -53,6 +56,11 @@ def _digest(*files: Path) -> str:
     for f in files:
         h.update(f.read_bytes() if f.is_file() else b"<missing>")
     return h.hexdigest()[:16]
+
+
+def library_sources() -> list[Path]:
+    """The library code a notebook runs (``ood_core/**/*.py``): a change re-runs the notebooks."""
+    return sorted((REPO / "ood_core").rglob("*.py"))
 
 
 def ensure_kernel() -> None:
@@ -111,7 +119,8 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
     ctx.fig_dir.mkdir(parents=True, exist_ok=True)
     stamps_path = ctx.cache_dir / "notebook_stamps.json"
     stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
-    inputs = _digest(ctx.analysis_dir / "meta.json", ctx.fig_dir / "metrics.csv")
+    inputs = _digest(ctx.analysis_dir / "meta.json", ctx.fig_dir / "metrics.csv",
+                     ctx.fig_dir / "chosen_hyperparams.json", *library_sources())
     seed_scratch(ctx.fig_dir, ctx.cache_dir / SCRATCH)
     done = []
     for nb in notebook_paths(only):

@@ -6,7 +6,7 @@
     analysis/arrays/{toy_train,toy_test,toy_near,toy_far}.npz
     analysis/scores/{toy_test,toy_near,toy_far}.npz   (with _test_idx; ID file: odin__vs__<ood>)
     figures/metrics.csv, metrics.md, ablation_{grodin,lowdim_k,lowdim_subspace,rg_percentile}.{csv,md},
-    figures/sweep_odin.csv, sweep_react.csv, sweep_knn.csv
+    figures/sweep_odin.csv, sweep_react.csv, sweep_knn.csv, chosen_hyperparams.json
 
 Self-consistency: ``logits = h @ W.T + b`` exactly as stored (float32), so the Igoe et al. factor
 identities (GradNorm = ||h||_1 ||p-u||_1, ExGrad = (||h||^2+1)(1-||p||^2)) hold on the cached
@@ -151,6 +151,23 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _write_chosen(path: Path, sweep: list[dict]) -> None:
+    """chosen_hyperparams.json as the benchmark writes it under per_ood_val: per grid method and OOD set,
+    the cell with the best validation AUROC (the first in grid order, eps outer, on ties)."""
+    methods = {}
+    for m in dict.fromkeys(r["method"] for r in sweep):
+        per_set = {}
+        for o in OOD:
+            rows = [r for r in sweep if r["method"] == m and r["ood_set"] == o]
+            best = max(rows, key=lambda r: r["auroc_val"])  # max() keeps the first maximum
+            per_set[o] = {"params": {"eps": best["eps"], "T": best["T"]}, "tuned_on": o, "val_auroc": best["auroc_val"]}
+        methods[m] = {"family": "forward" if m == "odin" else "gradient",
+                      "grid": {"eps": ODIN_EPS.tolist(), "T": ODIN_T.tolist()}, "defaults": {"eps": 0.0, "T": 1.0},
+                      "per_set": per_set}
+    path.write_text(json.dumps({"protocol": "per_ood_val", "held_out": None, "bootstrap_n": 0, "seed": 0,
+                                "profile": "tiny", "model": "toy_mlp", "methods": methods}, indent=2))
+
+
 def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
     """Write the tiny cache under ``root``; returns (analysis_dir, fig_dir)."""
     root = Path(root)
@@ -248,6 +265,7 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
                     sw.append({"method": m, "ood_set": o, "group": OOD[o], "eps": float(eps), "T": float(T),
                                "auroc_val": _auroc(xi[vi], xo[vo]), "auroc_test": _auroc(xi[ti], xo[to])})
     _write_csv(fdir / "sweep_odin.csv", sw)
+    _write_chosen(fdir / "chosen_hyperparams.json", sw)
     _write_csv(fdir / "sweep_react.csv", [
         {"method": m, "percentile": p, "ood_set": o, "group": g, "auroc_test": float(rng.uniform(0.6, 0.95))}
         for m in ("react", "rg") for p in (85, 90, 95, 99) for o, g in OOD.items()])
