@@ -75,10 +75,13 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
         train = train.take(np.sort(rng.choice(len(train), int(lcfg["n_samples"]), replace=False)))
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
     device, bs, chunk = ctx.device(), int(lcfg["batch_size"]), int(lcfg["chunk"])
-    if ranks.is_distributed:
-        train = train.take(ranks.batch_shard(len(train), bs))
+    if ranks.is_distributed:  # a contiguous block of whole batches, as a view (same layout as one process's)
+        pos = ranks.batch_shard(len(train), bs)
+        train = train.rows(int(pos[0]), int(pos[-1]) + 1) if len(pos) else None  # None: no rows on this rank
 
     def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
+        if train is None:
+            return iter(())
         it = iter_batches(train, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
         return tqdm(it, total=-(-len(train) // bs), desc=f"subspace {name}: pass", unit="batch", leave=False)
 
@@ -282,8 +285,8 @@ def _extract_sharded(ctx: Context, ranks: Ranks, model, ds, pre: Preprocess, key
     ecfg, device, bs = ctx.cfg["extract"], ctx.device(), int(ctx.cfg["extract"]["batch_size"])
     main_kw = {**kw, "with_grodin": kw["with_grodin"] and val_rows is None}
 
-    def main(pos: np.ndarray) -> ExtractResult:
-        return extract_arrays(model, ds.take(pos), pre, ecfg, device, **main_kw)
+    def main(pos: np.ndarray) -> ExtractResult:  # a contiguous block: a view, laid out as the whole set
+        return extract_arrays(model, ds.rows(int(pos[0]), int(pos[-1]) + 1), pre, ecfg, device, **main_kw)
 
     arrays, res = _sharded(ctx, ranks, f"{name}.main", key, len(ds), bs, main)
     if val_rows is None or not kw["with_grodin"] or not ecfg["grodin"]:

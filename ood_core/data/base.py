@@ -85,6 +85,12 @@ class ImageSet:
         idx = np.asarray(idx, dtype=np.int64)
         return ImageSet(name or self.name, self.images[idx], self.labels[idx], self.class_names, self.source)
 
+    def rows(self, start: int, stop: int) -> ImageSet:
+        """Rows ``start:stop`` as a view (no copy). The view keeps the arrays' memory layout, and a
+        batch of it is bit-identical to the same batch of the whole set. A copy can differ: torch
+        may pick another conv kernel for a 1-channel batch whose strides differ."""
+        return ImageSet(self.name, self.images[start:stop], self.labels[start:stop], self.class_names, self.source)
+
     def check_labels(self, num_classes: int) -> ImageSet:
         """Raise ``DatasetError`` unless every label is in ``0..num_classes-1``."""
         lo, hi = int(self.labels.min()), int(self.labels.max())
