@@ -366,8 +366,8 @@ def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out,
         per_set[o] = {"params": _jsonable(params), "tuned_on": src, "val_auroc": val_auc}
         scores[o][m] = s_o  # float64 as scored: metrics recomputed from the stored scores equal the table's
         scores[data.id_name][f"{m}__vs__{o}"] = s_id
-    first = next(iter(per_set.values()))["params"]
-    if all(v["params"] == first for v in per_set.values()):  # the same parameters for every OOD set
+    used = [v["params"] for v in per_set.values()]
+    if used and all(p == used[0] for p in used):  # the same parameters for every OOD set
         scores[data.id_name][m] = next(iter(scores[data.id_name].values()))
     chosen = {"family": spec.family, "grid": _jsonable(grid), "defaults": _jsonable(spec.defaults),
               "per_set": per_set}
