@@ -1,6 +1,7 @@
 """Scores -> metrics -> tables: the benchmark stage over one extracted analysis directory.
 
-Input (written by the extraction stage)::
+Input (written by the extraction stage; read through ``ood_core.analysis_cache.AnalysisCache``, which
+checks the splits)::
 
     <analysis_dir>/meta.json      profile, model, num_classes, id_accuracy, train, id_test,
                                   ood {name: group}, lowdim_subspaces [...], grid {odin_T, odin_eps}
@@ -29,9 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,11 +39,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ood_core import metrics, tables
-from ood_core.cache import load_npz as _load_npz
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.cache import write_text
+from ood_core.reference_compare import write_reference_md
+from ood_core.table_csv import json_default, write_csv, write_metrics_csv
 from ood_core.scores import registry  # importing the package registers every score
 from ood_core.grid import point_available
 from ood_core.grid_selection import choose_settings
-from ood_core.tuning import PROTOCOLS, FitCache, Split, eval_part, grid_points, tune
+from ood_core.tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, grid_points, tune
 
 log = logging.getLogger("analysis.benchmark")
 
@@ -55,36 +58,20 @@ SWEEP_CSV = {GRID_SWEEP: "sweep_odin.csv", ("percentile",): "sweep_react.csv", (
 
 # ------------------------------------------------------------------------------------ loading
 class AnalysisData:
-    """Everything in one analysis directory, per-dataset arrays merged with the head (W, b)."""
+    """The benchmark's inputs, read through :class:`~ood_core.analysis_cache.AnalysisCache` (which
+    checks them): every dataset's score inputs (its arrays plus the head's W, b) and the validated
+    :class:`Split` of the ID test set and of every OOD set."""
 
     def __init__(self, analysis_dir: Path):
-        d = Path(analysis_dir)
-        self.dir = d
-        self.meta: dict[str, Any] = json.loads((d / "meta.json").read_text())
-        head = _load_npz(d / "head.npz")
-        self.head = {k: head[k] for k in ("W", "b")}
-        self.train_name: str = self.meta["train"]
-        self.id_name: str = self.meta["id_test"]
-        self.groups: dict[str, str] = dict(self.meta["ood"])
+        self.cache = AnalysisCache(analysis_dir)
+        self.meta: dict[str, Any] = self.cache.meta
+        self.train_name: str = self.cache.train_name
+        self.id_name: str = self.cache.id_name
+        self.groups: dict[str, str] = dict(self.cache.meta_field("ood"))
         self.ood_names = list(self.groups)
-        self.arrays: dict[str, dict[str, np.ndarray]] = {}
-        for name in [self.train_name, self.id_name, *self.ood_names]:
-            p = d / "arrays" / f"{name}.npz"
-            if not p.exists():
-                raise FileNotFoundError(f"missing arrays for dataset '{name}': {p}")
-            self.arrays[name] = {**_load_npz(p), **self.head}
-        sp = _load_npz(d / "splits.npz")
-        self.splits: dict[str, Split] = {}
-        for name in [self.id_name, *self.ood_names]:
-            try:
-                s = Split(sp[f"{name}__val"], sp[f"{name}__test"])
-            except KeyError as e:
-                raise KeyError(f"splits.npz lacks {e} (needs '{name}__val' and '{name}__test')") from None
-            n = len(self.arrays[name]["logits"]) if "logits" in self.arrays[name] else None
-            s.assert_disjoint()
-            if n is not None:
-                s.check_range(n)
-            self.splits[name] = s
+        scored = [self.id_name, *self.ood_names]
+        self.arrays: dict[str, dict[str, np.ndarray]] = {n: self.cache.inputs(n) for n in [self.train_name, *scored]}
+        self.splits: dict[str, Split] = {n: Split(*self.cache.split(n)) for n in scored}
 
     @property
     def train(self) -> dict[str, np.ndarray]:
@@ -92,13 +79,7 @@ class AnalysisData:
 
     @property
     def id_dataset(self) -> str:
-        if self.meta.get("id_dataset"):
-            return str(self.meta["id_dataset"]).lower()
-        raw = "".join(ch for ch in str(self.meta.get("train", "")).lower() if ch.isalnum())
-        for known in ("cifar100", "cifar10", "imagenet", "svhn", "mnist"):
-            if raw.startswith(known):
-                return known
-        return raw
+        return self.cache.id_dataset
 
 
 # --------------------------------------------------------------------------------- scoring glue
@@ -136,7 +117,7 @@ class Scorer:
         self._cache: dict[tuple, np.ndarray] = {}
 
     def test(self, dataset: str, params: Mapping[str, Any]) -> np.ndarray:
-        key = (dataset, json.dumps(params, sort_keys=True, default=str))
+        key = (dataset, _params_key(params))
         if key not in self._cache:
             state = self.fits.get(self.name, **params)
             self._cache[key] = registry.compute(self.name, self._test[dataset], state, **params)
@@ -146,12 +127,49 @@ class Scorer:
         return metrics.auroc(self.test(self.data.id_name, params), self.test(ood, params))
 
 
+def _params_key(params: Mapping[str, Any]) -> tuple:
+    """A hashable, order-free key of a parameter dict; values keep their type (1 and 1.0 differ)."""
+    def freeze(v: Any) -> Any:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return ("seq", tuple(freeze(x) for x in v))
+        if isinstance(v, Mapping):
+            return ("map", _params_key(v))
+        return (type(v).__name__, v)
+    return tuple(sorted((k, freeze(v)) for k, v in params.items()))
+
+
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(params), default=tables._json_default))
+    return json.loads(json.dumps(dict(params), default=json_default))
+
+
+@dataclass
+class MethodResult:
+    """One method's benchmark: its metric rows, what was chosen, its test-part scores per dataset,
+    and what the sweeps reuse (the memoised scorer, the tuning result, the grid searched)."""
+
+    rows: list[dict[str, Any]]
+    chosen: dict[str, Any]                      # family, grid, defaults, per_set (chosen_hyperparams.json)
+    scores: dict[str, dict[str, np.ndarray]]    # dataset -> {key: test-part scores} (scores/<dataset>.npz)
+    scorer: Scorer
+    tune: TuneResult
+    grid: dict[str, list[Any]]
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`run_benchmark` wrote and found."""
+
+    metrics_csv: Path                           # fig_dir/metrics.csv (the other tables beside it)
+    rows: list[dict[str, Any]]                  # the metric rows of metrics.csv
+    chosen: dict[str, Any]                      # method -> chosen parameters (chosen_hyperparams.json)
+    skipped: list[dict[str, Any]]               # method, family, reason (skipped.csv)
+    protocol: str
+    held_out: str | None
 
 
 # ---------------------------------------------------------------------------------- main stage
 def run_benchmark(
+    *,
     analysis_dir: Path,
     fig_dir: Path,
     methods: list[str] | None = None,
@@ -160,8 +178,9 @@ def run_benchmark(
     seed: int = 0,
     held_out: str | None = None,
     strict: bool = True,
-) -> Path:
-    """Run every (or the given) registered method; returns the path of ``fig_dir/metrics.csv``.
+) -> BenchmarkResult:
+    """Run every (or the given) registered method; write the tables to ``fig_dir`` and the test-part
+    scores to ``<analysis_dir>/scores/``.
 
     ``strict=False`` turns unexpected errors of a method into a skipped.csv entry instead of raising;
     missing arrays always lead to a skip with the reason logged."""
@@ -204,11 +223,11 @@ def run_benchmark(
             log.exception("skip %s after an error", m)
             skipped.append({"method": m, "family": spec.family, "reason": f"error: {type(e).__name__}: {e}"})
             continue
-        rows += res["rows"]
-        chosen[m] = res["chosen"]
-        for ds, d in res["scores"].items():
+        rows += res.rows
+        chosen[m] = res.chosen
+        for ds, d in res.scores.items():
             score_out[ds].update(d)
-        scorer, tr, grid = res["scorer"], res["tune"], res["grid"]
+        scorer, tr, grid = res.scorer, res.tune, res.grid
         for sweep in spec.sweeps:
             if sweep.params == GRID_SWEEP:
                 sw = _sweep_odin(m, spec, data, scorer, tr, grid, fits)
@@ -228,21 +247,23 @@ def run_benchmark(
     if rows:
         tables.write_metrics_tables(rows, fig_dir, info)
     else:
-        tables.write_metrics_csv(rows, metrics_csv)
+        write_metrics_csv(rows, metrics_csv)
         log.warning("no method produced results; wrote an empty metrics.csv")
     _write_sweeps_and_ablations(fig_dir, sweeps, ablations, protocol)
-    tables.write_csv(skipped, fig_dir / "skipped.csv", ["method", "family", "reason"])
-    (fig_dir / "chosen_hyperparams.json").write_text(json.dumps(
+    write_csv(skipped, fig_dir / "skipped.csv", ["method", "family", "reason"])
+    write_text(fig_dir / "chosen_hyperparams.json", json.dumps(
         {"protocol": protocol, "held_out": held_out, "bootstrap_n": bootstrap_n, "seed": seed,
          "profile": meta.get("profile"), "model": meta.get("model"), "methods": chosen},
-        indent=2, sort_keys=False, default=tables._json_default))
-    tables.write_reference_md(rows, fig_dir / "reference.md", id_dataset=data.id_dataset,
-                              model=str(meta.get("model")), protocol=str(info["protocol"]),
-                              preprocessing=str(meta.get("preprocessing", "see the profile config")))
-    _write_scores(analysis_dir / "scores", score_out, data)
+        indent=2, sort_keys=False, default=json_default))
+    write_reference_md(rows, fig_dir / "reference.md", id_dataset=data.id_dataset,
+                       model=str(meta.get("model")), protocol=str(info["protocol"]),
+                       preprocessing=str(meta.get("preprocessing", "see the profile config")))
+    for ds, scores in score_out.items():
+        data.cache.write_scores(ds, scores)
     if skipped:
         log.warning("skipped %d method(s); see %s", len(skipped), fig_dir / "skipped.csv")
-    return metrics_csv
+    return BenchmarkResult(metrics_csv=metrics_csv, rows=rows, chosen=chosen, skipped=skipped, protocol=protocol,
+                           held_out=held_out)
 
 
 def _pick_held_out(held_out: str | None, data: AnalysisData) -> str:
@@ -257,7 +278,7 @@ def _pick_held_out(held_out: str | None, data: AnalysisData) -> str:
     return held_out
 
 
-def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out, bootstrap_n, seed) -> dict:
+def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out, bootstrap_n, seed) -> MethodResult:
     grid = effective_grid(spec, data.meta, data.arrays[data.id_name])
     tr = tune(m, protocol=protocol, id_arrays=data.arrays[data.id_name], id_split=data.splits[data.id_name],
               ood_arrays={o: data.arrays[o] for o in data.ood_names},
@@ -273,9 +294,9 @@ def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out,
         _, sd = metrics.bootstrap(metrics.auroc, s_id, s_o, n=bootstrap_n, seed=seed) if bootstrap_n >= 2 else (0, None)
         src = tr.tuned_on(o)
         val_auc = None
-        if src is not None:
-            val_auc = dict((json.dumps(p, sort_keys=True, default=str), v) for p, v in tr.tables[src]).get(
-                json.dumps({k: params[k] for k in grid}, sort_keys=True, default=str))
+        if src is not None:  # the validation AUROC of the chosen grid point, on the set that chose it
+            point = {k: params[k] for k in grid}
+            val_auc = next((v for p, v in tr.tables[src] if p == point), None)
         rows.append({
             "method": m, "family": spec.family, "ood_set": o, "group": data.groups[o],
             "auroc": ev["auroc"], "auroc_std": sd, "fpr95": ev["fpr95_id_pos"], "fpr95_ood_pos": ev["fpr95_ood_pos"],
@@ -288,11 +309,12 @@ def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out,
         per_set[o] = {"params": _jsonable(params), "tuned_on": src, "val_auroc": val_auc}
         scores[o][m] = s_o  # float64 as scored: metrics recomputed from the stored scores equal the table's
         scores[data.id_name][f"{m}__vs__{o}"] = s_id
-    if len({json.dumps(v["params"], sort_keys=True) for v in per_set.values()}) == 1:
+    used = [v["params"] for v in per_set.values()]
+    if used and all(p == used[0] for p in used):  # the same parameters for every OOD set
         scores[data.id_name][m] = next(iter(scores[data.id_name].values()))
     chosen = {"family": spec.family, "grid": _jsonable(grid), "defaults": _jsonable(spec.defaults),
               "per_set": per_set}
-    return {"rows": rows, "chosen": chosen, "scores": scores, "scorer": scorer, "tune": tr, "grid": grid}
+    return MethodResult(rows=rows, chosen=chosen, scores=scores, scorer=scorer, tune=tr, grid=grid)
 
 
 # ----------------------------------------------------------------------------------- sweeps
@@ -374,23 +396,12 @@ def _write_sweeps_and_ablations(fig_dir: Path, sweeps, ablations, protocol: str)
     for params, name in SWEEP_CSV.items():
         cols = (["method", "ood_set", "group", *params, "auroc_val", "auroc_test"] if params == GRID_SWEEP
                 else ["method", *params, "ood_set", "group", "auroc_test"])
-        tables.write_csv(sweeps[params], fig_dir / name, cols)
+        write_csv(sweeps[params], fig_dir / name, cols)
     for name, (sweep, rows) in ablations.items():
         if sweep.params == GRID_SWEEP:
             tables.write_grodin_ablation(rows, fig_dir, note=f"selection: {protocol}")
         else:
             tables.write_sweep_ablation(rows, sweep.param, fig_dir / f"ablation_{name}", sweep.caption)
-
-
-def _write_scores(out_dir: Path, score_out: Mapping[str, Mapping[str, np.ndarray]], data: AnalysisData) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for ds, d in score_out.items():
-        payload = {"_test_idx": data.splits[ds].test, **d}
-        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".npz.tmp")
-        os.close(fd)
-        with open(tmp, "wb") as f:
-            np.savez(f, **payload)
-        os.replace(tmp, out_dir / f"{ds}.npz")
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -450,8 +461,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         print(f"[benchmark] cached: {ctx.fig_dir / 'metrics.csv'}")
         return ctx.fig_dir / "metrics.csv"
     t0 = time.perf_counter()
-    out = run_benchmark(ctx.analysis_dir, ctx.fig_dir, methods, protocol, boot, int(ctx.cfg["seed"]), held_out,
-                        strict=not a.keep_going)
+    out = run_benchmark(analysis_dir=ctx.analysis_dir, fig_dir=ctx.fig_dir, methods=methods, protocol=protocol,
+                        bootstrap_n=boot, seed=int(ctx.cfg["seed"]), held_out=held_out,
+                        strict=not a.keep_going).metrics_csv
     from .costs import write_method_costs
 
     costs = write_method_costs(ctx.analysis_dir, ctx.fig_dir, methods or registry.names())

@@ -232,12 +232,14 @@ def _raised_in(e: BaseException) -> tuple[str, str]:
 
 
 def user_error(e: BaseException) -> str | None:
-    """The one-line message for an expected error (config, CLI, data, checkpoint, disk), else None."""
+    """The one-line message for an expected error (config, CLI, data, analysis cache, checkpoint,
+    disk), else None."""
+    from ood_core.analysis_cache import AnalysisCacheError
     from ood_core.checkpoint import CheckpointError
     from ood_core.config import ConfigError
     from ood_core.data import DatasetError
 
-    if isinstance(e, (DatasetError, ConfigError, CheckpointError)):
+    if isinstance(e, (DatasetError, ConfigError, CheckpointError, AnalysisCacheError)):
         return str(e)
     if isinstance(e, FileNotFoundError):
         return f"{e.filename}: file not found" if e.filename else str(e)

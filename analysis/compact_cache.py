@@ -11,13 +11,13 @@ then re-draws every figure from it, while the tables stay those of the full run 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ood_core.cache import load_npz, save_npz, write_json
+from ood_core.analysis_cache import TEST_IDX_KEY, AnalysisCache
+from ood_core.cache import save_npz, write_json
 from ood_core.grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
 
 FILE_LIMIT = 16 * 2**20
@@ -45,29 +45,26 @@ def _take(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarr
 def compact(src: Path, dst: Path, max_per_set: int = 2000, seed: int = 0) -> Path:
     """Write the compact copy of analysis cache ``src`` into ``dst``."""
     src, dst = Path(src), Path(dst)
-    meta = json.loads((src / "meta.json").read_text())
-    splits = load_npz(src / "splits.npz")
+    cache = AnalysisCache(src)
+    meta = dict(cache.meta)
     rng = np.random.default_rng(seed)
     new_splits: dict[str, np.ndarray] = {}
-    for f in sorted((src / "arrays").glob("*.npz")):
+    for f in sorted(cache.arrays_dir.glob("*.npz")):
         name = f.stem
-        arrays = load_npz(f)
+        arrays = cache.arrays(name)
         n = len(arrays["y"])
         rows = np.sort(rng.choice(n, min(n, max_per_set), replace=False))
         save_npz(dst / "arrays" / f.name, _take(arrays, rows))
         pos = np.full(n, -1, np.int64)
         pos[rows] = np.arange(len(rows))
-        if f"{name}__test" in splits:
-            for part in ("val", "test"):
-                old = splits[f"{name}__{part}"]
+        if f"{name}__test" in cache.splits():
+            for part, old in zip(("val", "test"), cache.split(name)):  # checked: disjoint, in range
                 new_splits[f"{name}__{part}"] = pos[old[np.isin(old, rows)]]
-        sfile = src / "scores" / f.name
-        if sfile.is_file():
-            scores = load_npz(sfile)
-            old_test = scores["_test_idx"]
+        if cache.has_scores(name):
+            old_test = cache.test_index(name)
             keep = np.isin(old_test, rows)
-            out = {k: v[keep] for k, v in scores.items() if k != "_test_idx"}
-            out["_test_idx"] = pos[old_test[keep]]
+            out = {k: v[keep] for k, v in cache.scores(name).items()}
+            out[TEST_IDX_KEY] = pos[old_test[keep]]
             save_npz(dst / "scores" / f.name, out)
     save_npz(dst / "splits.npz", new_splits)
     for extra in ("head.npz", "timings.csv"):

@@ -5,17 +5,16 @@ Written by the benchmark stage to ``<fig_dir>/method_costs.csv``; notebook 05 pl
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ood_core.cache import atomic_path, load_npz
+from ood_core.analysis_cache import AnalysisCache
 from ood_core.grid import full_points, point_available
 from ood_core.scores import registry
+from ood_core.table_csv import write_csv
 
 log = logging.getLogger("analysis.costs")
 
@@ -54,13 +53,9 @@ def _timing_params(spec: registry.ScoreSpec, arrays: dict) -> dict | None:
 
 def method_costs(analysis_dir: Path, methods: list[str], repeats: int = 3) -> list[dict]:
     """One row per method: extraction + scoring seconds per 1,000 images (median of ``repeats``)."""
-    analysis_dir = Path(analysis_dir)
-    with open(analysis_dir / "timings.csv") as f:
-        comp = {r["method"]: r for r in csv.DictReader(f)}
-    meta = json.loads((analysis_dir / "meta.json").read_text())
-    head = load_npz(analysis_dir / "head.npz")
-    train = {**load_npz(analysis_dir / "arrays" / f"{meta['train']}.npz"), **head}
-    test = {**load_npz(analysis_dir / "arrays" / f"{meta['id_test']}.npz"), **head}
+    cache = AnalysisCache(analysis_dir)
+    comp = cache.timings()
+    train, test = cache.inputs(cache.train_name), cache.inputs(cache.id_name)
     n = len(test["y"])
     rows = []
     for name in methods:
@@ -97,15 +92,10 @@ def method_costs(analysis_dir: Path, methods: list[str], repeats: int = 3) -> li
 
 def write_method_costs(analysis_dir: Path, fig_dir: Path, methods: list[str]) -> Path | None:
     """Write ``<fig_dir>/method_costs.csv`` (skipped when the extract stage wrote no timings)."""
-    if not (Path(analysis_dir) / "timings.csv").is_file():
+    if not AnalysisCache(analysis_dir).timings_path().is_file():
         return None
     rows = method_costs(analysis_dir, methods)
     if not rows:
         log.warning("no method could be timed; method_costs.csv not written")
         return None
-    path = Path(fig_dir) / "method_costs.csv"
-    with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({**r, "timed_params": json.dumps(r["timed_params"], sort_keys=True)} for r in rows)
-    return path
+    return write_csv(rows, Path(fig_dir) / "method_costs.csv", list(rows[0]))

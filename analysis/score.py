@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ood_core import scores as S
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.cache import save_npz
 
 from .common import main_guard, one_line_errors
 
@@ -48,16 +50,6 @@ def parse_sets(items: list[str], score_names: list[str]) -> dict[str, dict[str, 
             raise SystemExit(f"--set {item}: score '{name}' has no parameter '{param}'; it takes {sorted(spec.defaults)}")
         out[name][param] = parse_value(rhs)
     return out
-
-
-def load_arrays(path: Path, head: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise SystemExit(f"arrays file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    for k, v in (head or {}).items():
-        arrays.setdefault(k, v)
-    return arrays
 
 
 def list_scores() -> str:
@@ -107,16 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         S.get(n)  # unknown names fail here, listing the known ones
     params = parse_sets(args.sets, names)
 
-    head_path = args.head or (args.arrays.parent / "head.npz")
-    head = None
-    if head_path.is_file():
-        with np.load(head_path, allow_pickle=False) as z:
-            head = {k: z[k] for k in ("W", "b") if k in z.files}
-    elif args.head is not None:
+    if not args.arrays.is_dir():
+        raise SystemExit(f"--arrays {args.arrays}: no such folder")
+    cache = AnalysisCache(args.arrays.parent, arrays_dir=args.arrays, head_file=args.head)
+    if args.head is not None and not cache.has_head():
         raise SystemExit(f"head file not found: {args.head}")
-
-    train = load_arrays(args.arrays / f"{args.train}.npz", head)
-    evals = {n: load_arrays(args.arrays / f"{n}.npz", head) for n in args.eval}
+    read = cache.inputs if cache.has_head() else cache.arrays  # with W and b when there is a head
+    train = read(args.train)
+    evals = {n: read(n) for n in args.eval}
 
     out: dict[str, np.ndarray] = {}
     used: dict[str, dict[str, Any]] = {}
@@ -139,12 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {name}: {why}", file=sys.stderr)
 
     meta = {"train": args.train, "eval": args.eval, "arrays": str(args.arrays),
-            "head": str(head_path) if head else None, "params": used, "skipped": sorted(skipped)}
+            "head": str(cache.head_file) if cache.has_head() else None, "params": used, "skipped": sorted(skipped)}
     out["__meta__"] = np.array(json.dumps(meta, default=str))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(args.out)
+    save_npz(args.out, out, compress=False)
     print(f"wrote {len(out) - 1} score vectors to {args.out}", file=sys.stderr)
     return 0
 

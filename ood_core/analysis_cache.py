@@ -1,4 +1,5 @@
-"""Read-only view of one analysis directory, the only input of the notebooks.
+"""The one reader of an analysis directory (notebooks, benchmark, costs, ``analysis.score``), and
+the writer of its scores.
 
 Layout (written by the pipeline stages, see docs/architecture.md)::
 
@@ -18,14 +19,17 @@ Layout (written by the pipeline stages, see docs/architecture.md)::
 """
 from __future__ import annotations
 
+import csv
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from .cache import load_npz, save_npz
 from .grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
+from .table_render import markdown_grid
 
 # which pipeline stage writes which file (used in error messages)
 PRODUCERS = {
@@ -37,6 +41,18 @@ PRODUCERS = {
     "timings.csv": "the extract stage (python -m analysis.extract)",
     "metrics.csv": "the benchmark stage (python -m analysis.benchmark)",
 }
+TEST_IDX_KEY = "_test_idx"  # in scores/<name>.npz: the rows of arrays/<name>.npz that were scored
+
+
+class AnalysisCacheError(ValueError):
+    """A file of the analysis directory is there but fails a check; the message is one line naming
+    the file, the dataset and what was expected."""
+
+
+class MissingSplitError(AnalysisCacheError, KeyError):
+    """splits.npz has no validation/test part for a dataset (a KeyError too, for callers that look up)."""
+
+    __str__ = ValueError.__str__  # the plain message, not KeyError's quoted repr
 
 
 def _missing(path: Path, what: str) -> FileNotFoundError:
@@ -44,18 +60,32 @@ def _missing(path: Path, what: str) -> FileNotFoundError:
     return FileNotFoundError(f"{path} not found; it is produced by {producer}. Run that stage first.")
 
 
-class AnalysisCache:
-    """Lazy, memoised loader of the arrays, head, splits and scores of one analysis directory."""
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an npz (the cache-key field left out); a missing file names its producer."""
+    if not path.is_file():
+        raise _missing(path, what)
+    return load_npz(path)
 
-    def __init__(self, analysis_dir: str | Path):
+
+class AnalysisCache:
+    """Memoised reader of one analysis directory: meta, arrays, head, validated splits, scores,
+    timings; and the writer of its ``scores/<name>.npz`` (atomic, ``cache.save_npz``).
+
+    ``arrays_dir`` / ``head_file`` point the reader at arrays kept elsewhere (``analysis.score``)."""
+
+    def __init__(self, analysis_dir: str | Path, *, arrays_dir: str | Path | None = None,
+                 head_file: str | Path | None = None):
         self.root = Path(analysis_dir)
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"analysis directory {self.root.resolve()} does not exist; it is produced by "
                 f"{PRODUCERS['arrays']} (then the score stage). Run the pipeline for this profile first."
             )
+        self.arrays_dir = Path(arrays_dir) if arrays_dir is not None else self.root / "arrays"
+        self.head_file = Path(head_file) if head_file is not None else self.root / "head.npz"
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self._scores: dict[str, dict[str, np.ndarray]] = {}
+        self._split: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __repr__(self) -> str:
         return f"AnalysisCache({str(self.root)!r})"
@@ -66,20 +96,35 @@ class AnalysisCache:
         path = self.root / "meta.json"
         if not path.is_file():
             raise _missing(path, "meta.json")
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise AnalysisCacheError(f"{path}: not valid JSON ({e}); rerun {PRODUCERS['meta.json']}") from None
+
+    def meta_field(self, key: str) -> Any:
+        """A required field of meta.json (a one-line error naming the file when absent)."""
+        if key not in self.meta:
+            raise AnalysisCacheError(f"{self.root / 'meta.json'} has no '{key}' (keys: {sorted(self.meta)}); "
+                                     f"rerun {PRODUCERS['meta.json']}")
+        return self.meta[key]
 
     @property
     def train_name(self) -> str:
-        return self.meta["train"]
+        return self.meta_field("train")
 
     @property
     def id_name(self) -> str:
-        return self.meta["id_test"]
+        return self.meta_field("id_test")
 
     @property
     def ood_names(self) -> list[str]:
         """OOD set names in meta order."""
         return list(self.meta.get("ood", {}))
+
+    @property
+    def groups(self) -> dict[str, str]:
+        """{OOD set: 'near' / 'far'} in meta order."""
+        return dict(self.meta.get("ood", {}))
 
     def group(self, name: str) -> str:
         """'near' / 'far' group of an OOD set ('id' for the ID sets)."""
@@ -90,17 +135,26 @@ class AnalysisCache:
         c = int(self.meta.get("num_classes", 0))
         return list(self.meta.get("class_names") or [str(i) for i in range(c)])
 
+    @property
+    def id_dataset(self) -> str:
+        """The ID dataset's family (cifar10, cifar100, imagenet, svhn, mnist, ...): ``meta['id_dataset']``,
+        else guessed from the training set's name (matches ``reference.REFERENCE``'s id_dataset)."""
+        if self.meta.get("id_dataset"):
+            return str(self.meta["id_dataset"]).lower()
+        raw = "".join(ch for ch in str(self.meta.get("train", "")).lower() if ch.isalnum())
+        for known in ("cifar100", "cifar10", "imagenet", "svhn", "mnist"):
+            if raw.startswith(known):
+                return known
+        return raw
+
     # ---- arrays ---------------------------------------------------------------------------------
-    def _npz(self, path: Path, what: str) -> dict[str, np.ndarray]:
-        if not path.is_file():
-            raise _missing(path, what)
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+    def arrays_path(self, name: str) -> Path:
+        return self.arrays_dir / f"{name}.npz"
 
     def arrays(self, name: str) -> dict[str, np.ndarray]:
         """All cached arrays of dataset ``name`` (dict key -> array), loaded once."""
         if name not in self._arrays:
-            self._arrays[name] = self._npz(self.root / "arrays" / f"{name}.npz", "arrays")
+            self._arrays[name] = _read_npz(self.arrays_path(name), "arrays")
         return self._arrays[name]
 
     def has(self, name: str, key: str) -> bool:
@@ -109,6 +163,14 @@ class AnalysisCache:
             return key in self.arrays(name)
         except FileNotFoundError:
             return False
+
+    def n_rows(self, name: str) -> int:
+        """Number of rows (images) of ``arrays/<name>.npz``."""
+        arr = self.arrays(name)
+        ref = next((k for k in ("y", "logits", "h") if k in arr), None)
+        if ref is None:
+            raise AnalysisCacheError(f"{self.arrays_path(name)} has none of y / logits / h (keys: {sorted(arr)})")
+        return int(arr[ref].shape[0])
 
     def lowdim_subspaces(self, name: str | None = None) -> list[str]:
         """Subspaces with a ``lowdim_<subspace>`` array (for ``name``, default the ID test set)."""
@@ -122,29 +184,68 @@ class AnalysisCache:
     def head(self) -> dict[str, np.ndarray]:
         """{'W': (C, D), 'b': (C,)} of the linear head."""
         if not hasattr(self, "_head"):
-            self._head = self._npz(self.root / "head.npz", "head.npz")
+            head = _read_npz(self.head_file, "head.npz")
+            missing = [k for k in ("W", "b") if k not in head]
+            if missing:
+                raise AnalysisCacheError(f"{self.head_file} lacks {missing} (keys: {sorted(head)})")
+            self._head = head
         return self._head
 
+    def has_head(self) -> bool:
+        return self.head_file.is_file()
+
+    def inputs(self, name: str) -> dict[str, np.ndarray]:
+        """What a score function receives for dataset ``name``: its arrays plus the head's W and b."""
+        head = self.head()
+        return {**self.arrays(name), "W": head["W"], "b": head["b"]}
+
+    # ---- splits ---------------------------------------------------------------------------------
     def splits(self) -> dict[str, np.ndarray]:
+        """splits.npz as stored: ``<name>__val`` / ``<name>__test`` index arrays (unchecked)."""
         if not hasattr(self, "_splits"):
-            self._splits = self._npz(self.root / "splits.npz", "splits.npz")
+            self._splits = _read_npz(self.root / "splits.npz", "splits.npz")
         return self._splits
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(val_idx, test_idx) of dataset ``name``."""
+        """(val_idx, test_idx) of dataset ``name``: 1-D integer arrays, disjoint, and (when
+        arrays/<name>.npz exists) inside its rows. A failed check raises :class:`AnalysisCacheError`
+        (:class:`MissingSplitError` for an absent part) naming splits.npz."""
+        if name not in self._split:
+            self._split[name] = self._checked_split(name)
+        return self._split[name]
+
+    def _checked_split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = self.root / "splits.npz"
         sp = self.splits()
         kv, kt = f"{name}__val", f"{name}__test"
         if kv not in sp or kt not in sp:
-            raise KeyError(f"splits.npz has no split for '{name}' (keys: {sorted(sp)})")
-        return sp[kv], sp[kt]
+            raise MissingSplitError(f"{path} has no split for '{name}' (needs '{kv}' and '{kt}'; "
+                                    f"keys: {sorted(sp)}); rerun {PRODUCERS['splits.npz']}")
+        parts = {}
+        for part, key in (("val", kv), ("test", kt)):
+            a = sp[key]
+            if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)):
+                raise AnalysisCacheError(f"{path}: '{key}' must be a 1-D integer index array, got {a.dtype} {a.shape}")
+            parts[part] = a.astype(np.int64, copy=False)
+        both = np.intersect1d(parts["val"], parts["test"])
+        if both.size:
+            raise AnalysisCacheError(f"{path}: the val and test parts of '{name}' overlap in {both.size} "
+                                     f"index(es) (first: {both[:5].tolist()})")
+        if self.arrays_path(name).is_file():
+            n = self.n_rows(name)
+            for part, a in parts.items():
+                if a.size and (a.min() < 0 or a.max() >= n):
+                    raise AnalysisCacheError(f"{path}: '{name}__{part}' has indices outside [0, {n}) "
+                                             f"({self.arrays_path(name)} has {n} rows)")
+        return parts["val"], parts["test"]
 
     def test_index(self, name: str) -> np.ndarray | None:
         """Rows of ``arrays/<name>.npz`` in the test part: the scores' ``_test_idx`` when stored
         (that is the order of the stored scores), else ``splits.npz``; None when neither exists."""
         if self.has_scores(name):
             raw = self._raw_scores(name)
-            if "_test_idx" in raw:
-                return raw["_test_idx"]
+            if TEST_IDX_KEY in raw:
+                return raw[TEST_IDX_KEY]
         try:
             return self.split(name)[1]
         except (FileNotFoundError, KeyError):
@@ -171,9 +272,13 @@ class AnalysisCache:
                 out[k] = v
         return out
 
+    # ---- scores ---------------------------------------------------------------------------------
+    def scores_path(self, name: str) -> Path:
+        return self.root / "scores" / f"{name}.npz"
+
     def _raw_scores(self, name: str) -> dict[str, np.ndarray]:
         if name not in self._scores:
-            self._scores[name] = self._npz(self.root / "scores" / f"{name}.npz", "scores")
+            self._scores[name] = _read_npz(self.scores_path(name), "scores")
         return self._scores[name]
 
     def scores(self, name: str) -> dict[str, np.ndarray]:
@@ -196,11 +301,26 @@ class AnalysisCache:
         return next((sc[k] for k in cands if k in sc), None)
 
     def has_scores(self, name: str) -> bool:
-        return (self.root / "scores" / f"{name}.npz").is_file()
+        return self.scores_path(name).is_file()
+
+    def write_scores(self, name: str, scores: Mapping[str, np.ndarray]) -> Path:
+        """Atomically write ``scores/<name>.npz``: ``{method: test-part scores}`` as given (float64 as
+        scored) plus ``_test_idx`` = the split's test part (the rows they score, in that order)."""
+        payload = {TEST_IDX_KEY: self.split(name)[1], **scores}
+        self._scores.pop(name, None)
+        return save_npz(self.scores_path(name), payload, compress=False)
 
     # ---- csv side files -------------------------------------------------------------------------
     def timings_path(self) -> Path:
         return self.root / "timings.csv"
+
+    def timings(self) -> dict[str, dict[str, str]]:
+        """timings.csv as {component: row} (row: method, seconds_per_1000, device, batch_size, ... as text)."""
+        path = self.timings_path()
+        if not path.is_file():
+            raise _missing(path, "timings.csv")
+        with open(path, newline="") as f:
+            return {r["method"]: r for r in csv.DictReader(f)}
 
 
 def read_csv(path: str | Path, what: str | None = None):
@@ -223,8 +343,5 @@ def to_markdown(df, floatfmt: str = ".3f", index: bool = True) -> str:
         return str(v)
 
     cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
-        cells = ([str(idx)] if index else []) + [fmt(v) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [([str(idx)] if index else []) + [fmt(v) for v in row.tolist()] for idx, row in df.iterrows()]
+    return markdown_grid(cols, rows) + "\n"

@@ -56,14 +56,16 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def save_npz(path: Path, arrays: Mapping[str, np.ndarray], key: str | None = None) -> Path:
-    """Atomically write a compressed npz; ``key`` (the cache key) is stored beside the arrays."""
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray], key: str | None = None, *,
+             compress: bool = True) -> Path:
+    """Atomically write an npz (compressed unless ``compress=False``); ``key`` (the cache key) is
+    stored beside the arrays."""
     data = dict(arrays)
     if key is not None:
         data[KEY_FIELD] = np.array(key)
     with atomic_path(Path(path), ".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **data)
+            (np.savez_compressed if compress else np.savez)(f, **data)
     return Path(path)
 
 

@@ -1,4 +1,5 @@
-"""ood_core.tables / ood_core.reference / analysis.benchmark (end to end on a synthetic analysis dir)."""
+"""ood_core.tables / table_csv / table_render / reference(_compare) / analysis.benchmark (end to end on a
+synthetic analysis dir)."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from ood_core import reference as R
+from ood_core import reference_compare as RC
+from ood_core import table_csv as CSV
 from ood_core import tables as TB
 from ood_core.scores import registry
 
@@ -80,8 +83,8 @@ def test_metrics_csv_round_trip(tmp_path):
     paths = TB.write_metrics_tables(ROWS, tmp_path)
     assert [p.name for p in paths] == ["metrics.csv", "metrics.md", "metrics.tex"]
     with open(tmp_path / "metrics.csv") as f:
-        assert next(csv.reader(f)) == TB.METRIC_COLUMNS
-    back = TB.read_metrics_csv(tmp_path / "metrics.csv")
+        assert next(csv.reader(f)) == CSV.METRIC_COLUMNS
+    back = CSV.read_metrics_csv(tmp_path / "metrics.csv")
     assert back == ROWS
 
 
@@ -95,6 +98,53 @@ def test_ablation_table_bold(tmp_path):
     assert "| GRODIN G | vanilla (eps=0, T=1) | 50.00 | **70.00** |" in md
     with open(tmp_path / "ablation_grodin.csv") as f:
         assert {r["method"] for r in csv.DictReader(f)} == {"grodin_g"}  # the CSV keeps the code name
+
+
+# ------------------------------------------------------------------------------------- renderer
+def test_bold_best_marks_every_displayed_tie_and_never_a_missing_value():
+    from ood_core.table_render import Table, best_rows, markdown
+
+    col = [80.001, 79.998, 79.99, None, float("nan")]  # the first two both show 80.00
+    assert best_rows(col, "max") == {0, 1}
+    assert best_rows(col, "min") == {2}
+    assert best_rows([None, None], "max") == set()
+    t = Table(label_header=["m"], columns=["a", "b"], labels=[["x"], ["y"], ["z"]],
+              values=[[80.001, None], [79.998, 1.0], [50.0, 1.004]], stds=[[0.5, None], [None, None], [None, 0.25]],
+              best="max")
+    lines = markdown(t).splitlines()
+    assert lines[:2] == ["| m | a | b |", "|---|---|---|"]
+    assert lines[2:] == ["| x | **80.00** ±0.50 | — |", "| y | **80.00** | **1.00** |",
+                         "| z | 50.00 | **1.00** ±0.25 |"]
+    plain = Table(label_header=["m"], columns=["a", "b"], labels=t.labels, values=t.values)  # best=None: no bold
+    assert plain.bold() == [set(), set()] and "**" not in markdown(plain)
+
+
+def test_latex_variant_renders_the_same_table():
+    from ood_core.table_render import Table, latex, markdown
+
+    t = Table(label_header=["family", "method"], columns=["set_1", "all avg"],
+              labels=[["A & B", "‖h‖₁ × x²"], ["", "m_2"], ["C", "50%"]],
+              values=[[0.1, 0.2], [0.3, None], [0.05, 0.9]], stds=[[0.01, None], [None, None], [None, None]],
+              best="min", groups=["A", "A", "C"], rule_before=1)
+    tex = latex(t, caption="Cap_1: 100 %", label="tab:x", header=["Family", "Method", *t.columns]).splitlines()
+    assert tex[:9] == [r"\begin{table}[t]", r"\centering", r"\small", r"\caption{Cap\_1: 100 \%}", r"\label{tab:x}",
+                       r"\begin{tabular}{llr|r}", r"\toprule", r"Family & Method & set\_1 & all avg \\", r"\midrule"]
+    assert tex[9] == (r"A \& B & \ensuremath{\|}h\ensuremath{\|}\ensuremath{_1} \ensuremath{\times} x\ensuremath{^2}"
+                      r" & 0.10\,{\scriptsize$\pm$0.01} & \textbf{0.20} \\")
+    assert tex[10] == r" & m\_2 & 0.30 & -- \\"
+    assert tex[11] == r"\midrule" and tex[12] == r"C & 50\% & \textbf{0.05} & 0.90 \\"
+    assert tex[-3:] == [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    md = markdown(t)
+    assert "| C | 50% | **0.05** | 0.90 |" in md and "| A & B | ‖h‖₁ × x² | 0.10 ±0.01 | **0.20** |" in md
+
+
+def test_tex_escape_every_special_character_once():
+    from ood_core.table_render import tex_escape
+
+    assert tex_escape("a\\b") == r"a\textbackslash{}b"  # not re-escaped into \textbackslash\{\}
+    assert tex_escape("&%$#_{}~^") == r"\&\%\$\#\_\{\}\textasciitilde{}\^{}"
+    assert tex_escape("±—−") == r"$\pm$---"
+    assert tex_escape(12.5) == "12.5"
 
 
 # -------------------------------------------------------------------------------- display names
@@ -186,7 +236,7 @@ def test_reference_data_well_formed():
 def test_reference_md_gap_lines(tmp_path):
     rows = [_row("msp", "forward", "tinyimagenet", "near", 0.955, 0.5),  # GRODIN TIN msp 95.4: +0.1, no line
             _row("grodin_g", "gradient", "tinyimagenet", "near", 0.90, 0.5)]  # GRODIN 98.3: -8.3 -> line
-    p = TB.write_reference_md(rows, tmp_path / "reference.md", id_dataset="cifar10", model="resnet18",
+    p = RC.write_reference_md(rows, tmp_path / "reference.md", id_dataset="cifar10", model="resnet18",
                               protocol="per_ood_val")
     md = p.read_text()
     gap_lines = [l for l in md.splitlines() if l.startswith("- Gap")]
@@ -205,7 +255,7 @@ def test_reference_md_gap_lines(tmp_path):
 
 def test_reference_md_no_gap_when_close(tmp_path):
     rows = [_row("grodin_g", "gradient", "tinyimagenet", "near", 0.975, 0.5)]
-    md = TB.reference_markdown(rows, id_dataset="cifar10", model="m", protocol="p")
+    md = RC.reference_markdown(rows, id_dataset="cifar10", model="m", protocol="p")
     assert "GRODIN G on TIN" not in md and "- Gap" not in md
 
 
@@ -356,12 +406,16 @@ EXPECTED_FILES = [
 
 def test_benchmark_end_to_end(bm_scores, bench, analysis_dir, tmp_path):
     fig = tmp_path / "fig"
-    out = bench.run_benchmark(analysis_dir, fig, methods=bm_scores, protocol="per_ood_val", bootstrap_n=10, seed=0)
-    assert out == fig / "metrics.csv"
+    out = bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=bm_scores, protocol="per_ood_val",
+                              bootstrap_n=10, seed=0)
+    assert out.metrics_csv == fig / "metrics.csv"
+    assert out.rows == CSV.read_metrics_csv(fig / "metrics.csv")
+    assert [s["method"] for s in out.skipped] == ["_test_bm_missing"] and out.protocol == "per_ood_val"
+    assert set(out.chosen) == {m for m in bm_scores if m != "_test_bm_missing"}
     missing = [f for f in EXPECTED_FILES if not (fig / f).exists()]
     assert not missing, f"not written: {missing}"
 
-    rows = TB.read_metrics_csv(fig / "metrics.csv")
+    rows = CSV.read_metrics_csv(fig / "metrics.csv")
     ran = [m for m in bm_scores if m != "_test_bm_missing"]
     assert sorted({r["method"] for r in rows}) == sorted(ran)
     assert len(rows) == 2 * len(ran)
@@ -396,15 +450,16 @@ def test_benchmark_end_to_end(bm_scores, bench, analysis_dir, tmp_path):
 
 def test_benchmark_held_out_and_defaults(bm_scores, bench, analysis_dir, tmp_path):
     fig = tmp_path / "fig_ho"
-    bench.run_benchmark(analysis_dir, fig, methods=["_test_bm_odin", "_test_bm_react"], protocol="held_out_ood",
-                        bootstrap_n=5, seed=1, held_out="tinyimagenet")
+    bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=["_test_bm_odin", "_test_bm_react"],
+                        protocol="held_out_ood", bootstrap_n=5, seed=1, held_out="tinyimagenet")
     chosen = json.loads((fig / "chosen_hyperparams.json").read_text())
     per_set = chosen["methods"]["_test_bm_odin"]["per_set"]
     assert per_set["mnist"]["params"] == per_set["tinyimagenet"]["params"]
     assert per_set["mnist"]["tuned_on"] == "tinyimagenet" and chosen["held_out"] == "tinyimagenet"
     fig2 = tmp_path / "fig_pd"
-    bench.run_benchmark(analysis_dir, fig2, methods=["_test_bm_odin"], protocol="paper_defaults", bootstrap_n=5)
-    rows = TB.read_metrics_csv(fig2 / "metrics.csv")
+    bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig2, methods=["_test_bm_odin"], protocol="paper_defaults",
+                        bootstrap_n=5)
+    rows = CSV.read_metrics_csv(fig2 / "metrics.csv")
     assert all(r["hyperparams"] == {"eps": 0.0, "T": 1.0} and r["protocol"] == "paper_defaults" for r in rows)
 
 
@@ -416,8 +471,9 @@ def test_stored_scores_reproduce_the_table_exactly(bm_scores, bench, analysis_di
 
     fig = tmp_path / "fig_rt"
     methods = ["_test_bm_msp", "_test_bm_saturated", "_test_bm_odin", "_test_bm_react"]
-    bench.run_benchmark(analysis_dir, fig, methods=methods, protocol="per_ood_val", bootstrap_n=2, seed=0)
-    rows = TB.read_metrics_csv(fig / "metrics.csv")
+    bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=methods, protocol="per_ood_val", bootstrap_n=2,
+                        seed=0)
+    rows = CSV.read_metrics_csv(fig / "metrics.csv")
     assert len(rows) == 2 * len(methods)
     sid = np.load(analysis_dir / "scores" / "cifar10_test.npz")
     column_of = {"auroc": "auroc", "fpr95_id_pos": "fpr95", "fpr95_ood_pos": "fpr95_ood_pos",

@@ -1,0 +1,111 @@
+"""Our numbers beside the published ones of :mod:`ood_core.reference` (reference.md).
+
+Each published entry for the same ID dataset whose OOD set maps to ours (``reference.SET_MAP``) is
+paired with our value on the mapped set(s) (their mean, in percent) and the gap ``ours - theirs``;
+AUROC gaps above :data:`GAP_THRESHOLD` points are listed with what differs between the two setups.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import reference as ref
+from .cache import write_text
+from .scores.registry import display_name
+from .table_render import DASH, fmt_number, markdown_grid
+
+GAP_THRESHOLD = 2.0  # AUROC points
+_COLUMN_OF = {"auroc": "auroc", "fpr95_id_pos": "fpr95", "fpr95_ood_pos": "fpr95_ood_pos"}  # metric -> metrics.csv
+
+
+def _our_value(rows: Sequence[Mapping[str, Any]], method: str, sets: list[str], metric: str) -> float | None:
+    """Mean of our ``metric`` (percent) of ``method`` over ``sets``; None when one is missing."""
+    col = _COLUMN_OF[metric]
+    vals = []
+    for s in sets:
+        v = next((r.get(col) for r in rows if r["method"] == method and r["ood_set"] == s), None)
+        if v is None:
+            return None
+        vals.append(100.0 * v)
+    return sum(vals) / len(vals) if vals else None
+
+
+def reference_comparison(rows: Sequence[Mapping[str, Any]], id_dataset: str,
+                         refs: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Our numbers beside every published number for the same ID dataset whose OOD set maps to ours
+    (see ``reference.SET_MAP``); ``ours`` is None when we did not run the method."""
+    refs = ref.REFERENCE if refs is None else refs
+    available = list(dict.fromkeys(r["ood_set"] for r in rows))
+    out = []
+    for e in refs:
+        if e["id_dataset"] != id_dataset or e["metric"] not in _COLUMN_OF or e["value"] is None:
+            continue
+        mapped = ref.our_sets_for(e["ood_set"], available)
+        if not mapped:
+            continue
+        our_sets = [m[0] for m in mapped]
+        comps = {m[1] for m in mapped}
+        comp = "not comparable" if "not comparable" in comps else ("partial" if "partial" in comps else "comparable")
+        ours = _our_value(rows, e["method"], our_sets, e["metric"])
+        out.append({**e, "our_sets": our_sets, "comparability": comp, "set_note": "; ".join(m[2] for m in mapped),
+                    "ours": ours, "gap": None if ours is None else ours - e["value"]})
+    return out
+
+
+def _differs_line(c: Mapping[str, Any], model: str, protocol: str, preprocessing: str) -> str:
+    parts = [
+        f"model weights/training (theirs: {c['model']}; ours: {model}; checkpoints not shared)",
+        f"OOD image lists/subsets ({c['comparability']}: {c['set_note']})",
+        f"preprocessing (theirs: {c.get('preprocessing') or 'not recorded'}; ours: {preprocessing})",
+        f"protocol (theirs: {c.get('protocol') or 'unknown'}; ours: {protocol})",
+    ]
+    if c["tag"] == "[mem]":
+        parts.append("and the published value itself is [mem], unverified")
+    return "; ".join(parts)
+
+
+def reference_markdown(rows: Sequence[Mapping[str, Any]], *, id_dataset: str, model: str, protocol: str,
+                       preprocessing: str = "see the profile config",
+                       refs: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """reference.md: the comparison table, the AUROC gaps above the threshold, the set mapping."""
+    comp = reference_comparison(rows, id_dataset, refs)
+    lines = [
+        f"# Our numbers beside published ones (ID: {id_dataset}, model: {model}, protocol: {protocol})",
+        "",
+        "Source tags: " + "; ".join(f"**{k}** {v}" for k, v in ref.TAG_MEANING.items()) + ".",
+        "**[mem] numbers are unverified recollections of the papers: do not quote them, or our gaps to them, "
+        "before checking the original tables.**",
+        "",
+        "Values in %. gap = ours − theirs. FPR95 rows use the convention named in the metric column.",
+        "",
+    ]
+    if not comp:
+        lines += [f"No published number maps to our OOD sets for ID dataset '{id_dataset}'.", ""]
+    else:
+        body = []
+        for c in comp:
+            ours = fmt_number(c["ours"]) if c["ours"] is not None else "not run"
+            gap = f"{c['gap']:+.2f}" if c["gap"] is not None else DASH
+            body.append([c["source"], c["tag"], display_name(c["method"]), c["ood_set"], ", ".join(c["our_sets"]),
+                         c["metric"], fmt_number(c["value"]), ours, gap, c["comparability"]])
+        lines += [markdown_grid(["source", "tag", "method", "their set", "our set(s)", "metric", "theirs", "ours",
+                                 "gap", "comparability"], body), ""]
+        gaps = [c for c in comp if c["metric"] == "auroc" and c["gap"] is not None and abs(c["gap"]) > GAP_THRESHOLD]
+        lines += [f"## AUROC gaps larger than {GAP_THRESHOLD:g} points", ""]
+        if not gaps:
+            lines.append("None.")
+        for c in gaps:
+            lines.append(f"- Gap {c['gap']:+.2f} pts, {display_name(c['method'])} on {c['ood_set']} vs {c['source']} "
+                         f"{c['tag']}: differs in {_differs_line(c, model, protocol, preprocessing)}.")
+        lines.append("")
+    lines += ["## Set mapping", ""]
+    for ours, maps in ref.SET_MAP.items():
+        for theirs, compb, note in maps:
+            lines.append(f"- `{ours}` ~ {theirs}: {compb} — {note}")
+    lines += ["- " + ref.ABSENT_NOTE, ""]
+    return "\n".join(lines)
+
+
+def write_reference_md(rows: Sequence[Mapping[str, Any]], path: Path, **kw: Any) -> Path:
+    """Write :func:`reference_markdown` (keyword arguments as there) to ``path``."""
+    return write_text(Path(path), reference_markdown(rows, **kw))
