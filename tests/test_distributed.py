@@ -186,9 +186,9 @@ def test_killed_rank_leaves_no_half_written_cache_and_rerun_completes(tmp_path):
     while not list(parts.glob("*.rank1of2.npz")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the launch finished before a rank could be killed"
-    workers = [int(p) for p in subprocess.run(["pgrep", "-f", "-s", str(proc.pid), "analysis.extract"],
-                                              capture_output=True, text=True).stdout.split()]
-    workers = [p for p in workers if p != proc.pid]
+    # the workers' command lines hold this test's unique cache path (torchrun may start them in sessions of their own)
+    found = subprocess.run(["pgrep", "-f", f"analysis.extract.*{tmp_path / 'cache'}"], capture_output=True, text=True)
+    workers = [int(p) for p in found.stdout.split() if int(p) != proc.pid]
     assert workers, "no worker process found"
     os.kill(max(workers), signal.SIGKILL)
     proc.wait(timeout=600)
