@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ood_core import tables
+from ood_core.table_csv import read_metrics_csv
+from ood_core.table_render import best_rows
 from ood_core import scores  # noqa: F401  (registers every score, so display names resolve)
 from ood_core.cache import write_text
 from ood_core.scores import registry
@@ -58,8 +60,8 @@ def results_table(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None 
     if missing:
         raise KeyError(f"README results-table: method(s) {missing} not in metrics.csv (has {sorted(by_method)})")
     body = [{**by_method[m], "fpr95 avg": fpr_of[m]} for m in order]
-    best = tables.best_per_column(body, ["all avg", *groups], "max", decimals=1)
-    best.update(tables.best_per_column(body, ["fpr95 avg"], "min", decimals=1))
+    best = {c: best_rows([e[c] for e in body], "max", decimals=1) for c in ["all avg", *groups]}
+    best["fpr95 avg"] = best_rows([e["fpr95 avg"] for e in body], "min", decimals=1)
 
     def cell(i: int, col: str) -> str:
         v = body[i][col]
@@ -87,7 +89,7 @@ def render(readme_text: str, figures_root: Path) -> tuple[str, list[str]]:
             skipped.append(args["profile"])
             return m.group(0)
         methods = [x for x in args.get("methods", "").split(",") if x] or None
-        return m.group(1) + results_table(tables.read_metrics_csv(csv), methods) + m.group(4)
+        return m.group(1) + results_table(read_metrics_csv(csv), methods) + m.group(4)
 
     return BLOCK.sub(replace, readme_text), skipped
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from analysis import readme_tables as rt
-from ood_core import tables
+from ood_core.table_csv import read_metrics_csv, write_metrics_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_results_table_rejects_unknown_method():
 
 def test_render_replaces_only_blocks_with_a_csv(tmp_path):
     (tmp_path / "p1").mkdir()
-    tables.write_metrics_csv(ROWS, tmp_path / "p1" / "metrics.csv")
+    write_metrics_csv(ROWS, tmp_path / "p1" / "metrics.csv")
     text = ("intro\n<!-- results-table: profile=p1 methods=msp -->\nOLDBODY\n<!-- /results-table -->\nmid\n"
             "<!-- results-table: profile=absent -->\nkept\n<!-- /results-table -->\nend\n")
     new, skipped = rt.render(text, tmp_path)
@@ -56,7 +56,7 @@ def test_render_replaces_only_blocks_with_a_csv(tmp_path):
 
 def test_check_fails_on_a_stale_table(tmp_path, capsys):
     (tmp_path / "p1").mkdir()
-    tables.write_metrics_csv(ROWS, tmp_path / "p1" / "metrics.csv")
+    write_metrics_csv(ROWS, tmp_path / "p1" / "metrics.csv")
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results-table: profile=p1 -->\nstale\n<!-- /results-table -->\n")
     assert rt.main(["--check", "--readme", str(readme), "--figures", str(tmp_path)]) == 1
@@ -85,5 +85,5 @@ def test_readme_tables_match_committed_metrics():
             continue
         block = next(m for m in rt.BLOCK.finditer(text) if rt.parse_args(m.group("args"))["profile"] == prof)
         methods = [x for x in rt.parse_args(block.group("args")).get("methods", "").split(",") if x] or None
-        assert block.group("body") == rt.results_table(tables.read_metrics_csv(REPO / rel), methods), (
+        assert block.group("body") == rt.results_table(read_metrics_csv(REPO / rel), methods), (
             f"README's {prof} table is stale: run `python -m analysis.readme_tables`")
