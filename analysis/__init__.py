@@ -1,4 +1,5 @@
 """The pipeline's stages, each run as ``python -m analysis.<stage>``; ``analysis.run`` chains them."""
+
 from __future__ import annotations
 
 import os

@@ -16,6 +16,7 @@ the pre-run level, sampled every ms from /proc/self/statm (resource.ru_maxrss gr
 
     python analysis/bench_scores.py --model small_cnn --device cpu --out /tmp/bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -164,7 +165,7 @@ def profile_ops(fn: Callable[[], None], dev: torch.device, row_limit: int) -> tu
         kernels = [e for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA]
         summary["kernels"] = len(kernels)
         summary["busy_ms"] = sum(getattr(e, "device_time", getattr(e, "cuda_time", 0.0)) for e in kernels) / 1e3
-    for sort in (("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)):
+    for sort in ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",):
         try:
             return ka.table(sort_by=sort, row_limit=row_limit), summary
         except (AttributeError, KeyError, ValueError):  # the attribute name differs across torch versions
@@ -178,7 +179,7 @@ def loop_agreement(model, x: torch.Tensor) -> float:
     _, fast = per_sample_sq_norms(model, x, ce_pred_delta(1.0), method="hooks")
     ref = []
     for i in range(x.shape[0]):
-        f = model(x[i: i + 1])
+        f = model(x[i : i + 1])
         gs = torch.autograd.grad(F.cross_entropy(f, f.argmax(1)), params)
         ref.append(sum(g.double().pow(2).sum() for g in gs))
     ref_t = torch.stack(ref).to(fast.device)
@@ -260,7 +261,7 @@ def subspace_pass_methods(model, x, k: int, chunk: int = 64):
         acc.zero_()
         s = 0
         for g, _ in _iter_raw(model, [x], names, energy_delta, chunk):
-            acc.addmm_(g.T, q[s: s + g.shape[0]])
+            acc.addmm_(g.T, q[s : s + g.shape[0]])
             s += g.shape[0]
         acc.addr_(mean, q.sum(0), alpha=-1.0).mul_(scale[:, None])
 
@@ -274,7 +275,7 @@ def loops_for(model, x, dev, bf16):
     def loop_gradnorm():  # OpenOOD / gradnorm_ood style: one backward per image
         for i in range(x.shape[0]):
             with _autocast(dev, bf16):
-                f = model(x[i: i + 1]).float()
+                f = model(x[i : i + 1]).float()
             loss = -(torch.log_softmax(f, 1)).mean()  # KL(u || p) up to a constant
             (g,) = torch.autograd.grad(loss, [W])
             float(g.abs().sum())
@@ -282,7 +283,7 @@ def loops_for(model, x, dev, bf16):
     def loop_grodin():
         for i in range(x.shape[0]):
             with _autocast(dev, bf16):
-                f = model(x[i: i + 1]).float()
+                f = model(x[i : i + 1]).float()
             loss = F.cross_entropy(f, f.argmax(1))
             gs = torch.autograd.grad(loss, params)
             float(sum(g.float().pow(2).sum() for g in gs))
@@ -290,8 +291,12 @@ def loops_for(model, x, dev, bf16):
     return {"loop_gradnorm_last": loop_gradnorm, "loop_grodin_allw": loop_grodin}
 
 
-LOOP_REF = {"lastlayer_closed": "loop_gradnorm_last", "lowdim_last_closed": "loop_gradnorm_last", "grodin_allw_hooks": "loop_grodin_allw",
-            "grodin_allw_vmap": "loop_grodin_allw"}
+LOOP_REF = {
+    "lastlayer_closed": "loop_gradnorm_last",
+    "lowdim_last_closed": "loop_gradnorm_last",
+    "grodin_allw_hooks": "loop_grodin_allw",
+    "grodin_allw_vmap": "loop_grodin_allw",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,8 +327,11 @@ def load_model(args, dev):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small_cnn", choices=sorted(INPUTS))
-    ap.add_argument("--checkpoint", default=None,
-                    help="checkpoint written by the train stage, with its .json record (default: random weights)")
+    ap.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint written by the train stage, with its .json record (default: random weights)",
+    )
     ap.add_argument("--batch-size", default="64,256", help="comma-separated list")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -335,8 +343,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--channels-last", action="store_true", help="model and batches in channels_last memory format")
     ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--profile-ops", type=int, default=0, metavar="N",
-                    help="profile fwd_bwd and grodin_allw_hooks at the largest batch; top-N op tables")
+    ap.add_argument(
+        "--profile-ops",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile fwd_bwd and grodin_allw_hooks at the largest batch; top-N op tables",
+    )
     args = ap.parse_args(argv)
 
     if args.device == "auto":
@@ -354,8 +367,13 @@ def main(argv=None) -> int:
     batch_sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
     wanted = None if args.methods == "all" else set(args.methods.split(","))
     gen = torch.Generator().manual_seed(args.seed)
-    common = dict(device=device_name(dev), torch=torch.__version__, dtype=args.dtype, model=args.model,
-                  memory_format="channels_last" if args.channels_last else "contiguous")
+    common = dict(
+        device=device_name(dev),
+        torch=torch.__version__,
+        dtype=args.dtype,
+        model=args.model,
+        memory_format="channels_last" if args.channels_last else "contiguous",
+    )
     rows = []
     skipped: list[str] = []
 
@@ -411,8 +429,11 @@ def main(argv=None) -> int:
             out_dir = Path(args.out)
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"profile_{name}_bs{bs}.txt").write_text(table + "\n")
-            busy = (f"device busy {summ['busy_ms']:.1f} ms in {summ['kernels']} kernels" if dev.type == "cuda"
-                    else "CPU: see the op table")
+            busy = (
+                f"device busy {summ['busy_ms']:.1f} ms in {summ['kernels']} kernels"
+                if dev.type == "cuda"
+                else "CPU: see the op table"
+            )
             profiles.append(f"- {name}, bs={bs}: wall {summ['wall_ms']:.1f} ms, {busy} (profile_{name}_bs{bs}.txt)")
             print(f"[bench] profile {profiles[-1]}")
 
@@ -423,8 +444,19 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["device", "torch", "dtype", "memory_format", "model", "batch_size", "method", "images_per_s", "peak_mb",
-            "mem_kind", "speedup_vs_loop"]
+    cols = [
+        "device",
+        "torch",
+        "dtype",
+        "memory_format",
+        "model",
+        "batch_size",
+        "method",
+        "images_per_s",
+        "peak_mb",
+        "mem_kind",
+        "speedup_vs_loop",
+    ]
     with open(out / "bench_scores.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
@@ -437,8 +469,12 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()}; median of {args.repeats} after {args.warmup} warm-up; "
         f"loops over {args.loop_images} images at batch size 1; hooks vs vmap max rel. diff {agree:.1e}, "
         f"hooks vs the per-image autograd loop {agree_loop:.1e} (fp32, {xa.shape[0]} images).",
-        "Peak memory: " + ("torch.cuda.max_memory_allocated above the pre-run level."
-                           if dev.type == "cuda" else "resident-set growth over the pre-run level (CPU)."),
+        "Peak memory: "
+        + (
+            "torch.cuda.max_memory_allocated above the pre-run level."
+            if dev.type == "cuda"
+            else "resident-set growth over the pre-run level (CPU)."
+        ),
         "",
         "| batch | method | images/s | peak MB | speed-up vs loop |",
         "|---:|---|---:|---:|---:|",

@@ -25,6 +25,7 @@ set's OWN validation part (whatever the protocol), ``auroc_test`` its test part 
 for a cell that was searched on validation rows only, ``extract.grodin_test_points: selected``).
 Sweeps are for plots; the reported tables use the protocol.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -41,12 +42,12 @@ from tqdm import tqdm
 from ood_core import metrics, tables
 from ood_core.analysis_cache import AnalysisCache
 from ood_core.cache import write_text
-from ood_core.reference_compare import write_reference_md
-from ood_core.table_csv import json_default, write_csv, write_metrics_csv
-from ood_core.scores import registry  # importing the package registers every score
 from ood_core.grid import point_available
 from ood_core.grid_selection import choose_settings
-from ood_core.tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, grid_points, tune
+from ood_core.reference_compare import write_reference_md
+from ood_core.scores import registry  # importing the package registers every score
+from ood_core.table_csv import json_default, write_csv, write_metrics_csv
+from ood_core.tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, tune
 
 log = logging.getLogger("analysis.benchmark")
 
@@ -129,12 +130,14 @@ class Scorer:
 
 def _params_key(params: Mapping[str, Any]) -> tuple:
     """A hashable, order-free key of a parameter dict; values keep their type (1 and 1.0 differ)."""
+
     def freeze(v: Any) -> Any:
         if isinstance(v, (list, tuple, np.ndarray)):
             return ("seq", tuple(freeze(x) for x in v))
         if isinstance(v, Mapping):
             return ("map", _params_key(v))
         return (type(v).__name__, v)
+
     return tuple(sorted((k, freeze(v)) for k, v in params.items()))
 
 
@@ -148,8 +151,8 @@ class MethodResult:
     and what the sweeps reuse (the memoised scorer, the tuning result, the grid searched)."""
 
     rows: list[dict[str, Any]]
-    chosen: dict[str, Any]                      # family, grid, defaults, per_set (chosen_hyperparams.json)
-    scores: dict[str, dict[str, np.ndarray]]    # dataset -> {key: test-part scores} (scores/<dataset>.npz)
+    chosen: dict[str, Any]  # family, grid, defaults, per_set (chosen_hyperparams.json)
+    scores: dict[str, dict[str, np.ndarray]]  # dataset -> {key: test-part scores} (scores/<dataset>.npz)
     scorer: Scorer
     tune: TuneResult
     grid: dict[str, list[Any]]
@@ -159,10 +162,10 @@ class MethodResult:
 class BenchmarkResult:
     """What :func:`run_benchmark` wrote and found."""
 
-    metrics_csv: Path                           # fig_dir/metrics.csv (the other tables beside it)
-    rows: list[dict[str, Any]]                  # the metric rows of metrics.csv
-    chosen: dict[str, Any]                      # method -> chosen parameters (chosen_hyperparams.json)
-    skipped: list[dict[str, Any]]               # method, family, reason (skipped.csv)
+    metrics_csv: Path  # fig_dir/metrics.csv (the other tables beside it)
+    rows: list[dict[str, Any]]  # the metric rows of metrics.csv
+    chosen: dict[str, Any]  # method -> chosen parameters (chosen_hyperparams.json)
+    skipped: list[dict[str, Any]]  # method, family, reason (skipped.csv)
     protocol: str
     held_out: str | None
 
@@ -238,9 +241,14 @@ def run_benchmark(
             if sweep.ablation and abl:
                 ablations.setdefault(sweep.ablation, (sweep, []))[1].extend(abl)
 
-    info = {"model": meta.get("model"), "id_accuracy": meta.get("id_accuracy"), "protocol": protocol,
-            "n_id": int(data.splits[data.id_name].test.size), "bootstrap_n": bootstrap_n,
-            "title": f"{meta.get('profile', '')} / {meta.get('model', '')}"}
+    info = {
+        "model": meta.get("model"),
+        "id_accuracy": meta.get("id_accuracy"),
+        "protocol": protocol,
+        "n_id": int(data.splits[data.id_name].test.size),
+        "bootstrap_n": bootstrap_n,
+        "title": f"{meta.get('profile', '')} / {meta.get('model', '')}",
+    }
     if protocol == "held_out_ood":
         info["protocol"] = f"held_out_ood (held-out: {held_out})"
     metrics_csv = fig_dir / "metrics.csv"
@@ -251,19 +259,38 @@ def run_benchmark(
         log.warning("no method produced results; wrote an empty metrics.csv")
     _write_sweeps_and_ablations(fig_dir, sweeps, ablations, protocol)
     write_csv(skipped, fig_dir / "skipped.csv", ["method", "family", "reason"])
-    write_text(fig_dir / "chosen_hyperparams.json", json.dumps(
-        {"protocol": protocol, "held_out": held_out, "bootstrap_n": bootstrap_n, "seed": seed,
-         "profile": meta.get("profile"), "model": meta.get("model"), "methods": chosen},
-        indent=2, sort_keys=False, default=json_default))
-    write_reference_md(rows, fig_dir / "reference.md", id_dataset=data.id_dataset,
-                       model=str(meta.get("model")), protocol=str(info["protocol"]),
-                       preprocessing=str(meta.get("preprocessing", "see the profile config")))
+    write_text(
+        fig_dir / "chosen_hyperparams.json",
+        json.dumps(
+            {
+                "protocol": protocol,
+                "held_out": held_out,
+                "bootstrap_n": bootstrap_n,
+                "seed": seed,
+                "profile": meta.get("profile"),
+                "model": meta.get("model"),
+                "methods": chosen,
+            },
+            indent=2,
+            sort_keys=False,
+            default=json_default,
+        ),
+    )
+    write_reference_md(
+        rows,
+        fig_dir / "reference.md",
+        id_dataset=data.id_dataset,
+        model=str(meta.get("model")),
+        protocol=str(info["protocol"]),
+        preprocessing=str(meta.get("preprocessing", "see the profile config")),
+    )
     for ds, scores in score_out.items():
         data.cache.write_scores(ds, scores)
     if skipped:
         log.warning("skipped %d method(s); see %s", len(skipped), fig_dir / "skipped.csv")
-    return BenchmarkResult(metrics_csv=metrics_csv, rows=rows, chosen=chosen, skipped=skipped, protocol=protocol,
-                           held_out=held_out)
+    return BenchmarkResult(
+        metrics_csv=metrics_csv, rows=rows, chosen=chosen, skipped=skipped, protocol=protocol, held_out=held_out
+    )
 
 
 def _pick_held_out(held_out: str | None, data: AnalysisData) -> str:
@@ -280,10 +307,17 @@ def _pick_held_out(held_out: str | None, data: AnalysisData) -> str:
 
 def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out, bootstrap_n, seed) -> MethodResult:
     grid = effective_grid(spec, data.meta, data.arrays[data.id_name])
-    tr = tune(m, protocol=protocol, id_arrays=data.arrays[data.id_name], id_split=data.splits[data.id_name],
-              ood_arrays={o: data.arrays[o] for o in data.ood_names},
-              ood_splits={o: data.splits[o] for o in data.ood_names},
-              fitted_state_fn=fits.state_fn(m), grid=grid, held_out=held_out)
+    tr = tune(
+        m,
+        protocol=protocol,
+        id_arrays=data.arrays[data.id_name],
+        id_split=data.splits[data.id_name],
+        ood_arrays={o: data.arrays[o] for o in data.ood_names},
+        ood_splits={o: data.splits[o] for o in data.ood_names},
+        fitted_state_fn=fits.state_fn(m),
+        grid=grid,
+        held_out=held_out,
+    )
     scorer = Scorer(m, data, fits)
     rows, per_set = [], {}
     scores: dict[str, dict[str, np.ndarray]] = {data.id_name: {}, **{o: {} for o in data.ood_names}}
@@ -297,23 +331,32 @@ def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out,
         if src is not None:  # the validation AUROC of the chosen grid point, on the set that chose it
             point = {k: params[k] for k in grid}
             val_auc = next((v for p, v in tr.tables[src] if p == point), None)
-        rows.append({
-            "method": m, "family": spec.family, "ood_set": o, "group": data.groups[o],
-            "auroc": ev["auroc"], "auroc_std": sd, "fpr95": ev["fpr95_id_pos"], "fpr95_ood_pos": ev["fpr95_ood_pos"],
-            **{k: ev[k] for k in ("aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz")},
-            "hyperparams": _jsonable(params),
-            "protocol": protocol if (grid or protocol == "paper_defaults") else f"{protocol} (no grid: defaults)",
-            "n_id": ev["n_id"],
-            "n_ood": ev["n_ood"], "id_accuracy": data.meta.get("id_accuracy"), "model": data.meta.get("model"),
-        })
+        rows.append(
+            {
+                "method": m,
+                "family": spec.family,
+                "ood_set": o,
+                "group": data.groups[o],
+                "auroc": ev["auroc"],
+                "auroc_std": sd,
+                "fpr95": ev["fpr95_id_pos"],
+                "fpr95_ood_pos": ev["fpr95_ood_pos"],
+                **{k: ev[k] for k in ("aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz")},
+                "hyperparams": _jsonable(params),
+                "protocol": protocol if (grid or protocol == "paper_defaults") else f"{protocol} (no grid: defaults)",
+                "n_id": ev["n_id"],
+                "n_ood": ev["n_ood"],
+                "id_accuracy": data.meta.get("id_accuracy"),
+                "model": data.meta.get("model"),
+            }
+        )
         per_set[o] = {"params": _jsonable(params), "tuned_on": src, "val_auroc": val_auc}
         scores[o][m] = s_o  # float64 as scored: metrics recomputed from the stored scores equal the table's
         scores[data.id_name][f"{m}__vs__{o}"] = s_id
     used = [v["params"] for v in per_set.values()]
     if used and all(p == used[0] for p in used):  # the same parameters for every OOD set
         scores[data.id_name][m] = next(iter(scores[data.id_name].values()))
-    chosen = {"family": spec.family, "grid": _jsonable(grid), "defaults": _jsonable(spec.defaults),
-              "per_set": per_set}
+    chosen = {"family": spec.family, "grid": _jsonable(grid), "defaults": _jsonable(spec.defaults), "per_set": per_set}
     return MethodResult(rows=rows, chosen=chosen, scores=scores, scorer=scorer, tune=tr, grid=grid)
 
 
@@ -341,8 +384,15 @@ def _sweep_param(m, spec, data: AnalysisData, scorer: Scorer, param: str, values
             log.warning("%s sweep of %s: skip %s=%s (%s)", param, m, param, v, reason)
             continue
         for o in data.ood_names:
-            out.append({"method": m, param: v, "ood_set": o, "group": data.groups[o],
-                        "auroc_test": scorer.test_auroc(o, params)})
+            out.append(
+                {
+                    "method": m,
+                    param: v,
+                    "ood_set": o,
+                    "group": data.groups[o],
+                    "auroc_test": scorer.test_auroc(o, params),
+                }
+            )
     return out
 
 
@@ -355,20 +405,33 @@ def _sweep_odin(m, spec, data: AnalysisData, scorer: Scorer, tr, grid, fits: Fit
     if tr.protocol == "per_ood_val" and tr.tables:
         tables_val = tr.tables
     else:  # the set's own validation part (a tuning pass: guarded slicing in tune)
-        tables_val = tune(m, protocol="per_ood_val", id_arrays=data.arrays[data.id_name],
-                          id_split=data.splits[data.id_name],
-                          ood_arrays={o: data.arrays[o] for o in data.ood_names},
-                          ood_splits={o: data.splits[o] for o in data.ood_names},
-                          fitted_state_fn=fits.state_fn(m), grid=grid).tables
+        tables_val = tune(
+            m,
+            protocol="per_ood_val",
+            id_arrays=data.arrays[data.id_name],
+            id_split=data.splits[data.id_name],
+            ood_arrays={o: data.arrays[o] for o in data.ood_names},
+            ood_splits={o: data.splits[o] for o in data.ood_names},
+            fitted_state_fn=fits.state_fn(m),
+            grid=grid,
+        ).tables
     out = []
     for o in data.ood_names:
         for point, auc_val in tables_val[o]:
             params = {**spec.defaults, **point}
             on_test = all(point_available(data.arrays[d], point[en], point[tn]) for d in (data.id_name, o))
-            out.append({"method": m, "ood_set": o, "group": data.groups[o], "eps": point[en], "T": point[tn],
-                        "auroc_val": auc_val,
-                        # NaN: a cell searched on validation rows only (extract.grodin_test_points: selected)
-                        "auroc_test": scorer.test_auroc(o, params) if on_test else float("nan")})
+            out.append(
+                {
+                    "method": m,
+                    "ood_set": o,
+                    "group": data.groups[o],
+                    "eps": point[en],
+                    "T": point[tn],
+                    "auroc_val": auc_val,
+                    # NaN: a cell searched on validation rows only (extract.grodin_test_points: selected)
+                    "auroc_test": scorer.test_auroc(o, params) if on_test else float("nan"),
+                }
+            )
     return out
 
 
@@ -385,17 +448,30 @@ def _grodin_ablation(m, sweep: list[dict], data: AnalysisData, protocol: str, he
         test_of = {(r["eps"], r["T"]): r["auroc_test"] for r in sweep if r["ood_set"] == o}
         for setting, p in choose_settings(table).items():
             cell = (p["eps"], p["T"])
-            out.append({"method": m, "setting": setting, "ood_set": o, "group": data.groups[o],
-                        "auroc": test_of[cell], "eps": p["eps"], "T": p["T"],
-                        "auroc_val": val_of[cell], "selected_on": f"{src} val"})
+            out.append(
+                {
+                    "method": m,
+                    "setting": setting,
+                    "ood_set": o,
+                    "group": data.groups[o],
+                    "auroc": test_of[cell],
+                    "eps": p["eps"],
+                    "T": p["T"],
+                    "auroc_val": val_of[cell],
+                    "selected_on": f"{src} val",
+                }
+            )
     return out
 
 
 def _write_sweeps_and_ablations(fig_dir: Path, sweeps, ablations, protocol: str) -> None:
     """``SWEEP_CSV`` files (always, possibly empty) and one table per ablation name the sweeps declare."""
     for params, name in SWEEP_CSV.items():
-        cols = (["method", "ood_set", "group", *params, "auroc_val", "auroc_test"] if params == GRID_SWEEP
-                else ["method", *params, "ood_set", "group", "auroc_test"])
+        cols = (
+            ["method", "ood_set", "group", *params, "auroc_val", "auroc_test"]
+            if params == GRID_SWEEP
+            else ["method", *params, "ood_set", "group", "auroc_test"]
+        )
         write_csv(sweeps[params], fig_dir / name, cols)
     for name, (sweep, rows) in ablations.items():
         if sweep.params == GRID_SWEEP:
@@ -439,31 +515,50 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     from .common import add_common_args, make_context, record_run
 
-    ap = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    ap.add_argument("--methods", nargs="*", default=None, help="score names (default: the profile's, else all registered)")
+    ap = add_common_args(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
+    ap.add_argument(
+        "--methods", nargs="*", default=None, help="score names (default: the profile's, else all registered)"
+    )
     ap.add_argument("--protocol", choices=PROTOCOLS, default=None, help="tuning protocol (default: the profile's)")
     ap.add_argument("--bootstrap-n", type=int, default=None, help="bootstrap resamples (default: the profile's)")
     ap.add_argument("--held-out", default=None, help="held-out OOD set for --protocol held_out_ood")
     ap.add_argument("--keep-going", action="store_true", help="skip (not raise on) methods that error")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     ctx = make_context(a)
     b = ctx.cfg["benchmark"]
     methods = a.methods or b["methods"] or None
     protocol = a.protocol or b["protocol"]
     boot = a.bootstrap_n if a.bootstrap_n is not None else int(b["bootstrap"])
     held_out = a.held_out or b["held_out"]
-    stamp = hash_config(_inputs_digest(ctx.analysis_dir), _code_digest(), methods, protocol, boot, held_out, ctx.cfg["seed"])
+    stamp = hash_config(
+        _inputs_digest(ctx.analysis_dir), _code_digest(), methods, protocol, boot, held_out, ctx.cfg["seed"]
+    )
     stamp_file = ctx.fig_dir / ".benchmark_stamp.json"
-    if (not ctx.force and stamp_file.is_file() and (ctx.fig_dir / "metrics.csv").is_file()
-            and json.loads(stamp_file.read_text()).get("stamp") == stamp):
+    if (
+        not ctx.force
+        and stamp_file.is_file()
+        and (ctx.fig_dir / "metrics.csv").is_file()
+        and json.loads(stamp_file.read_text()).get("stamp") == stamp
+    ):
         print(f"[benchmark] cached: {ctx.fig_dir / 'metrics.csv'}")
         return ctx.fig_dir / "metrics.csv"
     t0 = time.perf_counter()
-    out = run_benchmark(analysis_dir=ctx.analysis_dir, fig_dir=ctx.fig_dir, methods=methods, protocol=protocol,
-                        bootstrap_n=boot, seed=int(ctx.cfg["seed"]), held_out=held_out,
-                        strict=not a.keep_going).metrics_csv
+    out = run_benchmark(
+        analysis_dir=ctx.analysis_dir,
+        fig_dir=ctx.fig_dir,
+        methods=methods,
+        protocol=protocol,
+        bootstrap_n=boot,
+        seed=int(ctx.cfg["seed"]),
+        held_out=held_out,
+        strict=not a.keep_going,
+    ).metrics_csv
     from .costs import write_method_costs
 
     costs = write_method_costs(ctx.analysis_dir, ctx.fig_dir, methods or registry.names())

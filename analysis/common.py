@@ -3,6 +3,7 @@
 Every stage script accepts the same core options (``add_common_args``) so that
 ``python -m analysis.<stage> --profile demo`` works on its own and from ``analysis.run``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,16 +42,29 @@ def one_line_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     one_line_errors(p)
-    p.add_argument("--profile", default="demo",
-                   help="profile name under analysis/configs/ or a .yaml path; a profile is named after its "
-                        "file (my.yaml -> profile 'my', whatever its 'profile:' key says) (default: demo)")
-    p.add_argument("--data-root", default=None, help="root of the data files (default: the profile's data.root, "
-                   "else ../shared/data beside the repo if present, else data/)")
+    p.add_argument(
+        "--profile",
+        default="demo",
+        help="profile name under analysis/configs/ or a .yaml path; a profile is named after its "
+        "file (my.yaml -> profile 'my', whatever its 'profile:' key says) (default: demo)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="root of the data files (default: the profile's data.root, "
+        "else ../shared/data beside the repo if present, else data/)",
+    )
     p.add_argument("--cache-dir", default=None, help="cache root (default: cache/<profile>)")
     p.add_argument("--fig-dir", default=None, help="figures and tables (default: figures/<profile>)")
-    p.add_argument("--analysis-dir", default=None, help="analysis cache read by scores/notebooks (default: <cache-dir>/analysis)")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
-                   help="compute device; an explicit 'cuda' without a GPU is an error (default: profile's, auto)")
+    p.add_argument(
+        "--analysis-dir", default=None, help="analysis cache read by scores/notebooks (default: <cache-dir>/analysis)"
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        choices=["auto", "cpu", "cuda"],
+        help="compute device; an explicit 'cuda' without a GPU is an error (default: profile's, auto)",
+    )
     p.add_argument("--force", action="store_true", help="recompute even if a cached output matches")
     return p
 
@@ -103,8 +117,12 @@ def resolve_device(cli: str | None, cfg_device: str) -> str:
         raise SystemExit("--device cuda was given but no CUDA GPU is available (torch.cuda.is_available() is False)")
     want = cli or cfg_device or "auto"
     if want == "cuda" and not has_cuda:
-        print("warning: the profile asks for device 'cuda' but no GPU is available: falling back to CPU "
-              "(pass --device cpu to silence this)", file=sys.stderr, flush=True)
+        print(
+            "warning: the profile asks for device 'cuda' but no GPU is available: falling back to CPU "
+            "(pass --device cpu to silence this)",
+            file=sys.stderr,
+            flush=True,
+        )
         return "cpu"
     if want == "auto":
         return "cuda" if has_cuda else "cpu"

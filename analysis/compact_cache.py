@@ -8,6 +8,7 @@ the wide arrays (h, lowdim_*) when their values fit float16 (else float32). Logi
 grids stay float32. ``meta.json`` records what was done under ``compact``; ``analysis.run --from-cache``
 then re-draws every figure from it, while the tables stay those of the full run (``figures/<profile>``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,12 @@ def compact(src: Path, dst: Path, max_per_set: int = 2000, seed: int = 0) -> Pat
     for extra in ("head.npz", "timings.csv"):
         if (src / extra).is_file():
             shutil.copyfile(src / extra, dst / extra)
-    meta["compact"] = {"max_per_set": max_per_set, "seed": seed, "source": str(src),
-                       "note": "rows subsampled per set; h/lowdim float16 where they fit; tables come from the full run"}
+    meta["compact"] = {
+        "max_per_set": max_per_set,
+        "seed": seed,
+        "source": str(src),
+        "note": "rows subsampled per set; h/lowdim float16 where they fit; tables come from the full run",
+    }
     write_json(dst / "meta.json", meta)
     big = [p for p in dst.rglob("*") if p.is_file() and p.stat().st_size > FILE_LIMIT]
     if big:

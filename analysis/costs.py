@@ -3,6 +3,7 @@
 
 Written by the benchmark stage to ``<fig_dir>/method_costs.csv``; notebook 05 plots it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,11 @@ from ood_core.table_csv import write_csv
 log = logging.getLogger("analysis.costs")
 
 # which extraction component produces each cached array a score may need
-COMPONENT_OF = {"odin_s": "grodin_one_grid_point", "grodin_sqnorm": "grodin_one_grid_point",
-                "kl_allw_sqnorm": "kl_allweights"}
+COMPONENT_OF = {
+    "odin_s": "grodin_one_grid_point",
+    "grodin_sqnorm": "grodin_one_grid_point",
+    "kl_allw_sqnorm": "kl_allweights",
+}
 
 
 def _components(inputs: tuple[str, ...]) -> list[str]:
@@ -83,10 +87,20 @@ def method_costs(analysis_dir: Path, methods: list[str], repeats: int = 3) -> li
         parts = [c for c in _components(inputs) if c in comp]
         extract_s = sum(float(comp[c]["seconds_per_1000"]) for c in parts)
         first = next(iter(comp.values()))
-        rows.append({"method": name, "family": spec.family, "seconds_per_1000": extract_s + score_s,
-                     "extract_seconds_per_1000": extract_s, "score_seconds_per_1000": score_s,
-                     "fit_seconds": fit_s, "timed_params": params, "components": "+".join(parts), "device": first["device"],
-                     "batch_size": first["batch_size"]})
+        rows.append(
+            {
+                "method": name,
+                "family": spec.family,
+                "seconds_per_1000": extract_s + score_s,
+                "extract_seconds_per_1000": extract_s,
+                "score_seconds_per_1000": score_s,
+                "fit_seconds": fit_s,
+                "timed_params": params,
+                "components": "+".join(parts),
+                "device": first["device"],
+                "batch_size": first["batch_size"],
+            }
+        )
     return rows
 
 

@@ -6,6 +6,7 @@ data root, becomes the loader's root), ``group`` (near / far / covariate: used b
 ``rows`` (keep a seeded random subset of that many images, in their original order: a named cut of
 a CPU-sized profile; the subset depends on the profile's ``seed`` and the set's name only).
 """
+
 from __future__ import annotations
 
 import zlib

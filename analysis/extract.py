@@ -16,11 +16,11 @@ the results are joined into the same cache a single process writes (``ood_core.d
 A rank's finished shard is kept in ``<analysis>/parts/`` until the set is joined, so a rerun of a
 killed launch continues where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 import zlib
 from pathlib import Path
@@ -46,15 +46,18 @@ SPLIT_ROLES_EXCLUDED = ("train",)
 GRODIN_TEST_POINTS = ("grid", "selected")  # extract.grodin_test_points (ood_core/grid_selection.py)
 
 
-def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict,
-              stats_memo: dict, ranks: Ranks = Ranks()) -> tuple[Subspace, str]:
+def _subspace(
+    ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict, stats_memo: dict, ranks: Ranks = Ranks()
+) -> tuple[Subspace, str]:
     """Compute (or load) one low-dim subspace of Wu et al. from the training set (each rank
     streams its shard of whole batches; ood_core.grads.lowdim reduces across the ranks)."""
     from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
     unknown = set(spec) - {"kind", "k", "n_iter", "params"}
     if unknown:
-        raise ConfigError(f"lowdim.subspaces.{name}: unknown key(s) {sorted(unknown)}; allowed: kind, k, n_iter, params")
+        raise ConfigError(
+            f"lowdim.subspaces.{name}: unknown key(s) {sorted(unknown)}; allowed: kind, k, n_iter, params"
+        )
     if spec.get("kind") not in ("pca", "class_mean"):
         raise ConfigError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {spec.get('kind')!r}")
     lcfg = ctx.cfg["lowdim"]
@@ -97,11 +100,21 @@ def _subspace(ctx: Context, model, model_sha: str, name: str, spec: dict, memo: 
         stats = stats_memo[repr(params)] = gradient_stats(model, batches(), params, chunk=chunk, ranks=ranks)
     kind = spec.get("kind")
     if kind == "pca":
-        V = pca_subspace(model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, ctx.cfg["seed"], params,
-                         chunk=chunk, ranks=ranks)
+        V = pca_subspace(
+            model,
+            batches,
+            int(spec["k"]),
+            int(spec.get("n_iter", 10)),
+            stats,
+            ctx.cfg["seed"],
+            params,
+            chunk=chunk,
+            ranks=ranks,
+        )
     elif kind == "class_mean":
-        V = class_mean_subspace(model, batches(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params,
-                                chunk=chunk, ranks=ranks)
+        V = class_mean_subspace(
+            model, batches(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params, chunk=chunk, ranks=ranks
+        )
     else:
         raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
     blob = {"key": key, "V": V.cpu(), "seconds": time.perf_counter() - t0}
@@ -174,9 +187,18 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
             is_ood = name not in ("train", "id_test")
             if not is_ood:
                 ds.check_labels(int(ctx.cfg["model"]["kwargs"]["num_classes"]))
-            val_rows = _split(ctx, name, len(ds))[0] if mode == "selected" and name not in SPLIT_ROLES_EXCLUDED else None
-            kw = dict(odin_T=Ts, odin_eps=epss, subspaces=subspaces, lowdim_chunk=int(ctx.cfg["lowdim"]["chunk"]),
-                      is_ood=is_ood, with_grodin=name != "train", desc=name)
+            val_rows = (
+                _split(ctx, name, len(ds))[0] if mode == "selected" and name not in SPLIT_ROLES_EXCLUDED else None
+            )
+            kw = dict(
+                odin_T=Ts,
+                odin_eps=epss,
+                subspaces=subspaces,
+                lowdim_chunk=int(ctx.cfg["lowdim"]["chunk"]),
+                is_ood=is_ood,
+                with_grodin=name != "train",
+                desc=name,
+            )
             if ranks.is_distributed:
                 arrays, res = _extract_sharded(ctx, ranks, model, ds, pre, key, name, val_rows, kw)
             else:
@@ -187,8 +209,10 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
                 _remove_parts(ctx, name)
             timings[name] = _timing_entry(res)
             n = len(ds)
-            print(f"[extract] {name}: {res.n} images{_on_rank(ranks)}, "
-                  + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
+            print(
+                f"[extract] {name}: {res.n} images{_on_rank(ranks)}, "
+                + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items())
+            )
         if name not in SPLIT_ROLES_EXCLUDED:
             val, test = _split(ctx, name, n)
             splits[f"{name}__val"], splits[f"{name}__test"] = val, test
@@ -206,7 +230,9 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
         "model": ctx.cfg["model"]["name"],
         "model_sha256": model_sha,
         "num_classes": int(ctx.cfg["model"]["kwargs"]["num_classes"]),
-        "class_names": load_named(ctx, "id_test", memo).class_names if "id_test" in memo else meta_ck.get("class_names"),
+        "class_names": load_named(ctx, "id_test", memo).class_names
+        if "id_test" in memo
+        else meta_ck.get("class_names"),
         "id_accuracy": id_acc,
         "id_dataset": ctx.cfg["data"]["id_name"] or ctx.profile,
         "train": "train",
@@ -225,8 +251,9 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     write_json(out / "meta.json", meta)
     if timings:
         _write_timings(out / "timings.csv", timings, ctx.device_name, int(ecfg["batch_size"]))
-    record_run(ctx, "extract", time.perf_counter() - t_start,
-               {"timings": timings, "id_accuracy": id_acc, "ranks": ranks.world})
+    record_run(
+        ctx, "extract", time.perf_counter() - t_start, {"timings": timings, "id_accuracy": id_acc, "ranks": ranks.world}
+    )
     print(f"[extract] analysis cache: {out} (ID accuracy {id_acc:.4f})")
     return out
 
@@ -258,8 +285,9 @@ def join_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-def _sharded(ctx: Context, ranks: Ranks, tag: str, key: str, n: int, batch_size: int,
-             compute) -> tuple[dict[str, np.ndarray] | None, ExtractResult]:
+def _sharded(
+    ctx: Context, ranks: Ranks, tag: str, key: str, n: int, batch_size: int, compute
+) -> tuple[dict[str, np.ndarray] | None, ExtractResult]:
     """Run ``compute(positions)`` (-> ExtractResult) on this rank's shard of ``n`` rows (whole
     batches), keep it as ``parts/<tag>.rank<r>of<w>.npz`` (reused by a rerun when its key matches),
     and on rank 0 return every rank's arrays joined in rank order (other ranks: None)."""
@@ -278,8 +306,9 @@ def _sharded(ctx: Context, ranks: Ranks, tag: str, key: str, n: int, batch_size:
     return join_rows([load_npz(parts / f"{tag}.rank{r}of{ranks.world}.npz") for r in range(ranks.world)]), res
 
 
-def _extract_sharded(ctx: Context, ranks: Ranks, model, ds, pre: Preprocess, key: str, name: str,
-                     val_rows: np.ndarray | None, kw: dict) -> tuple[dict[str, np.ndarray] | None, ExtractResult]:
+def _extract_sharded(
+    ctx: Context, ranks: Ranks, model, ds, pre: Preprocess, key: str, name: str, val_rows: np.ndarray | None, kw: dict
+) -> tuple[dict[str, np.ndarray] | None, ExtractResult]:
     """One set's arrays from every rank's shard; the same arrays as one ``extract_arrays`` call
     with ``grodin_rows=val_rows`` (the validation rows' grid is sharded on its own)."""
     ecfg, device, bs = ctx.cfg["extract"], ctx.device(), int(ctx.cfg["extract"]["batch_size"])
@@ -294,8 +323,17 @@ def _extract_sharded(ctx: Context, ranks: Ranks, model, ds, pre: Preprocess, key
     Ts, epss = kw["odin_T"], kw["odin_eps"]
 
     def grid(pos: np.ndarray) -> ExtractResult:
-        return grid_cells_pass(model, ds.take(val_rows[pos]), pre, ecfg, device, odin_T=Ts, odin_eps=epss,
-                               points=np.ones((len(epss), len(Ts)), bool), desc=f"{name} grid")
+        return grid_cells_pass(
+            model,
+            ds.take(val_rows[pos]),
+            pre,
+            ecfg,
+            device,
+            odin_T=Ts,
+            odin_eps=epss,
+            points=np.ones((len(epss), len(Ts)), bool),
+            desc=f"{name} grid",
+        )
 
     got, gres = _sharded(ctx, ranks, f"{name}.valgrid", key, len(val_rows), bs, grid)
     res.seconds["grodin_grid"] = gres.seconds.get("grodin_selected", 0.0)
@@ -312,8 +350,18 @@ def _timing_entry(res: ExtractResult) -> dict:
     return entry
 
 
-def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre: Preprocess, memo: dict,
-                         timings: dict, ranks: Ranks = Ranks()) -> None:
+def _fill_selected_cells(
+    ctx: Context,
+    model,
+    specs,
+    splits: dict,
+    Ts,
+    epss,
+    pre: Preprocess,
+    memo: dict,
+    timings: dict,
+    ranks: Ranks = Ranks(),
+) -> None:
     """``grodin_test_points: selected``: choose the grid cells on the validation rows of every set
     (ood_core.grid_selection), then compute exactly those cells on the other rows of each set
     (rank 0 chooses and writes; every rank computes its shard of the rows)."""
@@ -325,10 +373,13 @@ def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre
         if all("odin_s" in a for a in arrays.values()):
             sp = {n: Split(splits[f"{n}__val"], splits[f"{n}__test"]) for n in eval_names}
             oods = [n for n in eval_names if n != "id_test"]
-            need = select_test_points(arrays["id_test"], sp["id_test"], {o: arrays[o] for o in oods},
-                                      {o: sp[o] for o in oods})
-            print(f"[extract] grid cells selected on validation rows: {int(need.sum())} of {need.size} "
-                  f"(eps, T) = {[(epss[e], Ts[t]) for e, t in np.argwhere(need)]}")
+            need = select_test_points(
+                arrays["id_test"], sp["id_test"], {o: arrays[o] for o in oods}, {o: sp[o] for o in oods}
+            )
+            print(
+                f"[extract] grid cells selected on validation rows: {int(need.sum())} of {need.size} "
+                f"(eps, T) = {[(epss[e], Ts[t]) for e, t in np.argwhere(need)]}"
+            )
             plan = {n: need & ~full_points(arrays[n]) for n in eval_names}
     plan = ranks.broadcast_object(plan)
     if plan is None:
@@ -342,8 +393,17 @@ def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre
         bs = int(ctx.cfg["extract"]["batch_size"])
 
         def cells(pos: np.ndarray) -> ExtractResult:
-            return grid_cells_pass(model, ds.take(rows[pos]), pre, ctx.cfg["extract"], ctx.device(),
-                                   odin_T=Ts, odin_eps=epss, points=todo, desc=f"{name} cells")
+            return grid_cells_pass(
+                model,
+                ds.take(rows[pos]),
+                pre,
+                ctx.cfg["extract"],
+                ctx.device(),
+                odin_T=Ts,
+                odin_eps=epss,
+                points=todo,
+                desc=f"{name} cells",
+            )
 
         got, res = _sharded(ctx, ranks, f"{name}.cells", npz_key(paths[name]) or "", len(rows), bs, cells)
         if not ranks.is_main:
@@ -359,8 +419,10 @@ def _fill_selected_cells(ctx: Context, model, specs, splits: dict, Ts, epss, pre
         entry, new = timings.setdefault(name, {"_grid_cells": 0}), _timing_entry(res)
         entry["_grid_cells"] += new.pop("_grid_cells")
         entry.update(new)
-        print(f"[extract] {name}: {int(todo.sum())} selected cells on {res.n} rows{_on_rank(ranks)} in "
-              f"{res.seconds.get('grodin_selected', 0.0):.1f}s")
+        print(
+            f"[extract] {name}: {int(todo.sum())} selected cells on {res.n} rows{_on_rank(ranks)} in "
+            f"{res.seconds.get('grodin_selected', 0.0):.1f}s"
+        )
 
 
 def _write_timings(path: Path, timings: dict, device: str, batch_size: int) -> None:
@@ -375,12 +437,28 @@ def _write_timings(path: Path, timings: dict, device: str, batch_size: int) -> N
             if not k.startswith("_"):
                 tot[k] = tot.get(k, 0.0) + v["seconds"]
                 cnt[k] = cnt.get(k, 0) + int(v["n"])
-    rows = [{"method": k, "seconds_per_1000": 1000 * v / cnt[k], "device": device, "batch_size": batch_size, "n_images": cnt[k]}
-            for k, v in tot.items() if cnt[k]]
+    rows = [
+        {
+            "method": k,
+            "seconds_per_1000": 1000 * v / cnt[k],
+            "device": device,
+            "batch_size": batch_size,
+            "n_images": cnt[k],
+        }
+        for k, v in tot.items()
+        if cnt[k]
+    ]
     grid_s = tot.get("grodin_grid", 0.0) + tot.get("grodin_selected", 0.0)
     if cells:
-        rows.append({"method": "grodin_one_grid_point", "seconds_per_1000": 1000 * grid_s / cells,
-                     "device": device, "batch_size": batch_size, "n_images": cells})
+        rows.append(
+            {
+                "method": "grodin_one_grid_point",
+                "seconds_per_1000": 1000 * grid_s / cells,
+                "device": device,
+                "batch_size": batch_size,
+                "n_images": cells,
+            }
+        )
     with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -388,7 +466,9 @@ def _write_timings(path: Path, timings: dict, device: str, batch_size: int) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = add_common_args(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     run(make_context(p.parse_args(argv)))
 
 

@@ -17,6 +17,7 @@ loopback TCP channel), and a kernel whose notebook has finished gets its shutdow
 SIGINT jupyter_client sends first (which a kernel still answering a request logs as a
 ``KeyboardInterrupt``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,14 @@ KERNEL = "python3"
 SCRATCH = "scratch"  # cache/<profile>/scratch: fig_dir of a notebook run by hand with its defaults
 # the benchmark's outputs that notebooks read from their fig_dir (03: chosen_hyperparams.json;
 # 04: metrics.csv; 05: the rest)
-TABLE_PATTERNS = ("metrics.csv", "metrics.md", "ablation_*.md", "sweep_*.csv", "method_costs.csv",
-                  "chosen_hyperparams.json")
+TABLE_PATTERNS = (
+    "metrics.csv",
+    "metrics.md",
+    "ablation_*.md",
+    "sweep_*.csv",
+    "method_costs.csv",
+    "chosen_hyperparams.json",
+)
 # ipykernel's own log: errors only (the TCP warning of every start is about the loopback channel
 # between this process and the kernel it launched)
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
@@ -119,8 +126,12 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
     ctx.fig_dir.mkdir(parents=True, exist_ok=True)
     stamps_path = ctx.cache_dir / "notebook_stamps.json"
     stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
-    inputs = _digest(ctx.analysis_dir / "meta.json", ctx.fig_dir / "metrics.csv",
-                     ctx.fig_dir / "chosen_hyperparams.json", *library_sources())
+    inputs = _digest(
+        ctx.analysis_dir / "meta.json",
+        ctx.fig_dir / "metrics.csv",
+        ctx.fig_dir / "chosen_hyperparams.json",
+        *library_sources(),
+    )
     seed_scratch(ctx.fig_dir, ctx.cache_dir / SCRATCH)
     done = []
     for nb in notebook_paths(only):
@@ -138,9 +149,16 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
         t = time.perf_counter()
         out = out_dir / nb.name
         tmp = out.with_name(f".{out.name}.tmp.ipynb")
-        pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=KERNEL, cwd=str(NOTEBOOK_DIR),
-                            progress_bar=False, kernel_manager_class=quiet_kernel_manager(),
-                            extra_arguments=list(KERNEL_ARGS))
+        pm.execute_notebook(
+            str(nb),
+            str(tmp),
+            parameters=params,
+            kernel_name=KERNEL,
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+            kernel_manager_class=quiet_kernel_manager(),
+            extra_arguments=list(KERNEL_ARGS),
+        )
         tmp.replace(out)
         stamps[nb.stem] = stamp
         write_json(stamps_path, stamps)
@@ -151,7 +169,9 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = add_common_args(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     p.add_argument("--only", nargs="*", help="notebook stems to run (default: all)")
     args = p.parse_args(argv)
     run(make_context(args), args.only)

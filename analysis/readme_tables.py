@@ -15,6 +15,7 @@ the best of each column in bold. The averages are ``ood_core.tables.summary``'s,
     python -m analysis.readme_tables            # rewrite the tables whose metrics.csv exists
     python -m analysis.readme_tables --check    # exit 1 if a table differs from its metrics.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ood_core import tables
-from ood_core.table_csv import read_metrics_csv
-from ood_core.table_render import best_rows
-from ood_core import scores  # noqa: F401  (registers every score, so display names resolve)
+from ood_core import (
+    scores,  # noqa: F401  (registers every score, so display names resolve)
+    tables,
+)
 from ood_core.cache import write_text
 from ood_core.scores import registry
+from ood_core.table_csv import read_metrics_csv
+from ood_core.table_render import best_rows
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -71,8 +74,13 @@ def results_table(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None 
     header = ["family", "method", "AUROC avg", "FPR95 avg", *[g.replace(" avg", "") for g in groups]]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for i, e in enumerate(body):
-        cells = [registry.family_display(e["family"]), registry.display_name(e["method"]),
-                 cell(i, "all avg"), cell(i, "fpr95 avg"), *[cell(i, g) for g in groups]]
+        cells = [
+            registry.family_display(e["family"]),
+            registry.display_name(e["method"]),
+            cell(i, "all avg"),
+            cell(i, "fpr95 avg"),
+            *[cell(i, g) for g in groups],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -106,8 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[readme_tables] {a.figures / prof / 'metrics.csv'} absent: its table left as it is")
     if a.check:
         if new != text:
-            print(f"error: {a.readme}: a results table differs from its metrics.csv; "
-                  "run `python -m analysis.readme_tables` to regenerate it", file=sys.stderr)
+            print(
+                f"error: {a.readme}: a results table differs from its metrics.csv; "
+                "run `python -m analysis.readme_tables` to regenerate it",
+                file=sys.stderr,
+            )
             return 1
         print("[readme_tables] README tables match their metrics.csv")
         return 0

@@ -11,6 +11,7 @@ succeeded is skipped and reported as cached (``analysis/stamps.py``); an interru
 where it stopped. ``--force`` recomputes everything. ``--from-cache DIR`` skips train/extract and
 regenerates tables and figures from a committed analysis cache (no GPU, no data needed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,10 @@ def run_stage(stage: str, cmd: list[str], log: Path, code_list: Path | None = No
         env = {**os.environ, CHILD_ENV: str(os.getpid()), **({CODE_LIST_ENV: str(code_list)} if code_list else {})}
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         lock, quiet = threading.Lock(), threading.Event()
-        pumps = [threading.Thread(target=_pump, args=(src, dst, f, lock, quiet), daemon=True)
-                 for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
+        pumps = [
+            threading.Thread(target=_pump, args=(src, dst, f, lock, quiet), daemon=True)
+            for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))
+        ]
         for t in pumps:
             t.start()
         try:
@@ -105,7 +108,9 @@ def plan(args: argparse.Namespace, ctx: Context) -> tuple[list[str], str | None]
     if args.from_cache:
         src = Path(args.from_cache)
         if not (src / "meta.json").is_file():
-            raise SystemExit(f"--from-cache {src}: no meta.json there (expected an analysis cache written by analysis.extract)")
+            raise SystemExit(
+                f"--from-cache {src}: no meta.json there (expected an analysis cache written by analysis.extract)"
+            )
         analysis_dir = str(src.resolve())
         compacted = "compact" in json.loads((src / "meta.json").read_text())
         # a compact (subsampled) cache re-draws the figures; its tables are those of the full run
@@ -119,8 +124,10 @@ def plan(args: argparse.Namespace, ctx: Context) -> tuple[list[str], str | None]
 def run_or_skip(stage: str, ctx: Context, cmd: list[str]) -> int | None:
     """Run ``stage`` unless its stamp says it is current; None when skipped, else its exit code."""
     if not ctx.force and stamps.is_current(stage, ctx, cmd):
-        print(f"== stage {stage}: cached (inputs and outputs unchanged since its last run; --force reruns it) ==",
-              flush=True)
+        print(
+            f"== stage {stage}: cached (inputs and outputs unchanged since its last run; --force reruns it) ==",
+            flush=True,
+        )
         return None
     print(f"== stage {stage} ==", flush=True)
     previous = stamps.read_stamp(stage, ctx)
@@ -153,10 +160,16 @@ def cpu_estimate_line(cfg: dict, device_name: str, stages: list[str]) -> str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = add_common_args(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     p.add_argument("--stages", nargs="*", choices=STAGES, default=None, help="run only these stages (default: all)")
-    p.add_argument("--from-cache", default=None, metavar="DIR",
-                   help="analysis cache to regenerate tables and figures from (implies --stages benchmark notebooks)")
+    p.add_argument(
+        "--from-cache",
+        default=None,
+        metavar="DIR",
+        help="analysis cache to regenerate tables and figures from (implies --stages benchmark notebooks)",
+    )
     args = p.parse_args(argv)
     ctx = make_context(args)
     stages, analysis_dir = plan(args, ctx)
@@ -172,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         elif rc != 0:
             return rc
     ran = [s for s in stages if s not in cached]
-    print(f"\nDone in {time.perf_counter() - t0:.1f}s. Stages run: {', '.join(ran) or 'none'}; "
-          f"cached: {', '.join(cached) or 'none'}. Figures and tables: {ctx.fig_dir}")
-    print(f"Metrics: {ctx.fig_dir / 'metrics.csv'} (and metrics.md / metrics.tex); analysis cache: {analysis_dir or ctx.analysis_dir}")
+    print(
+        f"\nDone in {time.perf_counter() - t0:.1f}s. Stages run: {', '.join(ran) or 'none'}; "
+        f"cached: {', '.join(cached) or 'none'}. Figures and tables: {ctx.fig_dir}"
+    )
+    print(
+        f"Metrics: {ctx.fig_dir / 'metrics.csv'} (and metrics.md / metrics.tex); analysis cache: {analysis_dir or ctx.analysis_dir}"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ present, ``<arrays>/../head.npz``. Every score is fitted on the --train set (if 
 evaluated on every --eval set. The output npz holds one float64 vector per (score, dataset) under
 the key ``<score>/<dataset>`` plus ``__meta__`` (JSON: parameters used, sources).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,9 @@ def parse_sets(items: list[str], score_names: list[str]) -> dict[str, dict[str, 
             raise SystemExit(f"--set {item}: score '{name}' is not among --scores {score_names}")
         spec = S.get(name)
         if param not in spec.defaults:
-            raise SystemExit(f"--set {item}: score '{name}' has no parameter '{param}'; it takes {sorted(spec.defaults)}")
+            raise SystemExit(
+                f"--set {item}: score '{name}' has no parameter '{param}'; it takes {sorted(spec.defaults)}"
+            )
         out[name][param] = parse_value(rhs)
     return out
 
@@ -60,8 +63,10 @@ def list_scores() -> str:
         first = first if len(first) <= 200 else first[:197] + "..."
         grid = {k: (v if len(v) <= 8 else f"{len(v)} values {v[0]}..{v[-1]}") for k, v in spec.grid.items()}
         fitted = "fit" if spec.fit is not None else "-"
-        lines.append(f"{name:22s} {spec.family:13s} {fitted:4s} shown as '{S.display_name(name)}' "
-                     f"defaults={spec.defaults} grid={grid}\n{'':22s} {first}")
+        lines.append(
+            f"{name:22s} {spec.family:13s} {fitted:4s} shown as '{S.display_name(name)}' "
+            f"defaults={spec.defaults} grid={grid}\n{'':22s} {first}"
+        )
     return "\n".join(lines)
 
 
@@ -71,14 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--list", action="store_true", help="print every registered score (name, family, defaults, grid, summary) and exit")
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="print every registered score (name, family, defaults, grid, summary) and exit",
+    )
     p.add_argument("--arrays", type=Path, help="folder holding <dataset>.npz cached arrays")
     p.add_argument("--train", help="dataset name used to fit training statistics (e.g. train)")
     p.add_argument("--eval", nargs="+", default=[], metavar="NAME", help="dataset name(s) to score")
-    p.add_argument("--scores", nargs="+", default=["all"], metavar="SCORE",
-                   help="score names (see --list), or 'all' = every score whose arrays are present (default)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCORE.PARAM=VALUE",
-                   help="override a parameter, e.g. --set energy.T=2 --set knn.k=10 (repeatable)")
+    p.add_argument(
+        "--scores",
+        nargs="+",
+        default=["all"],
+        metavar="SCORE",
+        help="score names (see --list), or 'all' = every score whose arrays are present (default)",
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SCORE.PARAM=VALUE",
+        help="override a parameter, e.g. --set energy.T=2 --set knn.k=10 (repeatable)",
+    )
     p.add_argument("--head", type=Path, help="npz with W and b (default: <arrays>/../head.npz if present)")
     p.add_argument("--out", type=Path, help="output .npz of scores (keys '<score>/<dataset>')")
     return one_line_errors(p)
@@ -128,8 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"skipped {name}: {why}", file=sys.stderr)
 
-    meta = {"train": args.train, "eval": args.eval, "arrays": str(args.arrays),
-            "head": str(cache.head_file) if cache.has_head() else None, "params": used, "skipped": sorted(skipped)}
+    meta = {
+        "train": args.train,
+        "eval": args.eval,
+        "arrays": str(args.arrays),
+        "head": str(cache.head_file) if cache.has_head() else None,
+        "params": used,
+        "skipped": sorted(skipped),
+    }
     out["__meta__"] = np.array(json.dumps(meta, default=str))
     save_npz(args.out, out, compress=False)
     print(f"wrote {len(out) - 1} score vectors to {args.out}", file=sys.stderr)

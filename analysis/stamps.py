@@ -17,6 +17,7 @@ Files a stage wrote itself are never counted among its own inputs (the notebooks
 ``figures/<profile>/``). The stages keep their own finer caches: a stage that is not current still
 reuses whatever of its work is unchanged.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,7 +74,7 @@ def imported_sources(*start: Path, packages: Iterable[str] = PROJECT_PACKAGES) -
             if isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = package[:len(package) - node.level + 1] if node.level else []
+                base = package[: len(package) - node.level + 1] if node.level else []
                 base = ".".join(base + (node.module.split(".") if node.module else []))
                 modules = [base, *(f"{base}.{a.name}" for a in node.names)]  # `from pkg import module`
             else:
@@ -233,8 +234,9 @@ def forget(stage: str, ctx: Context) -> None:
     stamp_path(stage, ctx).unlink(missing_ok=True)
 
 
-def record(stage: str, ctx: Context, cmd: list[str], before: Snapshot, previous: dict[str, Any],
-           loaded: list[str]) -> Path:
+def record(
+    stage: str, ctx: Context, cmd: list[str], before: Snapshot, previous: dict[str, Any], loaded: list[str]
+) -> Path:
     """Write the stamp of a stage that just succeeded: what it wrote (this run's new or changed files,
     plus those of its previous stamp still present), the digest of what it read and the hashes of
     the source files it ran (``loaded``: those its process listed)."""
@@ -242,6 +244,10 @@ def record(stage: str, ctx: Context, cmd: list[str], before: Snapshot, previous:
     outputs = {p: v for p, v in previous.get("outputs", {}).items() if p in after}
     outputs.update({p: after[p] for p in outputs})
     outputs.update(written(before, after))
-    stamp = {"stage": stage, "inputs": inputs_digest(stage, ctx, cmd, outputs), "code": stage_code(stage, loaded),
-             "outputs": outputs}
+    stamp = {
+        "stage": stage,
+        "inputs": inputs_digest(stage, ctx, cmd, outputs),
+        "code": stage_code(stage, loaded),
+        "outputs": outputs,
+    }
     return write_json(stamp_path(stage, ctx), stamp)

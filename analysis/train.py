@@ -7,6 +7,7 @@ Writes ``<cache>/model/model.pt`` (a plain state dict, loadable with ``weights_o
 a checkpoint made from the same config exists (``--force`` retrains). With ``train.checkpoint_every``
 > 0 a partial checkpoint is kept so an interrupted run resumes from its last saved epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,18 +46,24 @@ def model_path(ctx: Context) -> Path:
 # Where the weights of a model that the project does not train come from (model.name -> source).
 WEIGHTS_SOURCES = {
     "resnet50_tv": "torchvision's ResNet-50 IMAGENET1K_V1 weights, "
-                   "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "https://download.pytorch.org/models/resnet50-0676ba61.pth",
 }
 
 
 def retrain_command(ctx: Context) -> str:
     """The train stage's command for this context (it retrains a checkpoint that fails its sha256)."""
-    from .common import REPO, resolve_data_root
     from ood_core.config import CONFIG_DIR
 
+    from .common import REPO, resolve_data_root
+
     f = ctx.profile_file
-    cmd = ["python", "-m", "analysis.train", "--profile",
-           ctx.profile if f is None or f.parent == CONFIG_DIR.resolve() else str(f)]
+    cmd = [
+        "python",
+        "-m",
+        "analysis.train",
+        "--profile",
+        ctx.profile if f is None or f.parent == CONFIG_DIR.resolve() else str(f),
+    ]
     if ctx.cache_dir != (REPO / "cache" / ctx.profile).resolve():
         cmd += ["--cache-dir", str(ctx.cache_dir)]
     if ctx.data_root != resolve_data_root(None, ctx.cfg["data"]["root"]):
@@ -81,8 +88,10 @@ def require_profile_checkpoint(ctx: Context) -> Path:
     m = ctx.cfg["model"]
     where = f" ({ctx.profile_file})" if ctx.profile_file else ""
     what = WEIGHTS_SOURCES.get(m["name"], f"a state dict of model '{m['name']}' saved with torch.save")
-    raise CheckpointError(f"profile '{ctx.profile}'{where} names model.checkpoint '{m['checkpoint']}', which does not "
-                          f"exist: put {what} at {path}, or set model.checkpoint: null to train the model")
+    raise CheckpointError(
+        f"profile '{ctx.profile}'{where} names model.checkpoint '{m['checkpoint']}', which does not "
+        f"exist: put {what} at {path}, or set model.checkpoint: null to train the model"
+    )
 
 
 def _verified_checkpoint(path: Path, key: str) -> str | None:
@@ -114,14 +123,18 @@ def load_model(ctx: Context) -> tuple[OODModel, dict]:
         state = load_state_dict_file(path)
     else:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no trained model yet; run the train stage (python -m analysis.train --profile {ctx.profile})")
+            raise FileNotFoundError(
+                f"{path}: no trained model yet; run the train stage (python -m analysis.train --profile {ctx.profile})"
+            )
         try:
             state, meta = load_checkpoint(path)
         except CheckpointError as e:
             raise CheckpointError(f"{e}; {repair_hint(ctx)}") from None
         if not m["checkpoint"] and meta.get("cache_key") not in (None, train_key(ctx)):
-            raise FileNotFoundError(f"{path} was trained from another configuration than profile '{ctx.profile}' now has; "
-                                    "run the train stage again (python -m analysis.train)")
+            raise FileNotFoundError(
+                f"{path} was trained from another configuration than profile '{ctx.profile}' now has; "
+                "run the train stage again (python -m analysis.train)"
+            )
     model = build_model(m["name"], **m["kwargs"])
     model.load_state_dict(state)
     return model.eval(), meta
@@ -162,7 +175,7 @@ def run(ctx: Context) -> Path:
     partial = ctx.model_dir / "partial.pt"
     start, opt_state, rng_state = 0, None, None
     history: list[dict] = []  # per-epoch rows, carried over a resumed run
-    seconds_before = 0.0      # training seconds of the runs this one resumes
+    seconds_before = 0.0  # training seconds of the runs this one resumes
     if partial.is_file() and not ctx.force:
         try:
             state, meta = load_checkpoint(partial)
@@ -189,13 +202,22 @@ def run(ctx: Context) -> Path:
 
             with atomic_path(ctx.model_dir / "partial_opt.pt", ".pt") as tmp:
                 torch.save({"optimizer": opt.state_dict(), "rng": rng}, tmp)
-            save_checkpoint(partial, net.state_dict(), {"cache_key": key, "epoch": epoch, "history": history,
-                                                        "train_seconds": seconds_before + time.perf_counter() - t_run})
+            save_checkpoint(
+                partial,
+                net.state_dict(),
+                {
+                    "cache_key": key,
+                    "epoch": epoch,
+                    "history": history,
+                    "train_seconds": seconds_before + time.perf_counter() - t_run,
+                },
+            )
 
     device = ctx.device()
     t_run = time.perf_counter()
-    result = train_model(model, x_tr, y_tr, x_te, y_te, tcfg, seed, device, on_epoch_end, start, opt_state, rng_state,
-                         history)
+    result = train_model(
+        model, x_tr, y_tr, x_te, y_te, tcfg, seed, device, on_epoch_end, start, opt_state, rng_state, history
+    )
     model.cpu().eval()
     meta = {
         "cache_key": key,
@@ -218,12 +240,16 @@ def run(ctx: Context) -> Path:
     partial.unlink(missing_ok=True)
     (ctx.model_dir / "partial_opt.pt").unlink(missing_ok=True)
     record_run(ctx, "train", time.perf_counter() - t0, {"test_accuracy": result.test_accuracy})
-    print(f"[train] test accuracy {result.test_accuracy:.4f} in {result.train_seconds:.1f}s on {ctx.device_name}; saved {path}")
+    print(
+        f"[train] test accuracy {result.test_accuracy:.4f} in {result.train_seconds:.1f}s on {ctx.device_name}; saved {path}"
+    )
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = add_common_args(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     run(make_context(p.parse_args(argv)))
 
 

@@ -17,6 +17,7 @@ Layout (written by the pipeline stages, see docs/architecture.md)::
     h = cache.arrays(cache.meta["id_test"])["h"]
     for name in cache.ood_names: ...
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,8 +74,9 @@ class AnalysisCache:
 
     ``arrays_dir`` / ``head_file`` point the reader at arrays kept elsewhere (``analysis.score``)."""
 
-    def __init__(self, analysis_dir: str | Path, *, arrays_dir: str | Path | None = None,
-                 head_file: str | Path | None = None):
+    def __init__(
+        self, analysis_dir: str | Path, *, arrays_dir: str | Path | None = None, head_file: str | Path | None = None
+    ):
         self.root = Path(analysis_dir)
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -104,8 +106,9 @@ class AnalysisCache:
     def meta_field(self, key: str) -> Any:
         """A required field of meta.json (a one-line error naming the file when absent)."""
         if key not in self.meta:
-            raise AnalysisCacheError(f"{self.root / 'meta.json'} has no '{key}' (keys: {sorted(self.meta)}); "
-                                     f"rerun {PRODUCERS['meta.json']}")
+            raise AnalysisCacheError(
+                f"{self.root / 'meta.json'} has no '{key}' (keys: {sorted(self.meta)}); rerun {PRODUCERS['meta.json']}"
+            )
         return self.meta[key]
 
     @property
@@ -179,7 +182,7 @@ class AnalysisCache:
             keys = self.arrays(name)
         except FileNotFoundError:
             return []
-        return [k[len("lowdim_"):] for k in keys if k.startswith("lowdim_")]
+        return [k[len("lowdim_") :] for k in keys if k.startswith("lowdim_")]
 
     def head(self) -> dict[str, np.ndarray]:
         """{'W': (C, D), 'b': (C,)} of the linear head."""
@@ -219,8 +222,10 @@ class AnalysisCache:
         sp = self.splits()
         kv, kt = f"{name}__val", f"{name}__test"
         if kv not in sp or kt not in sp:
-            raise MissingSplitError(f"{path} has no split for '{name}' (needs '{kv}' and '{kt}'; "
-                                    f"keys: {sorted(sp)}); rerun {PRODUCERS['splits.npz']}")
+            raise MissingSplitError(
+                f"{path} has no split for '{name}' (needs '{kv}' and '{kt}'; "
+                f"keys: {sorted(sp)}); rerun {PRODUCERS['splits.npz']}"
+            )
         parts = {}
         for part, key in (("val", kv), ("test", kt)):
             a = sp[key]
@@ -229,14 +234,17 @@ class AnalysisCache:
             parts[part] = a.astype(np.int64, copy=False)
         both = np.intersect1d(parts["val"], parts["test"])
         if both.size:
-            raise AnalysisCacheError(f"{path}: the val and test parts of '{name}' overlap in {both.size} "
-                                     f"index(es) (first: {both[:5].tolist()})")
+            raise AnalysisCacheError(
+                f"{path}: the val and test parts of '{name}' overlap in {both.size} "
+                f"index(es) (first: {both[:5].tolist()})"
+            )
         if self.arrays_path(name).is_file():
             n = self.n_rows(name)
             for part, a in parts.items():
                 if a.size and (a.min() < 0 or a.max() >= n):
-                    raise AnalysisCacheError(f"{path}: '{name}__{part}' has indices outside [0, {n}) "
-                                             f"({self.arrays_path(name)} has {n} rows)")
+                    raise AnalysisCacheError(
+                        f"{path}: '{name}__{part}' has indices outside [0, {n}) ({self.arrays_path(name)} has {n} rows)"
+                    )
         return parts["val"], parts["test"]
 
     def test_index(self, name: str) -> np.ndarray | None:

@@ -4,6 +4,7 @@ Nothing half-written is ever left under a final name: every writer goes to a tem
 same directory and ``os.replace``-s it into place (atomic on POSIX). A stage's output records the key
 of the inputs/config it was made from, and a later run reuses it only when the key matches.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def save_npz(path: Path, arrays: Mapping[str, np.ndarray], key: str | None = None, *,
-             compress: bool = True) -> Path:
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray], key: str | None = None, *, compress: bool = True) -> Path:
     """Atomically write an npz (compressed unless ``compress=False``); ``key`` (the cache key) is
     stored beside the arrays."""
     data = dict(arrays)

@@ -3,6 +3,7 @@
 A checkpoint ``model.pt`` is a plain dict of tensors (the state dict); ``model.pt.json`` beside it
 holds its sha256, the model name and kwargs, config, seed, test accuracy and library versions.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,10 @@ def _sidecar(path: Path) -> Path:
 def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], half: bool = False) -> dict:
     """Write the state dict atomically (optionally float16), then its sidecar with the sha256."""
     path = Path(path)
-    sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()) for k, v in state_dict.items()}
+    sd = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in state_dict.items()
+    }
     with atomic_path(path, ".pt") as tmp:
         torch.save(sd, tmp)
     meta = {**meta, "sha256": sha256_file(path), "file": path.name, "dtype": "float16" if half else "float32"}

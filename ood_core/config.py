@@ -9,6 +9,7 @@ A profile is named after its file: ``analysis/configs/NAME.yaml`` and ``some/dir
 profile ``NAME`` (outputs in ``cache/NAME`` and ``figures/NAME``). A ``profile:`` key in the file is
 ignored, so a copied config that still says ``profile: demo`` never writes into the demo's folders.
 """
+
 from __future__ import annotations
 
 import copy
@@ -116,8 +117,14 @@ class ConfigError(ValueError):
     """A profile file that cannot be used as written."""
 
 
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-               dict: "a mapping"}
+_TYPE_WORDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
 
 
 def _describe(value: Any) -> str:
@@ -192,9 +199,7 @@ def _merge(base: dict, override: dict, path: tuple[str, ...], source: str) -> di
         here = path + (key,)
         if key not in base:
             where = ".".join(here)
-            raise ConfigError(
-                f"{source}: unknown key '{where}'; allowed keys at this level: {', '.join(sorted(base))}"
-            )
+            raise ConfigError(f"{source}: unknown key '{where}'; allowed keys at this level: {', '.join(sorted(base))}")
         if here in ANY_SHAPE:
             check_type(value, here, source)
             out[key] = copy.deepcopy(value)
@@ -224,7 +229,9 @@ def profile_path(name_or_path: str) -> Path:
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown profile '{name_or_path}'; known profiles: {', '.join(known)} (or give a .yaml path)")
+        raise ConfigError(
+            f"unknown profile '{name_or_path}'; known profiles: {', '.join(known)} (or give a .yaml path)"
+        )
     return candidate
 
 

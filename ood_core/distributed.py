@@ -11,6 +11,7 @@ blocks joined in rank order give the single process's row order. Sums over sampl
 moments, randomized-SVD products, class means) are reduced across ranks; their summation order
 differs from one process's, so they agree with it to float rounding, not bit for bit.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ network (ODIN/GRODIN on the eps x T grid, the all-weights KL gradient norm, Wu e
 projections) are computed on the same batch, so the data is read once. Output keys follow
 docs/architecture.md. Timings per component are returned beside the arrays.
 """
+
 from __future__ import annotations
 
 import time
@@ -66,7 +67,11 @@ def group_subspaces(subspaces: list[Subspace]) -> list[list[Subspace]]:
     groups: list[list[Subspace]] = []
     for sub in subspaces:
         for g in groups:
-            if repr(g[0].params) == repr(sub.params) and _same_stats(g[0].stats, sub.stats) and g[0].V.dtype == sub.V.dtype:
+            if (
+                repr(g[0].params) == repr(sub.params)
+                and _same_stats(g[0].stats, sub.stats)
+                and g[0].V.dtype == sub.V.dtype
+            ):
                 g.append(sub)
                 break
         else:
@@ -124,7 +129,9 @@ def extract_arrays(
         parts["logits"].append(logits.float().cpu().numpy())
         if use_grodin and grodin_rows is None:
             t = time.perf_counter()
-            g = grodin_grid(model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"], std=pre.std)
+            g = grodin_grid(
+                model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"], std=pre.std
+            )
             _sync(device)
             seconds["grodin_grid"] += time.perf_counter() - t
             for key in GRID_VALUE_KEYS:
@@ -157,16 +164,26 @@ def extract_arrays(
         arrays["odin_eps"] = np.asarray(odin_eps, np.float64)
     if use_grodin and grodin_rows is not None:  # the whole grid on these rows only, in full chunks
         rows = np.asarray(grodin_rows, np.int64)
-        sub = grid_cells_pass(model, data.take(rows), pre, cfg, device, odin_T=odin_T, odin_eps=odin_eps,
-                              points=np.ones((len(odin_eps), len(odin_T)), bool), desc=f"{desc} grid")
+        sub = grid_cells_pass(
+            model,
+            data.take(rows),
+            pre,
+            cfg,
+            device,
+            odin_T=odin_T,
+            odin_eps=odin_eps,
+            points=np.ones((len(odin_eps), len(odin_T)), bool),
+            desc=f"{desc} grid",
+        )
         arrays.update(grid_on_rows(len(data), rows, sub.arrays, odin_T, odin_eps))
         seconds["grodin_grid"] = sub.seconds["grodin_selected"]
         counts["grodin_grid"], cells = len(rows), sub.grid_cells
     return ExtractResult(arrays, dict(seconds), len(data.images), counts, cells)
 
 
-def grid_on_rows(n: int, rows: np.ndarray, grid: Mapping[str, np.ndarray], odin_T: list[float],
-                 odin_eps: list[float]) -> dict[str, np.ndarray]:
+def grid_on_rows(
+    n: int, rows: np.ndarray, grid: Mapping[str, np.ndarray], odin_T: list[float], odin_eps: list[float]
+) -> dict[str, np.ndarray]:
     """The grid arrays of a set of ``n`` rows whose whole grid was computed on ``rows`` only
     (``grid``: values (n_eps, n_T, len(rows))): NaN on the other rows, no cell marked as computed
     everywhere (``grid_cells_pass`` adds cells later)."""
@@ -198,14 +215,31 @@ def grid_cells_pass(
     bs = int(cfg["batch_size"])
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     t = time.perf_counter()
-    for xb, _ in tqdm(iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device),
-                      total=-(-len(data) // bs), desc=desc, leave=False):
-        g = grodin_grid(model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"],
-                        std=pre.std, points=points)
+    for xb, _ in tqdm(
+        iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device),
+        total=-(-len(data) // bs),
+        desc=desc,
+        leave=False,
+    ):
+        g = grodin_grid(
+            model,
+            xb,
+            odin_T,
+            odin_eps,
+            chunk=int(cfg["grad_chunk"]),
+            space=cfg["eps_space"],
+            std=pre.std,
+            points=points,
+        )
         for key in GRID_VALUE_KEYS:
             parts[key].append(g[key])
     _sync(device)
     n = len(data)
     arrays = {k: np.concatenate(v, axis=-1) for k, v in parts.items()}
-    return ExtractResult(arrays, {"grodin_selected": time.perf_counter() - t}, n, {"grodin_selected": n},
-                         n * int(np.asarray(points, bool).sum()))
+    return ExtractResult(
+        arrays,
+        {"grodin_selected": time.perf_counter() - t},
+        n,
+        {"grodin_selected": n},
+        n * int(np.asarray(points, bool).sum()),
+    )

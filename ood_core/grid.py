@@ -5,6 +5,7 @@
 on the validation rows only and, on the other rows, only the cells marked in ``grodin_full_points``
 ((n_eps, n_T) bool); the other cells hold NaN. Absent ``grodin_full_points`` = every cell everywhere.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 GRID_AXIS_KEYS = ("odin_eps", "odin_T", "grodin_full_points")  # not per-sample: never sliced by rows
-GRID_VALUE_KEYS = ("odin_s", "grodin_sqnorm")                  # per-sample along the last axis
+GRID_VALUE_KEYS = ("odin_s", "grodin_sqnorm")  # per-sample along the last axis
 FULL_POINTS_KEY = "grodin_full_points"
 
 

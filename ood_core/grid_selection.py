@@ -15,6 +15,7 @@ only, then on the test rows only the cells a choice can land on:
 The selection reads validation rows only (``tuning.tune``'s leakage guard) and is deterministic, so
 the benchmark's tuning lands on the same cells.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -34,8 +35,9 @@ def anchor_values(eps_values: Sequence[float], T_values: Sequence[float]) -> tup
     return (0.0 if 0.0 in e else e[0]), (1.0 if 1.0 in t else t[0])
 
 
-def choose_settings(table: Sequence[tuple[Mapping[str, Any], float]], eps_name: str = "eps",
-                    T_name: str = "T") -> dict[str, dict[str, Any]]:
+def choose_settings(
+    table: Sequence[tuple[Mapping[str, Any], float]], eps_name: str = "eps", T_name: str = "T"
+) -> dict[str, dict[str, Any]]:
     """{setting: grid point} for one validation AUROC table ``[(point, auroc), ...]`` (grid order;
     ties go to the first point, as in :func:`ood_core.tuning.best_of`)."""
     eps0, T0 = anchor_values([p[eps_name] for p, _ in table], [p[T_name] for p, _ in table])
@@ -67,8 +69,16 @@ def select_test_points(
     for m in registry.names(uses_grid=True) if methods is None else methods:
         spec = registry.get(m)
         grid = {k: (T_values if k == "T" else eps_values) for k in spec.grid}  # the spec's key order
-        tr = tune(m, protocol="per_ood_val", id_arrays=id_arrays, id_split=id_split, ood_arrays=ood_arrays,
-                  ood_splits=ood_splits, fitted_state_fn=lambda **_: None, grid=grid)
+        tr = tune(
+            m,
+            protocol="per_ood_val",
+            id_arrays=id_arrays,
+            id_split=id_split,
+            ood_arrays=ood_arrays,
+            ood_splits=ood_splits,
+            fitted_state_fn=lambda **_: None,
+            grid=grid,
+        )
         for table in tr.tables.values():
             for point in choose_settings(table).values():
                 mark(point)

@@ -21,6 +21,7 @@ Values are fractions in [0, 1]; tables multiply by 100.
 Invalid input (empty, non-1-D, NaN or inf) raises ``ValueError`` naming the side (ID / OOD) and the
 number of bad values -- never a silent 0.5.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -240,9 +241,7 @@ def _bootstrap_auroc(a: np.ndarray, b: np.ndarray, ii: np.ndarray, jj: np.ndarra
     return (less + 0.5 * eq).sum(axis=1) / (n1 * n0)
 
 
-def bootstrap(
-    metric: Metric | str, s_id, s_ood, n: int = 100, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap(metric: Metric | str, s_id, s_ood, n: int = 100, seed: int = 0) -> tuple[float, float]:
     """Mean and standard deviation (ddof=1) of ``metric`` over ``n`` bootstrap resamples, ID and OOD
     resampled independently with replacement (sizes kept). Deterministic given ``seed``.
     AUROC uses an exact vectorised path; other metrics loop over the same resamples."""

@@ -2,6 +2,7 @@
 and ``head`` (the last ``nn.Linear``: logits = head(h) = W h + b), so scores can use closed forms
 on (h, W, b). ``forward(x) = head(features(x))``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,9 +61,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -4,6 +4,7 @@ Each published entry for the same ID dataset whose OOD set maps to ours (``refer
 paired with our value on the mapped set(s) (their mean, in percent) and the gap ``ours - theirs``;
 AUROC gaps above :data:`GAP_THRESHOLD` points are listed with what differs between the two setups.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,9 @@ def _our_value(rows: Sequence[Mapping[str, Any]], method: str, sets: list[str], 
     return sum(vals) / len(vals) if vals else None
 
 
-def reference_comparison(rows: Sequence[Mapping[str, Any]], id_dataset: str,
-                         refs: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+def reference_comparison(
+    rows: Sequence[Mapping[str, Any]], id_dataset: str, refs: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Our numbers beside every published number for the same ID dataset whose OOD set maps to ours
     (see ``reference.SET_MAP``); ``ours`` is None when we did not run the method."""
     refs = ref.REFERENCE if refs is None else refs
@@ -47,8 +49,16 @@ def reference_comparison(rows: Sequence[Mapping[str, Any]], id_dataset: str,
         comps = {m[1] for m in mapped}
         comp = "not comparable" if "not comparable" in comps else ("partial" if "partial" in comps else "comparable")
         ours = _our_value(rows, e["method"], our_sets, e["metric"])
-        out.append({**e, "our_sets": our_sets, "comparability": comp, "set_note": "; ".join(m[2] for m in mapped),
-                    "ours": ours, "gap": None if ours is None else ours - e["value"]})
+        out.append(
+            {
+                **e,
+                "our_sets": our_sets,
+                "comparability": comp,
+                "set_note": "; ".join(m[2] for m in mapped),
+                "ours": ours,
+                "gap": None if ours is None else ours - e["value"],
+            }
+        )
     return out
 
 
@@ -64,9 +74,15 @@ def _differs_line(c: Mapping[str, Any], model: str, protocol: str, preprocessing
     return "; ".join(parts)
 
 
-def reference_markdown(rows: Sequence[Mapping[str, Any]], *, id_dataset: str, model: str, protocol: str,
-                       preprocessing: str = "see the profile config",
-                       refs: Sequence[Mapping[str, Any]] | None = None) -> str:
+def reference_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    id_dataset: str,
+    model: str,
+    protocol: str,
+    preprocessing: str = "see the profile config",
+    refs: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
     """reference.md: the comparison table, the AUROC gaps above the threshold, the set mapping."""
     comp = reference_comparison(rows, id_dataset, refs)
     lines = [
@@ -86,17 +102,47 @@ def reference_markdown(rows: Sequence[Mapping[str, Any]], *, id_dataset: str, mo
         for c in comp:
             ours = fmt_number(c["ours"]) if c["ours"] is not None else "not run"
             gap = f"{c['gap']:+.2f}" if c["gap"] is not None else DASH
-            body.append([c["source"], c["tag"], display_name(c["method"]), c["ood_set"], ", ".join(c["our_sets"]),
-                         c["metric"], fmt_number(c["value"]), ours, gap, c["comparability"]])
-        lines += [markdown_grid(["source", "tag", "method", "their set", "our set(s)", "metric", "theirs", "ours",
-                                 "gap", "comparability"], body), ""]
+            body.append(
+                [
+                    c["source"],
+                    c["tag"],
+                    display_name(c["method"]),
+                    c["ood_set"],
+                    ", ".join(c["our_sets"]),
+                    c["metric"],
+                    fmt_number(c["value"]),
+                    ours,
+                    gap,
+                    c["comparability"],
+                ]
+            )
+        lines += [
+            markdown_grid(
+                [
+                    "source",
+                    "tag",
+                    "method",
+                    "their set",
+                    "our set(s)",
+                    "metric",
+                    "theirs",
+                    "ours",
+                    "gap",
+                    "comparability",
+                ],
+                body,
+            ),
+            "",
+        ]
         gaps = [c for c in comp if c["metric"] == "auroc" and c["gap"] is not None and abs(c["gap"]) > GAP_THRESHOLD]
         lines += [f"## AUROC gaps larger than {GAP_THRESHOLD:g} points", ""]
         if not gaps:
             lines.append("None.")
         for c in gaps:
-            lines.append(f"- Gap {c['gap']:+.2f} pts, {display_name(c['method'])} on {c['ood_set']} vs {c['source']} "
-                         f"{c['tag']}: differs in {_differs_line(c, model, protocol, preprocessing)}.")
+            lines.append(
+                f"- Gap {c['gap']:+.2f} pts, {display_name(c['method'])} on {c['ood_set']} vs {c['source']} "
+                f"{c['tag']}: differs in {_differs_line(c, model, protocol, preprocessing)}."
+            )
         lines.append("")
     lines += ["## Set mapping", ""]
     for ours, maps in ref.SET_MAP.items():

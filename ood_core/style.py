@@ -19,9 +19,9 @@ Figure conventions shared by the notebooks: :func:`label_log_axis` (readable log
 smallest group drawn last, all semi-transparent, so that none hides another). Methods are shown by
 their registered display names (``ood_core.scores.display_name``), never their code names.
 """
+
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -38,8 +38,16 @@ DPI = 200
 
 # seaborn "colorblind" palette (hard-coded so that importing this module needs no seaborn)
 PALETTE = [
-    "#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc",
-    "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9",
+    "#0173b2",
+    "#de8f05",
+    "#029e73",
+    "#d55e00",
+    "#cc78bc",
+    "#ca9161",
+    "#fbafe4",
+    "#949494",
+    "#ece133",
+    "#56b4e9",
 ]
 ID_COLOR = PALETTE[0]
 OOD_COLOR = "0.6"
@@ -141,15 +149,16 @@ def label_log_axis(axis, lo: float, hi: float, max_labels: int = 8) -> None:
     ticks = np.array(sorted(m * 10.0**e for e in exps for m in subs))
     lim_lo, lim_hi = ticks[ticks < lo * (1 - 1e-9)][-1], ticks[ticks >= hi * (1 - 1e-9)][0]
     shown = ticks[(ticks >= lim_lo) & (ticks <= lim_hi)]
-    axis.set_major_locator(FixedLocator(shown[::-(-len(shown) // max_labels)]))
+    axis.set_major_locator(FixedLocator(shown[:: -(-len(shown) // max_labels)]))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
     set_lim = axis.axes.set_xlim if axis is axis.axes.xaxis else axis.axes.set_ylim
     set_lim(lim_lo, lim_hi)
 
 
-def label_row_groups(ax, groups: Sequence[str], names: Mapping[str, str] | None = None,
-                     color: str = "k") -> list[tuple[str, int, int]]:
+def label_row_groups(
+    ax, groups: Sequence[str], names: Mapping[str, str] | None = None, color: str = "k"
+) -> list[tuple[str, int, int]]:
     """Mark runs of equal ``groups`` (one entry per heatmap row, top to bottom; row i spans
     y in [i, i + 1]) with a line between runs and the run's name (``names[group]``, else the group)
     right of the axes. Returns the runs as (group, first row, last row + 1)."""
@@ -166,8 +175,16 @@ def label_row_groups(ax, groups: Sequence[str], names: Mapping[str, str] | None 
         if k:
             ax.axhline(a, color=color, linewidth=1.2)
         ax.plot([1.015, 1.015], [a + 0.15, b - 0.15], color=color, linewidth=0.8, transform=tr, clip_on=False)
-        ax.text(1.03, (a + b) / 2, (names or {}).get(g, g), transform=tr, ha="left", va="center",
-                fontsize=FONT_SIZE - 1, clip_on=False)
+        ax.text(
+            1.03,
+            (a + b) / 2,
+            (names or {}).get(g, g),
+            transform=tr,
+            ha="left",
+            va="center",
+            fontsize=FONT_SIZE - 1,
+            clip_on=False,
+        )
     return runs
 
 
@@ -181,8 +198,10 @@ def scatter_groups(ax, x, y, groups: Mapping[str, tuple[np.ndarray, str]], alpha
     x, y = np.asarray(x), np.asarray(y)
     for m, c in sorted(groups.values(), key=lambda g: -int(np.sum(g[0]))):
         ax.scatter(x[m], y[m], color=c, alpha=alpha, linewidths=0, **kw)
-    return [Line2D([], [], linestyle="none", marker="o", markersize=4, color=c, label=label)
-            for label, (_, c) in groups.items()]
+    return [
+        Line2D([], [], linestyle="none", marker="o", markersize=4, color=c, label=label)
+        for label, (_, c) in groups.items()
+    ]
 
 
 def _atomic_save(fig, path: Path, **kw) -> None:

@@ -6,6 +6,7 @@ Metric values are fractions in [0, 1]; ``fpr95`` is the seed papers' ID-positive
 precision, ``aupr_*_trapz`` the trapezoid rule of OpenOOD / pytorch-ood (see ``ood_core.metrics``).
 CSVs hold the methods' code names. Files are written atomically (``cache.atomic_path``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,13 +17,38 @@ from typing import Any, Mapping, Sequence
 from .cache import atomic_path
 
 METRIC_COLUMNS = [
-    "method", "family", "ood_set", "group", "auroc", "auroc_std", "fpr95", "fpr95_ood_pos",
-    "aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz", "hyperparams", "protocol", "n_id", "n_ood",
-    "id_accuracy", "model",
+    "method",
+    "family",
+    "ood_set",
+    "group",
+    "auroc",
+    "auroc_std",
+    "fpr95",
+    "fpr95_ood_pos",
+    "aupr_in_ap",
+    "aupr_out_ap",
+    "aupr_in_trapz",
+    "aupr_out_trapz",
+    "hyperparams",
+    "protocol",
+    "n_id",
+    "n_ood",
+    "id_accuracy",
+    "model",
 ]
-_FLOAT_COLS = {"auroc", "auroc_std", "fpr95", "fpr95_ood_pos", "aupr_in_ap", "aupr_out_ap", "aupr_in_trapz",
-               "aupr_out_trapz", "id_accuracy",
-               "aupr_in", "aupr_out"}  # the last two: average precision, in metrics.csv files written before
+_FLOAT_COLS = {
+    "auroc",
+    "auroc_std",
+    "fpr95",
+    "fpr95_ood_pos",
+    "aupr_in_ap",
+    "aupr_out_ap",
+    "aupr_in_trapz",
+    "aupr_out_trapz",
+    "id_accuracy",
+    "aupr_in",
+    "aupr_out",
+}  # the last two: average precision, in metrics.csv files written before
 _INT_COLS = {"n_id", "n_ood"}
 
 

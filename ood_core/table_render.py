@@ -6,6 +6,7 @@ is bold, compared at display precision so that displayed ties are all bold; ``st
 ``±std`` beside a value. :func:`markdown` and :func:`latex` render the same table; only the syntax
 differs (``**x**`` / ``\\textbf{x}``, ``±`` / ``$\\pm$``, ``—`` / ``--``; LaTeX escapes every text cell).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,11 +17,24 @@ DASH = "—"
 
 # LaTeX replacement of each special character (one pass: a replacement is never re-escaped)
 _TEX = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-    "±": r"$\pm$", "—": "--", "−": "-",  # below: the display names' math signs
-    "‖": r"\ensuremath{\|}", "×": r"\ensuremath{\times}", "₁": r"\ensuremath{_1}",
-    "₂": r"\ensuremath{_2}", "²": r"\ensuremath{^2}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "±": r"$\pm$",
+    "—": "--",
+    "−": "-",  # below: the display names' math signs
+    "‖": r"\ensuremath{\|}",
+    "×": r"\ensuremath{\times}",
+    "₁": r"\ensuremath{_1}",
+    "₂": r"\ensuremath{_2}",
+    "²": r"\ensuremath{^2}",
 }
 
 
@@ -48,15 +62,15 @@ def best_rows(column: Sequence[float | None], mode: str, decimals: int = 2) -> s
 class Table:
     """Label columns then value columns; one entry per row in ``labels`` / ``values`` (/ ``stds``)."""
 
-    label_header: Sequence[str]                    # names of the label (text) columns
-    columns: Sequence[str]                         # names of the value (number) columns
-    labels: Sequence[Sequence[str]]                # per row: its label cells
-    values: Sequence[Sequence[float | None]]       # per row: one number per value column
+    label_header: Sequence[str]  # names of the label (text) columns
+    columns: Sequence[str]  # names of the value (number) columns
+    labels: Sequence[Sequence[str]]  # per row: its label cells
+    values: Sequence[Sequence[float | None]]  # per row: one number per value column
     stds: Sequence[Sequence[float | None]] | None = None  # per row: '±' beside each value (None: none)
-    best: str | None = None                        # 'max' | 'min': best value per column in bold
+    best: str | None = None  # 'max' | 'min': best value per column in bold
     decimals: int = 2
-    groups: Sequence[Any] | None = None            # per row: group key (LaTeX: a rule where it changes)
-    rule_before: int | None = None                 # LaTeX: a vertical rule before this value column
+    groups: Sequence[Any] | None = None  # per row: group key (LaTeX: a rule where it changes)
+    rule_before: int | None = None  # LaTeX: a vertical rule before this value column
 
     @property
     def header(self) -> list[str]:
@@ -66,8 +80,7 @@ class Table:
         """Per value column, the rows shown in bold."""
         if self.best is None:
             return [set() for _ in self.columns]
-        return [best_rows([row[j] for row in self.values], self.best, self.decimals)
-                for j in range(len(self.columns))]
+        return [best_rows([row[j] for row in self.values], self.best, self.decimals) for j in range(len(self.columns))]
 
     def _value_cells(self, bold_fmt: str, std_fmt: str, dash: str) -> list[list[str]]:
         bold = self.bold()
@@ -108,9 +121,17 @@ def latex(table: Table, *, caption: str, label: str, header: Sequence[str] | Non
     else:
         spec += "r" * table.rule_before + "|" + "r" * (n_values - table.rule_before)
     shown = table.header if header is None else header
-    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(caption)}}}",
-           rf"\label{{{label}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-           " & ".join(tex_escape(c) for c in shown) + r" \\", r"\midrule"]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{tex_escape(caption)}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(tex_escape(c) for c in shown) + r" \\",
+        r"\midrule",
+    ]
     values = table._value_cells(r"\textbf{{{}}}", r"\,{{\scriptsize$\pm${}}}", "--")
     for i, (lab, val) in enumerate(zip(table.labels, values)):
         if table.groups is not None and i > 0 and table.groups[i] != table.groups[i - 1]:

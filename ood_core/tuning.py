@@ -17,6 +17,7 @@ used. Fitted statistics (``fit(name, train, **params)``) go through :class:`FitC
 parameters the fit actually takes, so a grid over a scoring-only parameter never refits; its fits share
 one :class:`~ood_core.scores.memo.Memo` (a probe trained once for all low-dim probe scores).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -65,9 +66,7 @@ class Split:
         """Raise :class:`LeakageError` if the val and test parts share an index."""
         both = np.intersect1d(self.val, self.test)
         if both.size:
-            raise LeakageError(
-                f"val and test parts overlap in {both.size} index(es) (first: {both[:5].tolist()})"
-            )
+            raise LeakageError(f"val and test parts overlap in {both.size} index(es) (first: {both[:5].tolist()})")
         return self
 
     def check_range(self, n: int) -> "Split":
@@ -228,7 +227,7 @@ def select(
 @dataclass
 class TuneResult:
     protocol: str
-    params: dict[str, Params]                       # OOD set -> full parameters (defaults merged)
+    params: dict[str, Params]  # OOD set -> full parameters (defaults merged)
     tables: dict[str, list[tuple[Params, float]]] = field(default_factory=dict)  # val set -> table
     held_out: str | None = None
 

@@ -1,5 +1,6 @@
 """Shared pytest setup: repo root on sys.path, float64-friendly torch defaults, shared-data locator,
 a check that every test module leaves the score registry as it found it."""
+
 from __future__ import annotations
 
 import os

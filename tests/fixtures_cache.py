@@ -13,6 +13,7 @@ identities (GradNorm = ||h||_1 ||p-u||_1, ExGrad = (||h||^2+1)(1-||p||^2)) hold 
 arrays; ``odin_s`` at eps=0 is max softmax(logits/T); the stored scores and every AUROC in the CSVs
 are computed from these arrays. Nothing here runs a model.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ def _features(rng: np.random.Generator, kind: str, n: int) -> tuple[np.ndarray, 
     """Non-negative 'post-ReLU' features with class structure; OOD: weaker / mixed."""
     means = np.zeros((C, D))
     for c in range(C):
-        means[c, 2 * c: 2 * c + 2] = 2.0
+        means[c, 2 * c : 2 * c + 2] = 2.0
     means += 0.5
     if kind == "id":
         y = rng.integers(0, C, n)
@@ -74,7 +75,7 @@ def _dataset(rng, kind, W, b):
     f = logits.astype(np.float64)
     hh = h.astype(np.float64)
     yhat = f.argmax(1)
-    sq_h1 = (hh ** 2).sum(1) + 1.0
+    sq_h1 = (hh**2).sum(1) + 1.0
     odin_s = np.empty((len(ODIN_EPS), len(ODIN_T), N), np.float32)
     sg = np.empty_like(odin_s)
     for ie, eps in enumerate(ODIN_EPS):
@@ -83,7 +84,7 @@ def _dataset(rng, kind, W, b):
         for it, T in enumerate(ODIN_T):
             p = _softmax(fp / T)
             odin_s[ie, it] = p.max(1)
-            last = ((p - np.eye(C)[yhat]) ** 2).sum(1) * sq_h1 / T ** 2
+            last = ((p - np.eye(C)[yhat]) ** 2).sum(1) * sq_h1 / T**2
             sg[ie, it] = last * (1.6 + 0.3 * np.abs(rng.standard_normal(N)))  # "all weights" >= last layer
     p1 = _softmax(f)
     kl = ((p1 - 1.0 / C) ** 2).sum(1) * sq_h1 * (1.4 + 0.3 * np.abs(rng.standard_normal(N)))
@@ -94,9 +95,13 @@ def _dataset(rng, kind, W, b):
     lowdim[:, 3] += shift
     lowdim[:, 5] *= 1 + shift
     return {
-        "h": h, "logits": logits, "y": y,
-        "odin_T": ODIN_T.copy(), "odin_eps": ODIN_EPS.copy(),
-        "odin_s": odin_s, "grodin_sqnorm": sg.astype(np.float32),
+        "h": h,
+        "logits": logits,
+        "y": y,
+        "odin_T": ODIN_T.copy(),
+        "odin_eps": ODIN_EPS.copy(),
+        "odin_s": odin_s,
+        "grodin_sqnorm": sg.astype(np.float32),
         "kl_allw_sqnorm": kl.astype(np.float32),
         "lowdim_pca": lowdim.astype(np.float32),
     }
@@ -117,7 +122,7 @@ def _scores(a: dict, idx: np.ndarray, train: dict) -> dict[str, np.ndarray]:
         "maxlogit": f.max(1),
         "energy": e,
         "gradnorm": np.abs(h).sum(1) * np.abs(p - u).sum(1),
-        "exgrad": -((h ** 2).sum(1) + 1) * (1 - (p ** 2).sum(1)),
+        "exgrad": -((h**2).sum(1) + 1) * (1 - (p**2).sum(1)),
         "knn": -dist[:, 4],
         "rg": np.minimum(h, c).sum(1) * e,
         "grodin_sg": -a["grodin_sqnorm"][0, 0, idx].astype(np.float64),
@@ -129,9 +134,18 @@ def _scores(a: dict, idx: np.ndarray, train: dict) -> dict[str, np.ndarray]:
 
 
 FAMILY = {
-    "msp": "forward", "maxlogit": "forward", "energy": "forward", "knn": "forward", "odin": "forward",
-    "gradnorm": "gradient", "exgrad": "gradient", "grodin_sg": "gradient", "rg": "gradient",
-    "family_q1_msp": "decomposition", "l2_x_negent": "decomposition", "lowdim_knn": "lowdim",
+    "msp": "forward",
+    "maxlogit": "forward",
+    "energy": "forward",
+    "knn": "forward",
+    "odin": "forward",
+    "gradnorm": "gradient",
+    "exgrad": "gradient",
+    "grodin_sg": "gradient",
+    "rg": "gradient",
+    "family_q1_msp": "decomposition",
+    "l2_x_negent": "decomposition",
+    "lowdim_knn": "lowdim",
 }
 
 
@@ -161,11 +175,26 @@ def _write_chosen(path: Path, sweep: list[dict]) -> None:
             rows = [r for r in sweep if r["method"] == m and r["ood_set"] == o]
             best = max(rows, key=lambda r: r["auroc_val"])  # max() keeps the first maximum
             per_set[o] = {"params": {"eps": best["eps"], "T": best["T"]}, "tuned_on": o, "val_auroc": best["auroc_val"]}
-        methods[m] = {"family": "forward" if m == "odin" else "gradient",
-                      "grid": {"eps": ODIN_EPS.tolist(), "T": ODIN_T.tolist()}, "defaults": {"eps": 0.0, "T": 1.0},
-                      "per_set": per_set}
-    path.write_text(json.dumps({"protocol": "per_ood_val", "held_out": None, "bootstrap_n": 0, "seed": 0,
-                                "profile": "tiny", "model": "toy_mlp", "methods": methods}, indent=2))
+        methods[m] = {
+            "family": "forward" if m == "odin" else "gradient",
+            "grid": {"eps": ODIN_EPS.tolist(), "T": ODIN_T.tolist()},
+            "defaults": {"eps": 0.0, "T": 1.0},
+            "per_set": per_set,
+        }
+    path.write_text(
+        json.dumps(
+            {
+                "protocol": "per_ood_val",
+                "held_out": None,
+                "bootstrap_n": 0,
+                "seed": 0,
+                "profile": "tiny",
+                "model": "toy_mlp",
+                "methods": methods,
+            },
+            indent=2,
+        )
+    )
 
 
 def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
@@ -179,7 +208,7 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
 
     W = np.zeros((C, D))
     for c in range(C):
-        W[c, 2 * c: 2 * c + 2] = 1.0
+        W[c, 2 * c : 2 * c + 2] = 1.0
     W = (W + 0.15 * rng.standard_normal((C, D))).astype(np.float32)
     b = (0.1 * rng.standard_normal(C)).astype(np.float32)
     np.savez(adir / "head.npz", W=W, b=b)
@@ -206,9 +235,16 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
 
     acc = float((arrays[ID_TEST]["logits"].argmax(1) == arrays[ID_TEST]["y"]).mean())
     meta = {
-        "profile": "tiny", "model": "toy_mlp", "num_classes": C, "class_names": CLASS_NAMES,
-        "id_accuracy": acc, "train": TRAIN, "id_test": ID_TEST, "ood": OOD,
-        "lowdim_subspaces": ["pca"], "grid": {"odin_T": ODIN_T.tolist(), "odin_eps": ODIN_EPS.tolist()},
+        "profile": "tiny",
+        "model": "toy_mlp",
+        "num_classes": C,
+        "class_names": CLASS_NAMES,
+        "id_accuracy": acc,
+        "train": TRAIN,
+        "id_test": ID_TEST,
+        "ood": OOD,
+        "lowdim_subspaces": ["pca"],
+        "grid": {"odin_T": ODIN_T.tolist(), "odin_eps": ODIN_EPS.tolist()},
     }
     (adir / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -219,30 +255,50 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
         for o, g in OOD.items():
             si, so = scores[ID_TEST][m], scores[o][m]
             au = _auroc(si, so)
-            rows.append({
-                "method": m, "family": fam, "ood_set": o, "group": g, "auroc": au,
-                "auroc_std": 0.02, "fpr95": _fpr95(si, so), "fpr95_ood_pos": _fpr95(-so, -si),
-                "aupr_in_ap": min(1.0, au + 0.01), "aupr_out_ap": max(0.0, au - 0.01),
-                "aupr_in_trapz": min(1.0, au + 0.02), "aupr_out_trapz": max(0.0, au - 0.005),
-                "hyperparams": "{}", "protocol": "fixed", "n_id": n_id, "n_ood": N - N_VAL,
-                "id_accuracy": acc, "model": "toy_mlp",
-            })
+            rows.append(
+                {
+                    "method": m,
+                    "family": fam,
+                    "ood_set": o,
+                    "group": g,
+                    "auroc": au,
+                    "auroc_std": 0.02,
+                    "fpr95": _fpr95(si, so),
+                    "fpr95_ood_pos": _fpr95(-so, -si),
+                    "aupr_in_ap": min(1.0, au + 0.01),
+                    "aupr_out_ap": max(0.0, au - 0.01),
+                    "aupr_in_trapz": min(1.0, au + 0.02),
+                    "aupr_out_trapz": max(0.0, au - 0.005),
+                    "hyperparams": "{}",
+                    "protocol": "fixed",
+                    "n_id": n_id,
+                    "n_ood": N - N_VAL,
+                    "id_accuracy": acc,
+                    "model": "toy_mlp",
+                }
+            )
     _write_csv(fdir / "metrics.csv", rows)
-    md_rows = [{"method": m, **{o: next(r["auroc"] for r in rows if r["method"] == m and r["ood_set"] == o)
-                                for o in OOD}} for m in FAMILY]
+    md_rows = [
+        {"method": m, **{o: next(r["auroc"] for r in rows if r["method"] == m and r["ood_set"] == o) for o in OOD}}
+        for m in FAMILY
+    ]
     (fdir / "metrics.md").write_text("## AUROC (tiny)\n\n" + _md_table(md_rows, ["method", *OOD]))
 
     # ---- ablations ------------------------------------------------------------------------------
     abl = {  # the benchmark stage's file names
-        "grodin": [{"method": m, "setting": v, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
-                   for m in ("odin", "grodin_g", "grodin_sg") for v in ("vanilla", "only_eps", "only_T", "both")
-                   for o in OOD],
-        "lowdim_k": [{"k": k, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
-                     for k in (1, 5, 10) for o in OOD],
-        "lowdim_subspace": [{"subspace": "pca", "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
-                            for o in OOD],
-        "rg_percentile": [{"percentile": q, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
-                          for q in (85, 90, 95, 99) for o in OOD],
+        "grodin": [
+            {"method": m, "setting": v, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
+            for m in ("odin", "grodin_g", "grodin_sg")
+            for v in ("vanilla", "only_eps", "only_T", "both")
+            for o in OOD
+        ],
+        "lowdim_k": [{"k": k, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))} for k in (1, 5, 10) for o in OOD],
+        "lowdim_subspace": [{"subspace": "pca", "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))} for o in OOD],
+        "rg_percentile": [
+            {"percentile": q, "ood_set": o, "auroc": float(rng.uniform(0.6, 0.95))}
+            for q in (85, 90, 95, 99)
+            for o in OOD
+        ],
     }
     for k, r in abl.items():
         _write_csv(fdir / f"ablation_{k}.csv", r)
@@ -258,24 +314,60 @@ def make_tiny_analysis_cache(root: Path, *, seed: int = 0) -> tuple[Path, Path]:
         for ie, eps in enumerate(ODIN_EPS):
             for it, T in enumerate(ODIN_T):
                 s_i, s_o = a_id["odin_s"][ie, it].astype(float), a_o["odin_s"][ie, it].astype(float)
-                g_i = a_id["grodin_sqnorm"][ie, it] / s_i ** 2
-                g_o = a_o["grodin_sqnorm"][ie, it] / s_o ** 2
-                for m, (xi, xo) in {"odin": (s_i, s_o), "grodin_g": (-g_i, -g_o),
-                                    "grodin_sg": (-a_id["grodin_sqnorm"][ie, it], -a_o["grodin_sqnorm"][ie, it])}.items():
-                    sw.append({"method": m, "ood_set": o, "group": OOD[o], "eps": float(eps), "T": float(T),
-                               "auroc_val": _auroc(xi[vi], xo[vo]), "auroc_test": _auroc(xi[ti], xo[to])})
+                g_i = a_id["grodin_sqnorm"][ie, it] / s_i**2
+                g_o = a_o["grodin_sqnorm"][ie, it] / s_o**2
+                for m, (xi, xo) in {
+                    "odin": (s_i, s_o),
+                    "grodin_g": (-g_i, -g_o),
+                    "grodin_sg": (-a_id["grodin_sqnorm"][ie, it], -a_o["grodin_sqnorm"][ie, it]),
+                }.items():
+                    sw.append(
+                        {
+                            "method": m,
+                            "ood_set": o,
+                            "group": OOD[o],
+                            "eps": float(eps),
+                            "T": float(T),
+                            "auroc_val": _auroc(xi[vi], xo[vo]),
+                            "auroc_test": _auroc(xi[ti], xo[to]),
+                        }
+                    )
     _write_csv(fdir / "sweep_odin.csv", sw)
     _write_chosen(fdir / "chosen_hyperparams.json", sw)
-    _write_csv(fdir / "sweep_react.csv", [
-        {"method": m, "percentile": p, "ood_set": o, "group": g, "auroc_test": float(rng.uniform(0.6, 0.95))}
-        for m in ("react", "rg") for p in (85, 90, 95, 99) for o, g in OOD.items()])
-    _write_csv(fdir / "sweep_knn.csv", [
-        {"method": m, "k": k, "ood_set": o, "group": g, "auroc_test": float(rng.uniform(0.6, 0.95))}
-        for m, ks in (("knn", (1, 10, 50, 100)), ("lowdim_knn", (1, 5, 10))) for k in ks for o, g in OOD.items()])
-    _write_csv(adir / "timings.csv", [
-        {"method": m, "seconds_per_1000": float(s), "device": "cpu (synthetic)", "batch_size": 64, "n_images": 240}
-        for m, s in [("msp", 0.01), ("energy", 0.01), ("gradnorm", 0.02), ("exgrad", 0.02),
-                     ("knn", 0.3), ("odin", 2.0), ("grodin_sg", 6.0), ("lowdim_knn", 8.0)]])
+    _write_csv(
+        fdir / "sweep_react.csv",
+        [
+            {"method": m, "percentile": p, "ood_set": o, "group": g, "auroc_test": float(rng.uniform(0.6, 0.95))}
+            for m in ("react", "rg")
+            for p in (85, 90, 95, 99)
+            for o, g in OOD.items()
+        ],
+    )
+    _write_csv(
+        fdir / "sweep_knn.csv",
+        [
+            {"method": m, "k": k, "ood_set": o, "group": g, "auroc_test": float(rng.uniform(0.6, 0.95))}
+            for m, ks in (("knn", (1, 10, 50, 100)), ("lowdim_knn", (1, 5, 10)))
+            for k in ks
+            for o, g in OOD.items()
+        ],
+    )
+    _write_csv(
+        adir / "timings.csv",
+        [
+            {"method": m, "seconds_per_1000": float(s), "device": "cpu (synthetic)", "batch_size": 64, "n_images": 240}
+            for m, s in [
+                ("msp", 0.01),
+                ("energy", 0.01),
+                ("gradnorm", 0.02),
+                ("exgrad", 0.02),
+                ("knn", 0.3),
+                ("odin", 2.0),
+                ("grodin_sg", 6.0),
+                ("lowdim_knn", 8.0),
+            ]
+        ],
+    )
     return adir, fdir
 
 

@@ -1,5 +1,6 @@
 """ood_core.analysis_cache.AnalysisCache: the one reader of an analysis directory (its checks and
 one-line errors) and the writer of its scores; its users (benchmark, costs, analysis.score)."""
+
 from __future__ import annotations
 
 import os
@@ -176,9 +177,27 @@ def test_benchmark_reads_through_the_cache(adir):
 
 def test_benchmark_cli_reports_a_bad_split_in_one_line(adir, tmp_path):
     _rewrite_splits(adir, **{f"{NEAR}__val": np.array([0, 1]), f"{NEAR}__test": np.array([1, 2])})
-    r = subprocess.run([sys.executable, "-m", "analysis.benchmark", "--profile", "demo", "--analysis-dir", str(adir),
-                        "--fig-dir", str(tmp_path / "fig"), "--cache-dir", str(tmp_path / "c"), "--methods", "msp"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis.benchmark",
+            "--profile",
+            "demo",
+            "--analysis-dir",
+            str(adir),
+            "--fig-dir",
+            str(tmp_path / "fig"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--methods",
+            "msp",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert lines[-1].startswith("error: ") and "splits.npz" in lines[-1] and "overlap" in lines[-1], r.stderr
@@ -188,13 +207,55 @@ def test_score_cli_reads_arrays_and_head_through_the_cache(adir, tmp_path):
     from analysis import score
 
     out = tmp_path / "s.npz"
-    assert score.main(["--arrays", str(adir / "arrays"), "--train", TRAIN, "--eval", ID_TEST,
-                       "--scores", "msp", "energy", "--out", str(out)]) == 0
+    assert (
+        score.main(
+            [
+                "--arrays",
+                str(adir / "arrays"),
+                "--train",
+                TRAIN,
+                "--eval",
+                ID_TEST,
+                "--scores",
+                "msp",
+                "energy",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with np.load(out) as z:
         assert {"msp/" + ID_TEST, "energy/" + ID_TEST} <= set(z.files)
     with pytest.raises(FileNotFoundError, match="nosuch.npz not found"):
-        score.main(["--arrays", str(adir / "arrays"), "--train", TRAIN, "--eval", "nosuch", "--scores", "msp",
-                    "--out", str(out)])
+        score.main(
+            [
+                "--arrays",
+                str(adir / "arrays"),
+                "--train",
+                TRAIN,
+                "--eval",
+                "nosuch",
+                "--scores",
+                "msp",
+                "--out",
+                str(out),
+            ]
+        )
     with pytest.raises(SystemExit, match="head file not found"):
-        score.main(["--arrays", str(adir / "arrays"), "--train", TRAIN, "--eval", ID_TEST, "--scores", "msp",
-                    "--head", str(tmp_path / "none.npz"), "--out", str(out)])
+        score.main(
+            [
+                "--arrays",
+                str(adir / "arrays"),
+                "--train",
+                TRAIN,
+                "--eval",
+                ID_TEST,
+                "--scores",
+                "msp",
+                "--head",
+                str(tmp_path / "none.npz"),
+                "--out",
+                str(out),
+            ]
+        )

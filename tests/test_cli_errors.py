@@ -1,6 +1,7 @@
 """What a user sees when something is wrong (issue 15, items 3-6): one ``error: ...`` line and a
 non-zero exit for every expected error, a traceback only with --debug, a quiet Ctrl-C, checkpoints that
 are repaired or explained, profiles named after their files, and reruns that skip cached stages."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ DEMO = REPO / "analysis/configs/demo.yaml"
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_error_line(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -93,8 +95,20 @@ def test_bad_command_line_is_one_line(tmp_path):
 
 
 def test_unknown_score_name_on_the_command_line_is_one_line(tmp_path):
-    r = cli("analysis.score", "--arrays", str(tmp_path), "--train", "train", "--eval", "id_test",
-            "--out", str(tmp_path / "s.npz"), "--scores", "msp", "nosuch")
+    r = cli(
+        "analysis.score",
+        "--arrays",
+        str(tmp_path),
+        "--train",
+        "train",
+        "--eval",
+        "id_test",
+        "--out",
+        str(tmp_path / "s.npz"),
+        "--scores",
+        "msp",
+        "nosuch",
+    )
     assert_one_error_line(r, "unknown score 'nosuch'", "msp")
 
 
@@ -105,16 +119,32 @@ def test_unknown_benchmark_method_is_one_line(tmp_path):
         from tests.fixtures_cache import make_tiny_analysis_cache
 
     adir, _ = make_tiny_analysis_cache(tmp_path / "t")
-    r = cli("analysis.benchmark", "--profile", "demo", "--analysis-dir", str(adir), "--methods", "msp", "nosuch",
-            *run_args(tmp_path))
+    r = cli(
+        "analysis.benchmark",
+        "--profile",
+        "demo",
+        "--analysis-dir",
+        str(adir),
+        "--methods",
+        "msp",
+        "nosuch",
+        *run_args(tmp_path),
+    )
     assert_one_error_line(r, "unknown score 'nosuch'", "--methods")
 
 
-@pytest.mark.parametrize("edit,needles", [
-    (lambda c: c["model"].update(name="resnet19"), ("unknown model 'resnet19'", "model.name")),
-    (lambda c: c["data"]["train"].update(kind="digitz"), ("unknown dataset kind 'digitz'", "'kind'")),
-    (lambda c: c["data"]["train"].update(clases=[0, 1]), ("dataset 'train'", "'clases'", "it takes: classes, split")),
-], ids=["model-name", "dataset-kind", "dataset-option"])
+@pytest.mark.parametrize(
+    "edit,needles",
+    [
+        (lambda c: c["model"].update(name="resnet19"), ("unknown model 'resnet19'", "model.name")),
+        (lambda c: c["data"]["train"].update(kind="digitz"), ("unknown dataset kind 'digitz'", "'kind'")),
+        (
+            lambda c: c["data"]["train"].update(clases=[0, 1]),
+            ("dataset 'train'", "'clases'", "it takes: classes, split"),
+        ),
+    ],
+    ids=["model-name", "dataset-kind", "dataset-option"],
+)
 def test_wrong_names_in_a_profile_are_one_line(tmp_path, edit, needles):
     cfg = yaml.safe_load(tiny_profile(tmp_path).read_text())
     edit(cfg)
@@ -123,15 +153,22 @@ def test_wrong_names_in_a_profile_are_one_line(tmp_path, edit, needles):
     assert_one_error_line(cli("analysis.train", *stage_args(prof, tmp_path)), *needles)
 
 
-@pytest.mark.parametrize("old,new,message", [
-    ("seed: 0", "seed: 0.5", "'seed' must be an integer (default: 0), got the number 0.5"),
-    ("threads: 1 ", "threads: [1] ", "'threads' must be an integer or null, got a list"),
-    ("augment: shift", "augment: 3", "'train.augment' must be a string"),
-    ("  lr: 0.05", "  lr: fast", "'train.lr' must be a number"),
-    ("  enabled: true", "  enabled: 1", "'lowdim.enabled' must be true or false (default: true), got the number 1"),
-    ("odin_T: [1, 5,", "odin_T: [one, 5,", "every element of 'extract.odin_T' must be a number, got the string 'one'"),
-    ("mean: [0.305]", "mean: 0.305", "'data.preprocessing.mean' must be a list"),
-])
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        ("seed: 0", "seed: 0.5", "'seed' must be an integer (default: 0), got the number 0.5"),
+        ("threads: 1 ", "threads: [1] ", "'threads' must be an integer or null, got a list"),
+        ("augment: shift", "augment: 3", "'train.augment' must be a string"),
+        ("  lr: 0.05", "  lr: fast", "'train.lr' must be a number"),
+        ("  enabled: true", "  enabled: 1", "'lowdim.enabled' must be true or false (default: true), got the number 1"),
+        (
+            "odin_T: [1, 5,",
+            "odin_T: [one, 5,",
+            "every element of 'extract.odin_T' must be a number, got the string 'one'",
+        ),
+        ("mean: [0.305]", "mean: 0.305", "'data.preprocessing.mean' must be a list"),
+    ],
+)
 def test_config_values_are_type_checked(tmp_path, old, new, message):
     with pytest.raises(ConfigError) as e:
         load_profile(str(demo_variant(tmp_path, old, new)))
@@ -206,8 +243,15 @@ def test_ctrl_c_of_a_run_is_quiet_and_resumes(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # the run starts with SIGINT's default action even when the suite itself runs as a background job
     # of a non-interactive shell (which starts it with SIGINT ignored, so the signal never arrives)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("== stage extract"):
@@ -287,7 +331,10 @@ def test_copied_config_is_named_after_its_file_not_its_profile_key(tmp_path):
     assert load_profile(str(copy))["profile"] == "mycopy"
     ctx = make_context(add_common_args(argparse.ArgumentParser()).parse_args(["--profile", str(copy)]))
     assert ctx.profile == "mycopy"
-    assert ctx.cache_dir == (REPO / "cache" / "mycopy").resolve() and ctx.fig_dir == (REPO / "figures" / "mycopy").resolve()
+    assert (
+        ctx.cache_dir == (REPO / "cache" / "mycopy").resolve()
+        and ctx.fig_dir == (REPO / "figures" / "mycopy").resolve()
+    )
 
 
 # ------------------------------------------------------------------- item 6: cached stages skipped
@@ -311,7 +358,7 @@ def test_rerun_skips_cached_stages_and_reruns_what_changed(tmp_path):
     assert (tmp_path / "fig" / "metrics.csv").is_file()
 
     cfg = yaml.safe_load(prof.read_text())  # a changed config reruns the stages; their own caches
-    cfg["benchmark"]["bootstrap"] = 5       # keep what the change does not touch
+    cfg["benchmark"]["bootstrap"] = 5  # keep what the change does not touch
     prof.write_text(yaml.safe_dump(cfg))
     fourth = cli(*args, timeout=600)
     assert "[train] cached" in fourth.stdout and "[extract] cached: id_test" in fourth.stdout

@@ -1,4 +1,5 @@
 """Profiles (strict keys), cache keys and atomic writes, safe checkpoints."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,9 @@ def test_every_shipped_profile_loads():
 
 def test_typo_key_is_rejected_with_its_path(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text((Path(__file__).parents[1] / "analysis/configs/demo.yaml").read_text().replace("  epochs:", "  epoch:"))
+    p.write_text(
+        (Path(__file__).parents[1] / "analysis/configs/demo.yaml").read_text().replace("  epochs:", "  epoch:")
+    )
     with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'; allowed keys at this level: .*epochs"):
         load_profile(str(p))
 
@@ -100,12 +103,24 @@ def test_benchmark_code_digest_covers_every_library_module_the_stage_imports():
     from analysis.stamps import imported_sources
 
     here = Path(benchmark.__file__).resolve()
-    files = {f.relative_to(here.parents[1]).as_posix()
-             for f in imported_sources(here, here.with_name("costs.py"), packages=("ood_core",))}
-    assert {"analysis/benchmark.py", "analysis/costs.py", "ood_core/grid.py", "ood_core/grid_selection.py",
-            "ood_core/cache.py", "ood_core/tuning.py", "ood_core/metrics.py", "ood_core/tables.py",
-            "ood_core/reference.py", "ood_core/config.py", "ood_core/scores/memo.py",
-            "ood_core/scores/lowdim.py"} <= files
+    files = {
+        f.relative_to(here.parents[1]).as_posix()
+        for f in imported_sources(here, here.with_name("costs.py"), packages=("ood_core",))
+    }
+    assert {
+        "analysis/benchmark.py",
+        "analysis/costs.py",
+        "ood_core/grid.py",
+        "ood_core/grid_selection.py",
+        "ood_core/cache.py",
+        "ood_core/tuning.py",
+        "ood_core/metrics.py",
+        "ood_core/tables.py",
+        "ood_core/reference.py",
+        "ood_core/config.py",
+        "ood_core/scores/memo.py",
+        "ood_core/scores/lowdim.py",
+    } <= files
     assert not any(f.startswith(("ood_core/grads/", "ood_core/data/", "analysis/common")) for f in files)
     assert len(benchmark._code_digest()) == 16
 

@@ -1,5 +1,6 @@
 """Tests of ood_core.data: every loader on tiny synthetic files in the standard layouts, the error
 messages, to_tensor, splits, corruptions, verify_files and (when present) ../shared/data."""
+
 from __future__ import annotations
 
 import gzip
@@ -28,6 +29,7 @@ from ood_core.data import (
 from ood_core.data import verify as verify_mod
 from ood_core.data.corruptions import _glass_shuffle
 
+
 def rand_images(n: int, h: int = 32, w: int = 32, c: int | None = 3, seed: int = 0) -> np.ndarray:
     shape = (n, h, w) if c is None else (n, h, w, c)
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
@@ -35,8 +37,10 @@ def rand_images(n: int, h: int = 32, w: int = 32, c: int | None = 3, seed: int =
 
 # --------------------------------------------------------------------------- writers (standard layouts)
 
-def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray, key: bytes = b"labels",
-                      extra: dict | None = None) -> None:
+
+def write_cifar_batch(
+    path: Path, images: np.ndarray, labels: np.ndarray, key: bytes = b"labels", extra: dict | None = None
+) -> None:
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # R plane, G plane, B plane
     d = {b"batch_label": b"x", b"data": data, key: [int(v) for v in labels], b"filenames": [b"f"] * len(images)}
     d.update(extra or {})
@@ -63,9 +67,23 @@ def write_png(path: Path, arr: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- loaders
 
+
 def test_registry_has_all_kinds():
-    for kind in ["npz", "cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "kmnist", "image_folder",
-                 "imagenet_c", "digits", "gaussian_noise_images", "uniform_noise_images", "corrupted"]:
+    for kind in [
+        "npz",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "mnist",
+        "fashion_mnist",
+        "kmnist",
+        "image_folder",
+        "imagenet_c",
+        "digits",
+        "gaussian_noise_images",
+        "uniform_noise_images",
+        "corrupted",
+    ]:
         assert kind in DATASETS
     with pytest.raises(KeyError, match="unknown dataset kind 'nope'"):
         load_dataset("nope", None)
@@ -114,12 +132,19 @@ def test_cifar100(tmp_path):
     d = tmp_path / "cifar-100-python"
     d.mkdir()
     x = rand_images(5, seed=3)
-    write_cifar_batch(d / "test", x, np.array([0, 99, 50, 1, 2]), key=b"fine_labels",
-                      extra={b"coarse_labels": [0, 19, 10, 1, 2]})
+    write_cifar_batch(
+        d / "test", x, np.array([0, 99, 50, 1, 2]), key=b"fine_labels", extra={b"coarse_labels": [0, 19, 10, 1, 2]}
+    )
     write_cifar_batch(d / "train", x[:2], np.array([7, 8]), key=b"fine_labels", extra={b"coarse_labels": [1, 1]})
     with open(d / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"k{i}".encode() for i in range(20)]}, f, protocol=2)
+        pickle.dump(
+            {
+                b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"k{i}".encode() for i in range(20)],
+            },
+            f,
+            protocol=2,
+        )
     s = load_dataset("cifar100", tmp_path, split="test", num_classes=100)
     np.testing.assert_array_equal(s.images, x)
     np.testing.assert_array_equal(s.labels, [0, 99, 50, 1, 2])
@@ -248,8 +273,14 @@ def test_corrupted_loader():
     c = load_dataset("corrupted", None, base=base, corruption="contrast", severity=2)
     assert c.name == f"{base.name}-contrast-s2" and c.images.shape == base.images.shape
     np.testing.assert_array_equal(c.labels, base.labels)
-    c2 = load_dataset("corrupted", None, base_kind="digits", base_options={"classes": [0, 1], "split": "test"},
-                      corruption="contrast", severity=2)
+    c2 = load_dataset(
+        "corrupted",
+        None,
+        base_kind="digits",
+        base_options={"classes": [0, 1], "split": "test"},
+        corruption="contrast",
+        severity=2,
+    )
     np.testing.assert_array_equal(c.images, c2.images)
     with pytest.raises(DatasetError, match="base=<ImageSet> or base_kind"):
         load_dataset("corrupted", None, corruption="contrast", severity=2)
@@ -258,6 +289,7 @@ def test_corrupted_loader():
 
 
 # --------------------------------------------------------------------------- bad inputs
+
 
 def one_line(e: pytest.ExceptionInfo) -> str:
     msg = str(e.value)
@@ -366,6 +398,7 @@ def test_non_uint8(tmp_path):
 
 # --------------------------------------------------------------------------- to_tensor
 
+
 def test_to_tensor_hand_computed():
     img = np.array([[[[0, 51, 102], [255, 0, 0]], [[10, 20, 30], [40, 50, 60]]]], dtype=np.uint8)  # 1x2x2x3
     mean, std = (0.5, 0.25, 0.1), (0.5, 0.25, 2.0)
@@ -402,6 +435,7 @@ def test_to_tensor_resize_and_errors():
 
 
 # --------------------------------------------------------------------------- splits
+
 
 def test_split_indices():
     v, t = split_indices(100, 30, seed=7)
@@ -471,6 +505,7 @@ def test_glass_shuffle_vectorised_matches_sequential():
 
 # --------------------------------------------------------------------------- verify_files
 
+
 def test_verify_files(tmp_path, monkeypatch):
     f = tmp_path / "data.bin"
     f.write_bytes(bytes(range(256)) * 10)
@@ -518,6 +553,7 @@ def test_verify_files_cache(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- real data
+
 
 def shared_data() -> Path:
     env = os.environ.get("OOD_SHARED_DATA")

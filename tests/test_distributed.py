@@ -3,6 +3,7 @@
 Per-sample arrays are computed on the same whole batches as one process, so they are bit-identical;
 the subspace fits sum over samples in another order across ranks, so Wu et al.'s bases (and the
 low-dim arrays projected on them) agree to float rounding only: stated and tested below."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Measured on the tiny profile below (2 CPU ranks vs 1 process, float32 model): the low-dim arrays
 # differed by at most ~1e-6 relative to their largest value and the low-dim scores' AUROC by 0.
-LOWDIM_RTOL = 1e-4       # of the array's largest absolute value
+LOWDIM_RTOL = 1e-4  # of the array's largest absolute value
 LOWDIM_AUROC_TOL = 2e-3  # absolute AUROC difference allowed for scores built on the low-dim arrays
 
 
@@ -70,12 +71,15 @@ def _fits(ranks: Ranks, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Ten
     xs, ys = x[rows], y[rows]
 
     def batches():
-        return [(xs[i: i + 5], ys[i: i + 5]) for i in range(0, len(xs), 5)]
+        return [(xs[i : i + 5], ys[i : i + 5]) for i in range(0, len(xs), 5)]
 
     stats = gradient_stats(model, batches(), chunk=2, ranks=ranks)
-    return {"mean": stats[0], "scale": stats[1],
-            "pca": pca_subspace(model, batches, 4, 2, stats, seed=0, chunk=2, ranks=ranks),
-            "avg": class_mean_subspace(model, batches(), 3, stats, chunk=2, ranks=ranks)}
+    return {
+        "mean": stats[0],
+        "scale": stats[1],
+        "pca": pca_subspace(model, batches, 4, 2, stats, seed=0, chunk=2, ranks=ranks),
+        "avg": class_mean_subspace(model, batches(), 3, stats, chunk=2, ranks=ranks),
+    }
 
 
 def _worker(rank: int, world: int, port: int, x, y, out_dir: str) -> None:
@@ -103,8 +107,17 @@ def test_subspace_fits_reduce_across_ranks(tmp_path):
 # ------------------------------------------------------------------------------- end to end
 def _torchrun(args: list[str], **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "analysis.extract", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "analysis.extract",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
@@ -170,17 +183,28 @@ def test_killed_rank_leaves_no_half_written_cache_and_rerun_completes(tmp_path):
     import signal
     import time
 
-    from ood_core.cache import npz_key
     from test_pipeline import run_cli, stage_args, tiny_profile
+
+    from ood_core.cache import npz_key
 
     prof = tiny_profile(tmp_path)
     r = run_cli(["analysis.train", *stage_args(prof, tmp_path)], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "analysis.extract", *stage_args(prof, tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "analysis.extract",
+        *stage_args(prof, tmp_path),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     parts = tmp_path / "cache" / "analysis" / "parts"
     deadline = time.time() + 600
     while not list(parts.glob("*.rank1of2.npz")) and proc.poll() is None and time.time() < deadline:

@@ -1,6 +1,7 @@
 """ood_core.explore: the logic behind the notebooks' figures, on small synthetic inputs and the tiny cache
 of ``tests/fixtures_cache.py``. Expected values are computed independently (by hand, by a Mann-Whitney
 count, or by the benchmark stage itself), never by the function under test."""
+
 from __future__ import annotations
 
 import json
@@ -202,7 +203,7 @@ def test_sample_pair_picks_the_most_feature_similar_ood_sample(tiny, cache):
     assert np.array_equal(pair.g_ood, Z["toy_near"][pair.ood_row])
     fixed = densities.sample_pair(cache, Z, ood_set="toy_far", ood_sample=4)
     assert fixed.ood_row == _test_rows(tiny[0], "toy_far")[4]
-    assert densities.cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(2 ** -0.5)
+    assert densities.cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(2**-0.5)
 
 
 def test_density_and_sample_figures(cache):
@@ -253,8 +254,9 @@ def test_chosen_cell_reads_the_benchmarks_choice(tiny, tmp_path):
     adir, fdir = tiny
     chosen = json.loads((fdir / "chosen_hyperparams.json").read_text())["methods"]
     for o in fx.OOD:
-        assert sg_band.chosen_cell(fdir, "grodin_sg", o) == {k: float(v) for k, v in
-                                                             chosen["grodin_sg"]["per_set"][o]["params"].items()}
+        assert sg_band.chosen_cell(fdir, "grodin_sg", o) == {
+            k: float(v) for k, v in chosen["grodin_sg"]["per_set"][o]["params"].items()
+        }
     with pytest.raises(FileNotFoundError, match="benchmark stage"):
         sg_band.chosen_cell(tmp_path, "grodin_sg", "toy_near")
     with pytest.raises(KeyError, match="no method 'nosuch'"):
@@ -331,9 +333,13 @@ def test_decomposition_uses_the_cell_of_the_benchmarks_table(tmp_path):
     for o, d in decs.items():
         assert d.cell == chosen[o]["params"]
         a_o = np.load(adir / "arrays" / f"{o}.npz")
-        val = {(float(e), float(t)): mw_auroc(-a_id["grodin_sqnorm"][ie, it, sp[f"{fx.ID_TEST}__val"]],
-                                              -a_o["grodin_sqnorm"][ie, it, sp[f"{o}__val"]])
-               for ie, e in enumerate(fx.ODIN_EPS) for it, t in enumerate(fx.ODIN_T)}
+        val = {
+            (float(e), float(t)): mw_auroc(
+                -a_id["grodin_sqnorm"][ie, it, sp[f"{fx.ID_TEST}__val"]], -a_o["grodin_sqnorm"][ie, it, sp[f"{o}__val"]]
+            )
+            for ie, e in enumerate(fx.ODIN_EPS)
+            for it, t in enumerate(fx.ODIN_T)
+        }
         assert val[(d.cell["eps"], d.cell["T"])] == pytest.approx(max(val.values()), abs=1e-12)
         assert d.row()["auroc_SG_all"] == pytest.approx(mdf.loc[o, "auroc"], abs=1e-12)
 
@@ -364,8 +370,11 @@ def test_calibration_curves_over_temperatures():
     for T, grp in curves.groupby("T"):
         conf = softmax(logits / T).max(1)
         which = (conf >= 0.75).astype(int)  # two equal-width bins on [1/2, 1]
-        want = sum((which == b).mean() * abs(conf[which == b].mean() - (logits.argmax(1) == y)[which == b].mean())
-                   for b in (0, 1) if (which == b).any())
+        want = sum(
+            (which == b).mean() * abs(conf[which == b].mean() - (logits.argmax(1) == y)[which == b].mean())
+            for b in (0, 1)
+            if (which == b).any()
+        )
         assert grp["ece"].iloc[0] == pytest.approx(want)
     assert calibration.ece_by_temperature(curves)["T"].tolist() == [1.0, 100.0]
     assert calibration.accuracy(curves) == pytest.approx(0.75)
@@ -388,7 +397,7 @@ def test_recomputed_scores_are_the_factor_products():
     r = factorisation.recomputed({"h": h, "logits": f}, T=2.0)
     p2, p1 = softmax(f / 2.0), softmax(f)
     assert np.allclose(r["GradNorm"], np.abs(h).sum(1) * np.abs(p2 - 1 / 3).sum(1) / 2.0)
-    assert np.allclose(r["ExGrad"], ((h ** 2).sum(1) + 1) * (1 - (p1 ** 2).sum(1)))
+    assert np.allclose(r["ExGrad"], ((h**2).sum(1) + 1) * (1 - (p1**2).sum(1)))
 
 
 def test_convention_fit_finds_the_constant():
@@ -448,15 +457,17 @@ def test_deep_vs_last_layer_comparisons(tiny, cache):
     assert [c.title.split(":")[0].split(" (")[0] for c in comps] == ["GradNorm", "GRODIN SG"]
     gn, gr = comps
     for n in [fx.ID_TEST, *fx.OOD]:
-        a = {k: v[..., _test_rows(adir, n)] if k in ("odin_s", "grodin_sqnorm") else v[_test_rows(adir, n)]
-             for k, v in np.load(adir / "arrays" / f"{n}.npz").items() if k in ("h", "logits", "kl_allw_sqnorm",
-                                                                               "odin_s", "grodin_sqnorm")}
+        a = {
+            k: v[..., _test_rows(adir, n)] if k in ("odin_s", "grodin_sqnorm") else v[_test_rows(adir, n)]
+            for k, v in np.load(adir / "arrays" / f"{n}.npz").items()
+            if k in ("h", "logits", "kl_allw_sqnorm", "odin_s", "grodin_sqnorm")
+        }
         h, p = a["h"].astype(float), softmax(a["logits"].astype(float))
         assert np.allclose(gn.deep[n], np.sqrt(a["kl_allw_sqnorm"].astype(float)))
         assert np.allclose(gn.last[n], np.abs(h).sum(1) * np.abs(p - 1 / 3).sum(1))
         assert np.array_equal(gr.deep[n], -a["grodin_sqnorm"][0, 0].astype(float))  # eps = 0, T = 1
         onehot = np.eye(3)[p.argmax(1)]
-        assert np.allclose(gr.last[n], -((p - onehot) ** 2).sum(1) * ((h ** 2).sum(1) + 1))
+        assert np.allclose(gr.last[n], -((p - onehot) ** 2).sum(1) * ((h**2).sum(1) + 1))
     tab = deep_vs_last.table(comps, cache)
     assert len(tab) == 2 * len(fx.OOD)
     row = tab[(tab["comparison"] == gn.title) & (tab["ood_set"] == "toy_far")].iloc[0]
@@ -465,8 +476,9 @@ def test_deep_vs_last_layer_comparisons(tiny, cache):
     from scipy.stats import spearmanr
 
     sets = [fx.ID_TEST, *fx.OOD]
-    assert row["spearman"] == pytest.approx(spearmanr(np.concatenate([gn.last[n] for n in sets]),
-                                                      np.concatenate([gn.deep[n] for n in sets]))[0])
+    assert row["spearman"] == pytest.approx(
+        spearmanr(np.concatenate([gn.last[n] for n in sets]), np.concatenate([gn.deep[n] for n in sets]))[0]
+    )
     fig = deep_vs_last.plot(comps, cache, np.random.default_rng(0), max_scatter=30)
     assert len(fig.axes) == 4 and fig.axes[1].get_title() == gn.title
 
@@ -484,11 +496,18 @@ def test_deep_vs_last_skips_missing_arrays(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ metric tables
 def _metrics() -> pd.DataFrame:
-    rows = [("msp", "forward", "toy_far", 0.8), ("msp", "forward", "toy_near", 0.6),
-            ("energy", "forward", "toy_far", 0.9), ("energy", "forward", "toy_near", 0.7),
-            ("gradnorm", "gradient", "toy_far", 0.5), ("gradnorm", "gradient", "toy_near", 0.3),
-            ("family_q1_msp", "decomposition", "toy_far", 0.7), ("family_q1_msp", "decomposition", "toy_near", 0.7),
-            ("l2_x_negent", "decomposition", "toy_far", 0.9), ("l2_x_negent", "decomposition", "toy_near", 0.9)]
+    rows = [
+        ("msp", "forward", "toy_far", 0.8),
+        ("msp", "forward", "toy_near", 0.6),
+        ("energy", "forward", "toy_far", 0.9),
+        ("energy", "forward", "toy_near", 0.7),
+        ("gradnorm", "gradient", "toy_far", 0.5),
+        ("gradnorm", "gradient", "toy_near", 0.3),
+        ("family_q1_msp", "decomposition", "toy_far", 0.7),
+        ("family_q1_msp", "decomposition", "toy_near", 0.7),
+        ("l2_x_negent", "decomposition", "toy_far", 0.9),
+        ("l2_x_negent", "decomposition", "toy_near", 0.9),
+    ]
     return pd.DataFrame(rows, columns=["method", "family", "ood_set", "auroc"])
 
 
@@ -511,8 +530,10 @@ def test_heatmap_table_orders_sets_and_methods(cache):
     assert list(tab.columns) == ["toy_near", "toy_far", "mean"]  # near before far
     # families in registry order (forward, gradient, decomposition), best mean first within each
     assert list(tab.index) == ["energy", "msp", "gradnorm", "l2_x_negent", "family_q1_msp"]
-    assert list(metric_tables.heatmap_table(mdf, cache, methods=["gradnorm", "nosuch", "msp"]).index) == ["gradnorm",
-                                                                                                          "msp"]
+    assert list(metric_tables.heatmap_table(mdf, cache, methods=["gradnorm", "nosuch", "msp"]).index) == [
+        "gradnorm",
+        "msp",
+    ]
     assert metric_tables.families(mdf)["gradnorm"] == "gradient"
     fig = benchmark_figures.plot_heatmap(tab, mdf, cache)
     assert "AUROC (%)" in fig.axes[0].get_title()
@@ -534,13 +555,21 @@ def _sweep() -> pd.DataFrame:
 def test_odin_choices_are_the_validation_best_cells():
     sw = _sweep()
     chosen = benchmark_figures.odin_choices(sw, ["grodin_sg", "odin"], ["toy_near", "toy_far"])
-    assert chosen[["method", "ood_set"]].values.tolist() == [["grodin_sg", "toy_near"], ["grodin_sg", "toy_far"],
-                                                             ["odin", "toy_near"], ["odin", "toy_far"]]
+    assert chosen[["method", "ood_set"]].values.tolist() == [
+        ["grodin_sg", "toy_near"],
+        ["grodin_sg", "toy_far"],
+        ["odin", "toy_near"],
+        ["odin", "toy_far"],
+    ]
     for r in chosen.itertuples():
         d = sw[(sw["method"] == r.method) & (sw["ood_set"] == r.ood_set)]
         best = d.loc[d["auroc_val"].idxmax()]  # first maximum in file (grid) order
-        assert (r.eps, r.T, r.auroc_val, r.auroc_test) == (best["eps"], best["T"], best["auroc_val"],
-                                                            best["auroc_test"])
+        assert (r.eps, r.T, r.auroc_val, r.auroc_test) == (
+            best["eps"],
+            best["T"],
+            best["auroc_val"],
+            best["auroc_test"],
+        )
     tie = sw.assign(auroc_val=0.7)  # every cell tied: the first in grid order
     assert benchmark_figures.odin_choices(tie, ["odin"], ["toy_far"])[["eps", "T"]].values.tolist() == [[0.0, 1.0]] * 2
     assert benchmark_figures.sweep_column(sw) == "auroc_test"
@@ -560,8 +589,9 @@ def test_odin_sweep_figure_marks_the_chosen_cells(cache, capsys):
 
 def test_param_sweep_and_cost_figures(tiny, cache, tmp_path):
     kn = pd.read_csv(tiny[1] / "sweep_knn.csv")
-    fig = benchmark_figures.plot_param_sweep(kn, "k", ["knn", "lowdim_knn"], cache, xlabel="k",
-                                             subtitles={"knn": "on h"}, label_groups=True)
+    fig = benchmark_figures.plot_param_sweep(
+        kn, "k", ["knn", "lowdim_knn"], cache, xlabel="k", subtitles={"knn": "on h"}, label_groups=True
+    )
     assert [ax.get_title() for ax in fig.axes] == ["KNN (on h)", display_name("lowdim_knn")]
     assert fig.axes[0].get_xscale() == "log"  # k from 1 to 100
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["toy_near (near)", "toy_far (far)"]

@@ -1,5 +1,6 @@
 """The no-GPU path: a compact copy of an analysis cache regenerates every figure via
 ``analysis.run --from-cache`` (what users of the committed cifar10 cache run)."""
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,26 @@ def test_run_from_compact_cache_draws_every_figure(tmp_path):
     adir, fdir = make_tiny_analysis_cache(tmp_path / "full")
     out = compact(adir, tmp_path / "compact", max_per_set=50)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, "-m", "analysis.run", "--profile", "demo", "--from-cache", str(out),
-                        "--fig-dir", str(fdir), "--cache-dir", str(tmp_path / "c")],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis.run",
+            "--profile",
+            "demo",
+            "--from-cache",
+            str(out),
+            "--fig-dir",
+            str(fdir),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "stage train" not in r.stdout and "stage benchmark" not in r.stdout
     for spec in EXPECTED.values():
@@ -64,8 +82,10 @@ def test_method_costs_add_the_needed_extraction_components(tmp_path):
     from analysis.costs import method_costs
 
     adir, _ = make_tiny_analysis_cache(tmp_path / "full")
-    (adir / "timings.csv").write_text("method,seconds_per_1000,device,batch_size\nforward,1.0,cpu,8\n"
-                                      "grodin_one_grid_point,10.0,cpu,8\nkl_allweights,100.0,cpu,8\n")
+    (adir / "timings.csv").write_text(
+        "method,seconds_per_1000,device,batch_size\nforward,1.0,cpu,8\n"
+        "grodin_one_grid_point,10.0,cpu,8\nkl_allweights,100.0,cpu,8\n"
+    )
     rows = {r["method"]: r for r in method_costs(adir, ["msp", "grodin_g", "gradnorm_allweights"], repeats=1)}
     assert rows["msp"]["extract_seconds_per_1000"] == 1.0
     assert rows["grodin_g"]["extract_seconds_per_1000"] == 11.0
@@ -81,8 +101,9 @@ def test_method_costs_time_grid_methods_at_a_cell_every_row_has(tmp_path):
     from analysis.costs import method_costs
 
     adir, _ = make_tiny_analysis_cache(tmp_path / "full")
-    (adir / "timings.csv").write_text("method,seconds_per_1000,device,batch_size\nforward,1.0,cpu,8\n"
-                                      "grodin_one_grid_point,10.0,cpu,8\n")
+    (adir / "timings.csv").write_text(
+        "method,seconds_per_1000,device,batch_size\nforward,1.0,cpu,8\ngrodin_one_grid_point,10.0,cpu,8\n"
+    )
     p = adir / "arrays" / f"{ID_TEST}.npz"
     with np.load(p) as z:
         a = {k: z[k] for k in z.files}

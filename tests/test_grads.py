@@ -1,7 +1,9 @@
 """ood_core.grads against brute-force per-sample loops (float64, CPU, tiny random models)."""
+
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import pytest
 import torch
@@ -148,10 +150,11 @@ def _loop_grads(model, x, loss_fn, names=None):
     names = names or list(params)
     rows = []
     for i in range(x.shape[0]):
-        f = model(x[i: i + 1])[0]
+        f = model(x[i : i + 1])[0]
         g = torch.autograd.grad(loss_fn(f), [params[n] for n in names], allow_unused=True)
-        rows.append(torch.cat([(gi if gi is not None else torch.zeros_like(params[n])).reshape(-1)
-                               for gi, n in zip(g, names)]))
+        rows.append(
+            torch.cat([(gi if gi is not None else torch.zeros_like(params[n])).reshape(-1) for gi, n in zip(g, names)])
+        )
     return torch.stack(rows).detach()
 
 
@@ -287,7 +290,7 @@ STD = torch.tensor([0.5, 0.25], dtype=torch.float64)
 def _loop_perturb(model, x, eps, T, std=None):
     out = []
     for i in range(x.shape[0]):
-        xi = x[i: i + 1].clone().requires_grad_(True)
+        xi = x[i : i + 1].clone().requires_grad_(True)
         f = model(xi)
         loss = F.cross_entropy(f / T, f.argmax(1))
         (g,) = torch.autograd.grad(loss, xi)
@@ -313,8 +316,8 @@ def test_grodin_grid_selected_points_match_full_grid():
     Ts, epss = [1.0, 7.0, 50.0], [0.0, 0.01, 0.02]
     full = grodin_grid(model, x, Ts, epss, chunk=2)
     mask = np.zeros((3, 3), bool)
-    mask[2, 1] = True   # eps > 0 at T = 7 only (its eps = 0 cell not wanted)
-    mask[0, 2] = True   # eps = 0 at T = 50 only
+    mask[2, 1] = True  # eps > 0 at T = 7 only (its eps = 0 cell not wanted)
+    mask[0, 2] = True  # eps = 0 at T = 50 only
     part = grodin_grid(model, x, Ts, epss, chunk=2, points=mask)
     for key in ("odin_s", "grodin_sqnorm"):
         assert np.array_equal(part[key][mask], full[key][mask])
@@ -340,7 +343,7 @@ def test_grodin_grid_matches_loop(name, space):
             xt = _loop_perturb(model, x, eps, T, std)
             S_ref, SG_ref, G_ref = [], [], []
             for i in range(x.shape[0]):
-                f = model(xt[i: i + 1])[0]
+                f = model(xt[i : i + 1])[0]
                 yhat = int(f.argmax())
                 S_ref.append(float(torch.softmax(f.detach() / T, 0)[yhat]))
                 dl = torch.autograd.grad(_ce_loss(T)(f), params, retain_graph=True)
@@ -376,7 +379,7 @@ def test_kl_allweights_sqnorm():
 def _batches(x, sizes):
     out, s = [], 0
     for n in sizes:
-        out.append(x[s: s + n])
+        out.append(x[s : s + n])
         s += n
     assert s == x.shape[0]
     return out
@@ -444,9 +447,9 @@ def test_class_mean_subspace_and_project(lowdim_setup):
     assert P.shape == (40, 3) and P.dtype == np.float32
     assert np.allclose(P, Gw @ V.numpy(), rtol=1e-5, atol=1e-5 * np.abs(Gw @ V.numpy()).max())
     # normalisation "none" and a parameter subset
-    Ph = project(model, [x], V[-(3 * 8 + 3):, :], None, params="head")
-    Gh = G.numpy()[:, -(3 * 8 + 3):]
-    assert np.allclose(Ph, Gh @ V[-(3 * 8 + 3):, :].numpy(), rtol=1e-5, atol=1e-6)
+    Ph = project(model, [x], V[-(3 * 8 + 3) :, :], None, params="head")
+    Gh = G.numpy()[:, -(3 * 8 + 3) :]
+    assert np.allclose(Ph, Gh @ V[-(3 * 8 + 3) :, :].numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "convlin"])

@@ -1,4 +1,5 @@
 """ood_core.metrics: hand-computed cases, sklearn cross-checks, bootstrap, input validation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -193,8 +194,19 @@ def test_bootstrap_other_metric_by_name():
 
 
 # ---------------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("fn", [M.auroc, M.aupr_in_ap, M.aupr_out_ap, M.aupr_in_trapz, M.aupr_out_trapz,
-                                M.fpr95_id_pos, M.fpr95_ood_pos, M.evaluate])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        M.auroc,
+        M.aupr_in_ap,
+        M.aupr_out_ap,
+        M.aupr_in_trapz,
+        M.aupr_out_trapz,
+        M.fpr95_id_pos,
+        M.fpr95_ood_pos,
+        M.evaluate,
+    ],
+)
 def test_nan_in_ood_named(fn):
     with pytest.raises(ValueError, match=r"OOD scores contain 2 non-finite value\(s\) of 4 \(2 NaN, 0 inf\)"):
         fn(np.array([1.0, 2.0]), np.array([np.nan, 0.0, np.nan, 1.0]))

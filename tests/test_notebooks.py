@@ -10,6 +10,7 @@ explicit with::
 The notebooks are executed two at a time (separate kernel processes) to stay well under 3 minutes
 on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,15 +39,20 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "01_tsne.ipynb": {"figures": ["tsne_features_vs_lowdim"], "files": []},
     "02_lowdim_densities.ipynb": {
         "figures": ["lowdim_densities_chosen", "lowdim_densities_top", "lowdim_single_sample"],
-        "files": ["lowdim_densities_top.csv"]},
-    "03_sg_decomposition.ipynb": {"figures": ["grodin_sg_decomposition", "grodin_calibration"],
-                                  "files": ["grodin_sg_decomposition.csv", "grodin_calibration.csv"]},
+        "files": ["lowdim_densities_top.csv"],
+    },
+    "03_sg_decomposition.ipynb": {
+        "figures": ["grodin_sg_decomposition", "grodin_calibration"],
+        "files": ["grodin_sg_decomposition.csv", "grodin_calibration.csv"],
+    },
     "04_gradients_needed.ipynb": {
         "figures": ["igoe_factorisation", "igoe_simplex", "igoe_deep_vs_lastlayer"],
-        "files": ["igoe_family_table.md", "igoe_factorisation.csv", "igoe_deep_vs_lastlayer.csv"]},
+        "files": ["igoe_family_table.md", "igoe_factorisation.csv", "igoe_deep_vs_lastlayer.csv"],
+    },
     "05_benchmark.ipynb": {
         "figures": ["sweep_odin_eps_T", "sweep_knn", "sweep_react_rg", "compute_cost", "auroc_heatmap"],
-        "files": ["sweep_odin_eps_T.csv", "auroc_heatmap.csv"]},
+        "files": ["sweep_odin_eps_T.csv", "auroc_heatmap.csv"],
+    },
 }
 REQUIRED_PARAMS = ("profile", "analysis_dir", "fig_dir", "seed")
 SCRATCH = "scratch"  # analysis.notebooks.SCRATCH: cache/<profile>/scratch, fig_dir of a run by hand
@@ -108,8 +114,11 @@ def test_notebook_cells_are_short_calls_of_library_code(nb_path: Path):
         src = _source(c)
         n = len(src.splitlines())
         assert n <= MAX_CODE_CELL_LINES, f"{nb_path.name}: cell {i} has {n} lines (max {MAX_CODE_CELL_LINES})"
-        defined = [type(node).__name__ for node in ast.walk(ast.parse(src))
-                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))]
+        defined = [
+            type(node).__name__
+            for node in ast.walk(ast.parse(src))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))
+        ]
         assert not defined, f"{nb_path.name}: cell {i} defines {defined}; move the logic to ood_core.explore"
         assert "sys.path" not in src, f"{nb_path.name}: cell {i} edits sys.path (the package is installed)"
     params = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
@@ -117,8 +126,9 @@ def test_notebook_cells_are_short_calls_of_library_code(nb_path: Path):
     assert figures, f"{nb_path.name}: no cell saves a figure with nb.save"
     for i in figures:  # each figure is introduced by its own Markdown cell (after the parameters)
         j = max(k for k in range(i) if cells[k]["cell_type"] == "markdown")
-        assert j > params and len(_source(cells[j])) > 200, \
+        assert j > params and len(_source(cells[j])) > 200, (
             f"{nb_path.name}: the figure of cell {i} has no Markdown cell explaining it"
+        )
 
 
 def _parameters_cell(nb_path: Path) -> dict:
@@ -138,8 +148,13 @@ def test_parameters_cell_parses_without_papermill_warning(nb_path: Path, caplog)
         found = [p.name for p in translators.PythonTranslator.inspect(cell)]
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not warnings, f"{nb_path.name}: papermill warns on its parameters cell: {warnings}"
-    assigned = [t.id for node in ast.parse(cell["source"]).body if isinstance(node, ast.Assign)
-                for t in node.targets if isinstance(t, ast.Name)]
+    assigned = [
+        t.id
+        for node in ast.parse(cell["source"]).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    ]
     assert found == assigned, f"{nb_path.name}: papermill sees parameters {found}, the cell assigns {assigned}"
 
 
@@ -191,15 +206,37 @@ def _need_papermill_kernel() -> None:
     from jupyter_client.kernelspec import KernelSpecManager
 
     if "python3" not in KernelSpecManager().find_kernel_specs():  # pragma: no cover
-        pytest.skip("no Jupyter kernel 'python3': run .venv/bin/python -m ipykernel install --sys-prefix --name python3")
+        pytest.skip(
+            "no Jupyter kernel 'python3': run .venv/bin/python -m ipykernel install --sys-prefix --name python3"
+        )
+
 
 def _execute(nb_name: str, analysis_dir: Path, fig_dir: Path, out_dir: Path) -> tuple[int, str]:
     """Run one notebook with papermill (own process, kernel 'python3'); return (rc, log tail)."""
     cmd = [
-        sys.executable, "-m", "papermill", "--kernel", "python3", "--log-level", "WARNING",
-        "--cwd", str(NB_DIR), str(NB_DIR / nb_name), str(out_dir / nb_name),
-        "-p", "profile", "tiny", "-p", "analysis_dir", str(analysis_dir), "-p", "fig_dir", str(fig_dir),
-        "-p", "seed", "0",
+        sys.executable,
+        "-m",
+        "papermill",
+        "--kernel",
+        "python3",
+        "--log-level",
+        "WARNING",
+        "--cwd",
+        str(NB_DIR),
+        str(NB_DIR / nb_name),
+        str(out_dir / nb_name),
+        "-p",
+        "profile",
+        "tiny",
+        "-p",
+        "analysis_dir",
+        str(analysis_dir),
+        "-p",
+        "fig_dir",
+        str(fig_dir),
+        "-p",
+        "seed",
+        "0",
     ]
     if nb_name.startswith("01_"):  # keep t-SNE quick on the tiny cache
         cmd += ["-p", "n_iter", "250", "-p", "early_exaggeration_iter", "100"]
@@ -215,7 +252,9 @@ def executed(tmp_path_factory):
     from jupyter_client.kernelspec import KernelSpecManager
 
     if "python3" not in KernelSpecManager().find_kernel_specs():  # pragma: no cover
-        pytest.skip("no Jupyter kernel 'python3': run .venv/bin/python -m ipykernel install --sys-prefix --name python3")
+        pytest.skip(
+            "no Jupyter kernel 'python3': run .venv/bin/python -m ipykernel install --sys-prefix --name python3"
+        )
     root = tmp_path_factory.mktemp("nb")
     analysis_dir, fig_dir = make_tiny_analysis_cache(root / "cache", seed=0)
     out_dir = root / "executed"
@@ -309,8 +348,13 @@ def test_notebook_figures_show_the_numbers_of_the_cache(executed):
     # 02: top dimensions by validation |AUROC - 0.5|, reported with their test AUROC
     top = pd.read_csv(fig_dir / "lowdim_densities_top.csv")
     z = {n: arrays[n]["lowdim_pca"].astype(float) for n in sets}
-    auc = {w: [_mw_auroc(z[ID_TEST][part(ID_TEST, w), d], np.concatenate([z[o][part(o, w), d] for o in OOD]))
-               for d in range(z[ID_TEST].shape[1])] for w in ("val", "test")}
+    auc = {
+        w: [
+            _mw_auroc(z[ID_TEST][part(ID_TEST, w), d], np.concatenate([z[o][part(o, w), d] for o in OOD]))
+            for d in range(z[ID_TEST].shape[1])
+        ]
+        for w in ("val", "test")
+    }
     want = sorted(range(len(auc["val"])), key=lambda d: -abs(auc["val"][d] - 0.5))[:3]
     assert top["dim"].tolist() == want
     assert np.allclose(top["auroc_val"], [auc["val"][d] for d in want])
@@ -329,8 +373,7 @@ def test_notebook_figures_show_the_numbers_of_the_cache(executed):
         SG = {n: arrays[n]["grodin_sqnorm"][ie, it, part(n, "test")].astype(float) for n in (ID_TEST, o)}
         assert dec.loc[o, "auroc_S_all"] == pytest.approx(_mw_auroc(S[ID_TEST], S[o]))
         assert dec.loc[o, "auroc_SG_all"] == pytest.approx(_mw_auroc(-SG[ID_TEST], -SG[o]))
-        assert dec.loc[o, "auroc_G_all"] == pytest.approx(
-            _mw_auroc(-SG[ID_TEST] / S[ID_TEST] ** 2, -SG[o] / S[o] ** 2))
+        assert dec.loc[o, "auroc_G_all"] == pytest.approx(_mw_auroc(-SG[ID_TEST] / S[ID_TEST] ** 2, -SG[o] / S[o] ** 2))
         lo, hi = dec.loc[o, "band_lo_S"], dec.loc[o, "band_hi_S"]
         assert dec.loc[o, "n_ood_band"] == int(((S[o] >= lo - 1e-9) & (S[o] <= hi + 1e-9)).sum())
 
@@ -341,8 +384,11 @@ def test_notebook_figures_show_the_numbers_of_the_cache(executed):
         e = np.exp(f / T - (f / T).max(1, keepdims=True))
         conf = (e / e.sum(1, keepdims=True)).max(1)
         b = np.minimum(((conf - 1 / 3) / (2 / 3) * 10).astype(int), 9)
-        ece = sum((b == k).mean() * abs(conf[b == k].mean() - (f.argmax(1) == y)[b == k].mean())
-                  for k in range(10) if (b == k).any())
+        ece = sum(
+            (b == k).mean() * abs(conf[b == k].mean() - (f.argmax(1) == y)[b == k].mean())
+            for k in range(10)
+            if (b == k).any()
+        )
         assert calib.loc[calib["T"] == T, "ece"].iloc[0] == pytest.approx(ece)
 
     # 04: stored GradNorm / ExGrad are the factor products (c = 1 and -1); all weights vs last layer
@@ -384,8 +430,12 @@ def test_notebook_skips_missing_optional_arrays(tmp_path):
     (fig_dir / "sweep_knn.csv").unlink()
     out_dir = tmp_path / "executed"
     out_dir.mkdir()
-    names = ["02_lowdim_densities.ipynb", "03_sg_decomposition.ipynb", "04_gradients_needed.ipynb",
-             "05_benchmark.ipynb"]
+    names = [
+        "02_lowdim_densities.ipynb",
+        "03_sg_decomposition.ipynb",
+        "04_gradients_needed.ipynb",
+        "05_benchmark.ipynb",
+    ]
     with ThreadPoolExecutor(max_workers=2) as pool:
         res = dict(zip(names, pool.map(lambda nb: _execute(nb, analysis_dir, fig_dir, out_dir), names)))
     for nb, (rc, log) in res.items():
@@ -442,7 +492,9 @@ def test_notebooks_on_a_selected_cells_cache(tmp_path):
     for nb, (rc, log) in res.items():
         assert rc == 0, f"{nb} failed on a selected-cells cache:\n{log}"
     assert "validation rows only" in (out_dir / "05_benchmark.ipynb").read_text()
-    assert f"using grid point T={grid_T[0]:g}, eps={grid_eps[0]:g}" in (out_dir / "03_sg_decomposition.ipynb").read_text()
+    assert (
+        f"using grid point T={grid_T[0]:g}, eps={grid_eps[0]:g}" in (out_dir / "03_sg_decomposition.ipynb").read_text()
+    )
     _check_png(fig_dir / "grodin_sg_decomposition.png")
     _check_png(fig_dir / "sweep_odin_eps_T.png")
 
@@ -511,8 +563,22 @@ def test_notebook_stage_is_quiet_and_leaves_tables_for_runs_by_hand(tmp_path):
     _need_papermill_kernel()
     analysis_dir, fig_dir = make_tiny_analysis_cache(tmp_path / "t", seed=0)
     cache = tmp_path / "c"
-    cmd = [sys.executable, "-m", "analysis.notebooks", "--profile", "demo", "--analysis-dir", str(analysis_dir),
-           "--fig-dir", str(fig_dir), "--cache-dir", str(cache), "--only", "02_lowdim_densities", "05_benchmark"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "analysis.notebooks",
+        "--profile",
+        "demo",
+        "--analysis-dir",
+        str(analysis_dir),
+        "--fig-dir",
+        str(fig_dir),
+        "--cache-dir",
+        str(cache),
+        "--only",
+        "02_lowdim_densities",
+        "05_benchmark",
+    ]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]

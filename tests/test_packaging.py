@@ -1,5 +1,6 @@
 """The built wheel: both import packages, the profiles as package data, and an installed copy (outside
 the checkout) that finds its profiles."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,12 @@ def test_wheel_ships_the_profiles_and_an_installed_copy_knows_them(tmp_path):
     for pkg in ("ood_core", "analysis"):
         shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    r = subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl")],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (wheel,) = (tmp_path / "whl").glob("*.whl")
     with zipfile.ZipFile(wheel) as z:
@@ -42,12 +47,18 @@ def test_wheel_ships_the_profiles_and_an_installed_copy_knows_them(tmp_path):
     assert not [n for n in names if n.startswith(("tests/", "notebooks/", "figures/", "cache/"))]
 
     site = tmp_path / "site"
-    r = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    code = ("import ood_core, ood_core.config as c; print(ood_core.__file__); "
-            "print(' '.join(sorted(p.name for p in c.CONFIG_DIR.glob('*.yaml')))); "
-            "print(c.load_profile('demo')['model']['name'])")
+    code = (
+        "import ood_core, ood_core.config as c; print(ood_core.__file__); "
+        "print(' '.join(sorted(p.name for p in c.CONFIG_DIR.glob('*.yaml')))); "
+        "print(c.load_profile('demo')['model']['name'])"
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,5 +1,6 @@
 """The stages end to end on a tiny profile: extraction equals a direct forward pass, caching hits and
 misses, bit-identical reruns, resumption after SIGKILL, and device/data-root errors."""
+
 from __future__ import annotations
 
 import os
@@ -28,14 +29,27 @@ def tiny_profile(tmp_path: Path, **extract_overrides) -> Path:
     cfg["data"]["ood"]["gaussian_noise"]["n"] = 60
     cfg["extract"].update({"odin_T": [1, 10], "odin_eps": [0.0, 0.004], **extract_overrides})
     cfg["lowdim"]["subspaces"] = {"pca": {"kind": "pca", "k": 4, "n_iter": 1}, "avg": {"kind": "class_mean"}}
-    cfg["benchmark"] = {"protocol": "per_ood_val", "bootstrap": 10, "methods": ["msp", "energy", "gradnorm", "grodin_g", "lowdim_knn", "knn"]}
+    cfg["benchmark"] = {
+        "protocol": "per_ood_val",
+        "bootstrap": 10,
+        "methods": ["msp", "energy", "gradnorm", "grodin_g", "lowdim_knn", "knn"],
+    }
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
 
 
 def stage_args(profile: Path, root: Path) -> list[str]:
-    return ["--profile", str(profile), "--cache-dir", str(root / "cache"), "--fig-dir", str(root / "fig"), "--device", "cpu"]
+    return [
+        "--profile",
+        str(profile),
+        "--cache-dir",
+        str(root / "cache"),
+        "--fig-dir",
+        str(root / "fig"),
+        "--device",
+        "cpu",
+    ]
 
 
 def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -44,11 +58,12 @@ def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def test_extraction_matches_forward_and_cache_hits_and_misses(tmp_path):
+    import argparse
+
     from analysis import extract, train
     from analysis.common import add_common_args, make_context
     from analysis.datasets import load_named
     from ood_core.extract import Preprocess
-    import argparse
 
     prof = tiny_profile(tmp_path)
     args = stage_args(prof, tmp_path)
@@ -92,8 +107,15 @@ def test_rerun_is_bit_identical_and_survives_sigkill(tmp_path):
     # Kill the run with SIGKILL in the middle of extraction, then run again to completion.
     kdir = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "analysis.run", *stage_args(prof, kdir), *stages], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analysis.run", *stage_args(prof, kdir), *stages],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     killed = False
     assert proc.stdout is not None
     deadline = time.time() + 300
@@ -136,15 +158,45 @@ def training_cifar10_profile(tmp_path: Path) -> Path:
 
 
 def test_missing_data_root_names_the_file(tmp_path):
-    r = run_cli(["analysis.train", "--profile", str(training_cifar10_profile(tmp_path)), "--data-root", str(tmp_path / "nowhere"),
-                 "--cache-dir", str(tmp_path / "c"), "--device", "cpu"], timeout=300)
+    r = run_cli(
+        [
+            "analysis.train",
+            "--profile",
+            str(training_cifar10_profile(tmp_path)),
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--device",
+            "cpu",
+        ],
+        timeout=300,
+    )
     assert r.returncode != 0
-    assert r.stderr.startswith("error: dataset 'cifar10_train") and "nowhere/cifar10_train.npz" in r.stderr and "file not found" in r.stderr
+    assert (
+        r.stderr.startswith("error: dataset 'cifar10_train")
+        and "nowhere/cifar10_train.npz" in r.stderr
+        and "file not found" in r.stderr
+    )
 
 
 def test_failing_stage_is_named_with_its_log(tmp_path):
-    r = run_cli(["analysis.run", "--profile", str(training_cifar10_profile(tmp_path)), "--data-root", str(tmp_path / "nowhere"),
-                 "--cache-dir", str(tmp_path / "c"), "--fig-dir", str(tmp_path / "f"), "--device", "cpu"], timeout=300)
+    r = run_cli(
+        [
+            "analysis.run",
+            "--profile",
+            str(training_cifar10_profile(tmp_path)),
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--fig-dir",
+            str(tmp_path / "f"),
+            "--device",
+            "cpu",
+        ],
+        timeout=300,
+    )
     assert r.returncode != 0
     assert "FAILED at stage 'train'" in r.stdout and str(tmp_path / "c" / "logs" / "train.log") in r.stdout
     assert r.stderr.strip().splitlines()[-1].startswith("error: dataset 'cifar10_train"), r.stderr
@@ -158,9 +210,26 @@ def test_notebook_stage_survives_sigkill(tmp_path):
         from tests.fixtures_cache import make_tiny_analysis_cache
 
     adir, fdir = make_tiny_analysis_cache(tmp_path / "t")
-    cmd = [sys.executable, "-u", "-m", "analysis.notebooks", "--profile", "demo", "--analysis-dir", str(adir),
-           "--fig-dir", str(fdir), "--cache-dir", str(tmp_path / "c"), "--only", "01_tsne", "05_benchmark"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "analysis.notebooks",
+        "--profile",
+        "demo",
+        "--analysis-dir",
+        str(adir),
+        "--fig-dir",
+        str(fdir),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--only",
+        "01_tsne",
+        "05_benchmark",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     assert proc.stdout is not None
     killed = False
     for line in proc.stdout:

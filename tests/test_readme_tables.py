@@ -1,4 +1,5 @@
 """README result tables are generated from metrics.csv (analysis/readme_tables.py), never by hand."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,15 +14,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _row(method: str, family: str, ood_set: str, group: str, auroc: float, fpr95: float) -> dict:
-    return {"method": method, "family": family, "ood_set": ood_set, "group": group, "auroc": auroc,
-            "auroc_std": 0.01, "fpr95": fpr95, "fpr95_ood_pos": fpr95, "hyperparams": {}, "protocol": "p",
-            "n_id": 10, "n_ood": 10, "id_accuracy": 0.9, "model": "m"}
+    return {
+        "method": method,
+        "family": family,
+        "ood_set": ood_set,
+        "group": group,
+        "auroc": auroc,
+        "auroc_std": 0.01,
+        "fpr95": fpr95,
+        "fpr95_ood_pos": fpr95,
+        "hyperparams": {},
+        "protocol": "p",
+        "n_id": 10,
+        "n_ood": 10,
+        "id_accuracy": 0.9,
+        "model": "m",
+    }
 
 
 ROWS = [
-    _row("msp", "forward", "a", "near", 0.80, 0.50), _row("msp", "forward", "b", "far", 0.90, 0.30),
+    _row("msp", "forward", "a", "near", 0.80, 0.50),
+    _row("msp", "forward", "b", "far", 0.90, 0.30),
     _row("msp", "forward", "c", "far", 0.70, 0.40),
-    _row("energy", "forward", "a", "near", 0.60, 0.20), _row("energy", "forward", "b", "far", 0.95, 0.60),
+    _row("energy", "forward", "a", "near", 0.60, 0.20),
+    _row("energy", "forward", "b", "far", 0.95, 0.60),
     _row("energy", "forward", "c", "far", 0.95, 0.70),
 ]
 
@@ -44,13 +60,18 @@ def test_results_table_rejects_unknown_method():
 def test_render_replaces_only_blocks_with_a_csv(tmp_path):
     (tmp_path / "p1").mkdir()
     write_metrics_csv(ROWS, tmp_path / "p1" / "metrics.csv")
-    text = ("intro\n<!-- results-table: profile=p1 methods=msp -->\nOLDBODY\n<!-- /results-table -->\nmid\n"
-            "<!-- results-table: profile=absent -->\nkept\n<!-- /results-table -->\nend\n")
+    text = (
+        "intro\n<!-- results-table: profile=p1 methods=msp -->\nOLDBODY\n<!-- /results-table -->\nmid\n"
+        "<!-- results-table: profile=absent -->\nkept\n<!-- /results-table -->\nend\n"
+    )
     new, skipped = rt.render(text, tmp_path)
     assert skipped == ["absent"]
     assert "OLDBODY" not in new and "| MSP | **80.0** |" in new
-    assert "kept" in new and new.startswith("intro\n") and new.endswith("mid\n<!-- results-table: profile=absent -->\n"
-                                                                       "kept\n<!-- /results-table -->\nend\n")
+    assert (
+        "kept" in new
+        and new.startswith("intro\n")
+        and new.endswith("mid\n<!-- results-table: profile=absent -->\nkept\n<!-- /results-table -->\nend\n")
+    )
     assert rt.render(new, tmp_path)[0] == new  # idempotent
 
 
@@ -74,8 +95,9 @@ def test_bad_marker_is_one_clear_error():
 
 def test_readme_tables_match_committed_metrics():
     """Every README table whose metrics.csv is committed (tracked by git) is what the code generates."""
-    tracked = subprocess.run(["git", "ls-files", "figures/*/metrics.csv"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "figures/*/metrics.csv"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     text = (REPO / "README.md").read_text()
     profiles = [rt.parse_args(m.group("args"))["profile"] for m in rt.BLOCK.finditer(text)]
     assert "demo" in profiles and "cifar10" in profiles
@@ -86,4 +108,5 @@ def test_readme_tables_match_committed_metrics():
         block = next(m for m in rt.BLOCK.finditer(text) if rt.parse_args(m.group("args"))["profile"] == prof)
         methods = [x for x in rt.parse_args(block.group("args")).get("methods", "").split(",") if x] or None
         assert block.group("body") == rt.results_table(read_metrics_csv(REPO / rel), methods), (
-            f"README's {prof} table is stale: run `python -m analysis.readme_tables`")
+            f"README's {prof} table is stale: run `python -m analysis.readme_tables`"
+        )

@@ -7,6 +7,7 @@
 * The README's first screen gives the two commands, names no build-time infrastructure, and has the
   placeholder for the CIFAR-10 results.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,20 +25,39 @@ GIT = shutil.which("git")
 
 # what a run of profile `demo` (and a custom profile) writes, by stage; and tool/test by-products
 WRITTEN = [
-    "figures/demo/metrics.csv", "figures/demo/metrics.md", "figures/demo/.benchmark_stamp.json",
-    "figures/demo/ablation_grodin.tex", "figures/demo/sweep_odin.csv", "figures/demo/reference.md",
-    "figures/demo/auroc_heatmap.png", "figures/demo/auroc_heatmap.pdf", "figures/demo/igoe_family_table.md",
-    "figures/my_profile/metrics.csv", "figures/cifar10_full/metrics.csv",
-    "cache/demo/model/model.pt", "cache/demo/analysis/meta.json", "cache/demo/logs/train.log",
-    "cache/demo/runs/train.json", "cache/demo/notebooks/01_tsne.ipynb", "cache/demo/scratch/auroc_heatmap.png",
+    "figures/demo/metrics.csv",
+    "figures/demo/metrics.md",
+    "figures/demo/.benchmark_stamp.json",
+    "figures/demo/ablation_grodin.tex",
+    "figures/demo/sweep_odin.csv",
+    "figures/demo/reference.md",
+    "figures/demo/auroc_heatmap.png",
+    "figures/demo/auroc_heatmap.pdf",
+    "figures/demo/igoe_family_table.md",
+    "figures/my_profile/metrics.csv",
+    "figures/cifar10_full/metrics.csv",
+    "cache/demo/model/model.pt",
+    "cache/demo/analysis/meta.json",
+    "cache/demo/logs/train.log",
+    "cache/demo/runs/train.json",
+    "cache/demo/notebooks/01_tsne.ipynb",
+    "cache/demo/scratch/auroc_heatmap.png",
     "notebooks/.ipynb_checkpoints/01_tsne-checkpoint.ipynb",
-    ".venv/bin/python", ".pytest_cache/v/cache/lastfailed", "tests/__pycache__/conftest.cpython-311.pyc",
-    "ood_core.egg-info/PKG-INFO", "build/lib/ood_core/__init__.py", "dist/ood_core-0.1.0-py3-none-any.whl",
+    ".venv/bin/python",
+    ".pytest_cache/v/cache/lastfailed",
+    "tests/__pycache__/conftest.cpython-311.pyc",
+    "ood_core.egg-info/PKG-INFO",
+    "build/lib/ood_core/__init__.py",
+    "dist/ood_core-0.1.0-py3-none-any.whl",
 ]
 # committed: must never be ignored
 KEPT = [
-    "figures/cifar10/metrics.csv", "figures/cifar10/auroc_heatmap.png", "figures/bench/cpu_small_cnn/bench_scores.md",
-    "notebooks/01_tsne.ipynb", "analysis/configs/demo.yaml", "README.md",
+    "figures/cifar10/metrics.csv",
+    "figures/cifar10/auroc_heatmap.png",
+    "figures/bench/cpu_small_cnn/bench_scores.md",
+    "notebooks/01_tsne.ipynb",
+    "analysis/configs/demo.yaml",
+    "README.md",
 ]
 
 
@@ -106,11 +126,20 @@ def test_run_all_leaves_a_fresh_checkout_clean(tmp_path):
     _copy_working_tree(clone)
     prof = tiny_profile(tmp_path)  # outside the clone, as a user's own config would be
     cfg = yaml.safe_load(prof.read_text())
-    cfg.setdefault("notebooks", {}).setdefault("params", {})["01_tsne"] = {"n_iter": 250, "early_exaggeration_iter": 100}
+    cfg.setdefault("notebooks", {}).setdefault("params", {})["01_tsne"] = {
+        "n_iter": 250,
+        "early_exaggeration_iter": 100,
+    }
     prof.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OOD_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
-    r = subprocess.run(["./run_all.sh", "--profile", str(prof), "--device", "cpu"], cwd=clone, env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        ["./run_all.sh", "--profile", str(prof), "--device", "cpu"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert any((clone / "figures").glob("*/metrics.csv")), "the run wrote no figures/<profile>/metrics.csv"
     status = _git("status", "--porcelain", "--untracked-files=all", cwd=clone).stdout
@@ -131,8 +160,16 @@ def test_readme_first_screen_gives_exactly_the_two_commands():
 
 
 def test_readme_speaks_of_the_study_not_of_where_it_was_built():
-    for gone in ("shared/seeds", "shared/reference", "[mem]", "device_steps", "transfer.py", "gpu_runbook",
-                 "this workplace", "sessions that worked"):
+    for gone in (
+        "shared/seeds",
+        "shared/reference",
+        "[mem]",
+        "device_steps",
+        "transfer.py",
+        "gpu_runbook",
+        "this workplace",
+        "sessions that worked",
+    ):
         assert gone not in README, f"README mentions {gone!r}"
     for word in ("lent", "borrowed"):
         assert not re.search(rf"\b{word}\b", README), f"README mentions who was {word} a machine"

@@ -1,4 +1,5 @@
 """Forward scores vs direct numpy formulas, edge cases for every registered score, and the registry."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,12 @@ def _arrays(h, W, b, y=None, seed=0, lowdim=None):
     r = np.random.default_rng(seed)
     n = len(h)
     a = {
-        "h": h, "logits": h @ W.T + b, "W": W, "b": b,
-        "odin_eps": np.round(np.linspace(0, 0.004, 21), 10), "odin_T": np.array([1.0, 2, 5, 10, 20, 50, 100, 200, 500, 1000]),
+        "h": h,
+        "logits": h @ W.T + b,
+        "W": W,
+        "b": b,
+        "odin_eps": np.round(np.linspace(0, 0.004, 21), 10),
+        "odin_T": np.array([1.0, 2, 5, 10, 20, 50, 100, 200, 500, 1000]),
         "odin_s": r.uniform(0.25, 1, (21, 10, n)).astype(np.float32),
         "grodin_sqnorm": r.uniform(0, 10, (21, 10, n)).astype(np.float32),
         "kl_allw_sqnorm": r.uniform(0, 10, n).astype(np.float32),
@@ -266,10 +271,33 @@ def test_decomposition_members(train):
 def test_registry_covers_families():
     for fam in FAMILIES:
         assert S.names(fam), f"no score in family {fam}"
-    expected = {"msp", "maxlogit", "energy", "odin", "react", "mahalanobis", "knn", "vim", "gradnorm", "exgrad",
-                "rg", "grodin_sg_lastlayer", "grodin_g_lastlayer", "grodin_s", "grodin_g", "grodin_sg",
-                "gradnorm_allweights", "lowdim_knn", "lowdim_msp", "lowdim_energy", "lowdim_odin", "lowdim_react",
-                "lowdim_gradnorm", "lowdim_mahalanobis", "lowdim_knn_react"}
+    expected = {
+        "msp",
+        "maxlogit",
+        "energy",
+        "odin",
+        "react",
+        "mahalanobis",
+        "knn",
+        "vim",
+        "gradnorm",
+        "exgrad",
+        "rg",
+        "grodin_sg_lastlayer",
+        "grodin_g_lastlayer",
+        "grodin_s",
+        "grodin_g",
+        "grodin_sg",
+        "gradnorm_allweights",
+        "lowdim_knn",
+        "lowdim_msp",
+        "lowdim_energy",
+        "lowdim_odin",
+        "lowdim_react",
+        "lowdim_gradnorm",
+        "lowdim_mahalanobis",
+        "lowdim_knn_react",
+    }
     expected |= {f"family_q{q}_{v}" for q in (1, 2) for v in ("msp", "l1u", "sqnorm", "energy", "infogain")}
     assert expected <= set(S.names())
     for n in S.names():
@@ -301,16 +329,50 @@ def test_cli_scores_npz(tmp_path, train, capsys):
     test = _arrays(np.abs(RNG.normal(size=(7, D))), W, b)
     np.savez(arr / "ood.npz", **{k: v for k, v in test.items() if k not in ("W", "b")})
     out = tmp_path / "s.npz"
-    assert main(["--arrays", str(arr), "--train", "train", "--eval", "ood", "train",
-                 "--scores", "msp", "energy", "react", "--set", "energy.T=2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--arrays",
+                str(arr),
+                "--train",
+                "train",
+                "--eval",
+                "ood",
+                "train",
+                "--scores",
+                "msp",
+                "energy",
+                "react",
+                "--set",
+                "energy.T=2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     z = np.load(out)
     assert np.allclose(z["energy/ood"], 2 * logsumexp(test["logits"] / 2, axis=1))
     assert np.allclose(z["react/ood"], S.compute("react", test, S.fit("react", train)))
     assert json.loads(str(z["__meta__"]))["params"]["energy"] == {"T": 2}
     assert main(["--list"]) == 0 and "lowdim_knn_react" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no parameter 'tau'"):
-        main(["--arrays", str(arr), "--train", "train", "--eval", "ood", "--scores", "energy",
-              "--set", "energy.tau=2", "--out", str(out)])
+        main(
+            [
+                "--arrays",
+                str(arr),
+                "--train",
+                "train",
+                "--eval",
+                "ood",
+                "--scores",
+                "energy",
+                "--set",
+                "energy.tau=2",
+                "--out",
+                str(out),
+            ]
+        )
     # 'all' scores every score whose arrays exist (all of them here, W/b from ../head.npz)
     assert main(["--arrays", str(arr), "--train", "train", "--eval", "ood", "--out", str(out)]) == 0
     assert {f"{n}/ood" for n in S.names()} <= set(np.load(out).files)

@@ -4,6 +4,7 @@ A small float64 network (2-layer ReLU MLP -> h, nn.Linear head; C=7, D=12, N=9).
 the defining loss is back-propagated to the head and the norm taken directly; the registered
 closed forms must agree to <= 1e-6 relative error at T in {1, 3.7}.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,12 @@ def net():
     with torch.no_grad():
         h = body(x)
         f = head(h)
-    arrays = {"h": h.numpy(), "logits": f.numpy(), "W": head.weight.detach().numpy().copy(),
-              "b": head.bias.detach().numpy().copy()}
+    arrays = {
+        "h": h.numpy(),
+        "logits": f.numpy(),
+        "W": head.weight.detach().numpy().copy(),
+        "b": head.bias.detach().numpy().copy(),
+    }
     return body, head, x, arrays
 
 
@@ -150,8 +155,12 @@ def test_grodin_lastlayer_vs_autograd(net, T):
     f = arrays["logits"] / T
     p = np.exp(f - f.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    assert _rel(S.compute("grodin_g_lastlayer", arrays, T=T),
-                S.compute("grodin_sg_lastlayer", arrays, T=T) / p.max(1) ** 2) <= 1e-10
+    assert (
+        _rel(
+            S.compute("grodin_g_lastlayer", arrays, T=T), S.compute("grodin_sg_lastlayer", arrays, T=T) / p.max(1) ** 2
+        )
+        <= 1e-10
+    )
 
 
 def test_grodin_lastlayer_huge_gap_finite():

@@ -1,4 +1,5 @@
 """Low-dimensional gradient scores (Wu et al. 2023) and the forward+backward ensemble."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,13 @@ def data():
     h = np.abs(r.normal(size=(N_TRAIN, D)))
     train = {"lowdim_pca": G.astype(np.float32), "y": y, "h": h, "logits": h @ W.T + b, "W": W, "b": b}
     ht = np.abs(r.normal(size=(12, D))) * 1.5
-    test = {"lowdim_pca": (r.normal(size=(12, K)) * 3).astype(np.float32), "h": ht, "logits": ht @ W.T + b,
-            "W": W, "b": b}
+    test = {
+        "lowdim_pca": (r.normal(size=(12, K)) * 3).astype(np.float32),
+        "h": ht,
+        "logits": ht @ W.T + b,
+        "W": W,
+        "b": b,
+    }
     return train, test
 
 

@@ -1,5 +1,6 @@
 """ood_core.tables / table_csv / table_render / reference(_compare) / analysis.benchmark (end to end on a
 synthetic analysis dir)."""
+
 from __future__ import annotations
 
 import csv
@@ -17,11 +18,26 @@ from ood_core.scores import registry
 
 
 def _row(method, family, ood_set, group, auroc, fpr, **kw):
-    r = {"method": method, "family": family, "ood_set": ood_set, "group": group, "auroc": auroc,
-         "auroc_std": 0.001, "fpr95": fpr, "fpr95_ood_pos": fpr / 2, "aupr_in_ap": 0.9, "aupr_out_ap": 0.8,
-         "aupr_in_trapz": 0.95, "aupr_out_trapz": 0.85,
-         "hyperparams": {"T": 1.0, "eps": 0.0014}, "protocol": "per_ood_val", "n_id": 100, "n_ood": 50,
-         "id_accuracy": 0.9506, "model": "resnet18"}
+    r = {
+        "method": method,
+        "family": family,
+        "ood_set": ood_set,
+        "group": group,
+        "auroc": auroc,
+        "auroc_std": 0.001,
+        "fpr95": fpr,
+        "fpr95_ood_pos": fpr / 2,
+        "aupr_in_ap": 0.9,
+        "aupr_out_ap": 0.8,
+        "aupr_in_trapz": 0.95,
+        "aupr_out_trapz": 0.85,
+        "hyperparams": {"T": 1.0, "eps": 0.0014},
+        "protocol": "per_ood_val",
+        "n_id": 100,
+        "n_ood": 50,
+        "id_accuracy": 0.9506,
+        "model": "resnet18",
+    }
     r.update(kw)
     return r
 
@@ -89,8 +105,10 @@ def test_metrics_csv_round_trip(tmp_path):
 
 
 def test_ablation_table_bold(tmp_path):
-    long = [{"method": "grodin_g", "setting": s, "ood_set": o, "auroc": v, "eps": 0.0, "T": 1.0}
-            for s, o, v in [("vanilla", "a", 0.5), ("both", "a", 0.9), ("vanilla", "b", 0.7), ("both", "b", 0.6)]]
+    long = [
+        {"method": "grodin_g", "setting": s, "ood_set": o, "auroc": v, "eps": 0.0, "T": 1.0}
+        for s, o, v in [("vanilla", "a", 0.5), ("both", "a", 0.9), ("vanilla", "b", 0.7), ("both", "b", 0.6)]
+    ]
     paths = TB.write_grodin_ablation(long, tmp_path)
     assert {p.name for p in paths} == {"ablation_grodin.md", "ablation_grodin.tex", "ablation_grodin.csv"}
     md = (tmp_path / "ablation_grodin.md").read_text()
@@ -108,13 +126,21 @@ def test_bold_best_marks_every_displayed_tie_and_never_a_missing_value():
     assert best_rows(col, "max") == {0, 1}
     assert best_rows(col, "min") == {2}
     assert best_rows([None, None], "max") == set()
-    t = Table(label_header=["m"], columns=["a", "b"], labels=[["x"], ["y"], ["z"]],
-              values=[[80.001, None], [79.998, 1.0], [50.0, 1.004]], stds=[[0.5, None], [None, None], [None, 0.25]],
-              best="max")
+    t = Table(
+        label_header=["m"],
+        columns=["a", "b"],
+        labels=[["x"], ["y"], ["z"]],
+        values=[[80.001, None], [79.998, 1.0], [50.0, 1.004]],
+        stds=[[0.5, None], [None, None], [None, 0.25]],
+        best="max",
+    )
     lines = markdown(t).splitlines()
     assert lines[:2] == ["| m | a | b |", "|---|---|---|"]
-    assert lines[2:] == ["| x | **80.00** ±0.50 | — |", "| y | **80.00** | **1.00** |",
-                         "| z | 50.00 | **1.00** ±0.25 |"]
+    assert lines[2:] == [
+        "| x | **80.00** ±0.50 | — |",
+        "| y | **80.00** | **1.00** |",
+        "| z | 50.00 | **1.00** ±0.25 |",
+    ]
     plain = Table(label_header=["m"], columns=["a", "b"], labels=t.labels, values=t.values)  # best=None: no bold
     assert plain.bold() == [set(), set()] and "**" not in markdown(plain)
 
@@ -122,15 +148,32 @@ def test_bold_best_marks_every_displayed_tie_and_never_a_missing_value():
 def test_latex_variant_renders_the_same_table():
     from ood_core.table_render import Table, latex, markdown
 
-    t = Table(label_header=["family", "method"], columns=["set_1", "all avg"],
-              labels=[["A & B", "‖h‖₁ × x²"], ["", "m_2"], ["C", "50%"]],
-              values=[[0.1, 0.2], [0.3, None], [0.05, 0.9]], stds=[[0.01, None], [None, None], [None, None]],
-              best="min", groups=["A", "A", "C"], rule_before=1)
+    t = Table(
+        label_header=["family", "method"],
+        columns=["set_1", "all avg"],
+        labels=[["A & B", "‖h‖₁ × x²"], ["", "m_2"], ["C", "50%"]],
+        values=[[0.1, 0.2], [0.3, None], [0.05, 0.9]],
+        stds=[[0.01, None], [None, None], [None, None]],
+        best="min",
+        groups=["A", "A", "C"],
+        rule_before=1,
+    )
     tex = latex(t, caption="Cap_1: 100 %", label="tab:x", header=["Family", "Method", *t.columns]).splitlines()
-    assert tex[:9] == [r"\begin{table}[t]", r"\centering", r"\small", r"\caption{Cap\_1: 100 \%}", r"\label{tab:x}",
-                       r"\begin{tabular}{llr|r}", r"\toprule", r"Family & Method & set\_1 & all avg \\", r"\midrule"]
-    assert tex[9] == (r"A \& B & \ensuremath{\|}h\ensuremath{\|}\ensuremath{_1} \ensuremath{\times} x\ensuremath{^2}"
-                      r" & 0.10\,{\scriptsize$\pm$0.01} & \textbf{0.20} \\")
+    assert tex[:9] == [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\caption{Cap\_1: 100 \%}",
+        r"\label{tab:x}",
+        r"\begin{tabular}{llr|r}",
+        r"\toprule",
+        r"Family & Method & set\_1 & all avg \\",
+        r"\midrule",
+    ]
+    assert tex[9] == (
+        r"A \& B & \ensuremath{\|}h\ensuremath{\|}\ensuremath{_1} \ensuremath{\times} x\ensuremath{^2}"
+        r" & 0.10\,{\scriptsize$\pm$0.01} & \textbf{0.20} \\"
+    )
     assert tex[10] == r" & m\_2 & 0.30 & -- \\"
     assert tex[11] == r"\midrule" and tex[12] == r"C & 50\% & \textbf{0.05} & 0.90 \\"
     assert tex[-3:] == [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -180,9 +223,15 @@ def test_registry_entry_states_inputs_grid_use_and_sweeps():
     assert registry.names(uses_grid=True) == ["odin", "grodin_s", "grodin_sg", "grodin_g"]
     assert [s.ablation for s in low.sweeps] == ["lowdim_k", "lowdim_subspace"]
     swept = {n: [s.params for s in registry.get(n).sweeps] for n in _package_scores() if registry.get(n).sweeps}
-    assert swept == {"odin": [("eps", "T")], "react": [("percentile",)], "knn": [("k",)], "rg": [("percentile",)],
-                     "grodin_sg": [("eps", "T")], "grodin_g": [("eps", "T")],
-                     "lowdim_knn": [("k",), ("subspace",)]}
+    assert swept == {
+        "odin": [("eps", "T")],
+        "react": [("percentile",)],
+        "knn": [("k",)],
+        "rg": [("percentile",)],
+        "grodin_sg": [("eps", "T")],
+        "grodin_g": [("eps", "T")],
+        "lowdim_knn": [("k",), ("subspace",)],
+    }
 
 
 def test_register_refuses_an_entry_that_contradicts_itself():
@@ -208,8 +257,10 @@ def test_temporary_scores_removes_what_was_registered_inside():
 
 
 def test_rendered_tables_show_display_names_csv_keeps_code_names(tmp_path):
-    rows = ROWS + [_row("family_q2_sqnorm", "decomposition", o, g, 0.7, 0.5)
-                   for o, g in (("tinyimagenet", "near"), ("mnist", "far"))]
+    rows = ROWS + [
+        _row("family_q2_sqnorm", "decomposition", o, g, 0.7, 0.5)
+        for o, g in (("tinyimagenet", "near"), ("mnist", "far"))
+    ]
     TB.write_metrics_tables(rows, tmp_path)
     md, tex = (tmp_path / "metrics.md").read_text(), (tmp_path / "metrics.tex").read_text()
     assert "| Igoe family (no backward pass) | ‖h‖₂ × ‖p‖₂² |" in md
@@ -234,10 +285,13 @@ def test_reference_data_well_formed():
 
 
 def test_reference_md_gap_lines(tmp_path):
-    rows = [_row("msp", "forward", "tinyimagenet", "near", 0.955, 0.5),  # GRODIN TIN msp 95.4: +0.1, no line
-            _row("grodin_g", "gradient", "tinyimagenet", "near", 0.90, 0.5)]  # GRODIN 98.3: -8.3 -> line
-    p = RC.write_reference_md(rows, tmp_path / "reference.md", id_dataset="cifar10", model="resnet18",
-                              protocol="per_ood_val")
+    rows = [
+        _row("msp", "forward", "tinyimagenet", "near", 0.955, 0.5),  # GRODIN TIN msp 95.4: +0.1, no line
+        _row("grodin_g", "gradient", "tinyimagenet", "near", 0.90, 0.5),
+    ]  # GRODIN 98.3: -8.3 -> line
+    p = RC.write_reference_md(
+        rows, tmp_path / "reference.md", id_dataset="cifar10", model="resnet18", protocol="per_ood_val"
+    )
     md = p.read_text()
     gap_lines = [l for l in md.splitlines() if l.startswith("- Gap")]
     grodin_lines = [l for l in gap_lines if "GRODIN G on TIN" in l]
@@ -320,22 +374,55 @@ def _bm_needs_missing(arrays, state=None):
 
 BM = {
     "_test_bm_msp": dict(fn=_bm_msp, family="forward", needs=("logits",)),
-    "_test_bm_odin": dict(fn=_bm_odin, family="forward", defaults={"eps": 0.0, "T": 1.0},
-                          grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "odin_eps", "odin_T"),
-                          sweeps=[registry.Sweep(("eps", "T"))]),
-    "_test_bm_grodin": dict(fn=_bm_grodin, family="gradient", defaults={"eps": 0.0, "T": 1.0},
-                            grid={"eps": [0.0], "T": [1.0]}, needs=("odin_s", "grodin_sqnorm", "odin_eps", "odin_T"),
-                            sweeps=[registry.Sweep(("eps", "T"), ablation="grodin")]),
-    "_test_bm_react": dict(fn=_bm_react, family="forward", defaults={"percentile": 90.0},
-                           grid={"percentile": [85.0, 90.0]}, needs=("h", "W", "b"), fit=_fit_clip,
-                           sweeps=[registry.Sweep(("percentile",))]),
-    "_test_bm_rg": dict(fn=_bm_rg, family="gradient", defaults={"percentile": 90.0}, needs=("h", "W", "b"),
-                        fit=_fit_clip, sweeps=[registry.Sweep(("percentile",), values=(80, 85, 90, 95, 99),
-                                                              ablation="rg_percentile", caption="RG vs percentile")]),
-    "_test_bm_lowknn": dict(fn=_bm_lowknn, family="lowdim", defaults={"subspace": "pca", "k": 5},
-                            grid={"k": [1, 5]}, needs=("lowdim_{subspace}",), fit=_fit_lowknn,
-                            sweeps=[registry.Sweep(("k",), values=(1, 5, 10, 50), ablation="lowdim_k", caption="k"),
-                                    registry.Sweep(("subspace",), ablation="lowdim_subspace", caption="subspace")]),
+    "_test_bm_odin": dict(
+        fn=_bm_odin,
+        family="forward",
+        defaults={"eps": 0.0, "T": 1.0},
+        grid={"eps": [0.0], "T": [1.0]},
+        needs=("odin_s", "odin_eps", "odin_T"),
+        sweeps=[registry.Sweep(("eps", "T"))],
+    ),
+    "_test_bm_grodin": dict(
+        fn=_bm_grodin,
+        family="gradient",
+        defaults={"eps": 0.0, "T": 1.0},
+        grid={"eps": [0.0], "T": [1.0]},
+        needs=("odin_s", "grodin_sqnorm", "odin_eps", "odin_T"),
+        sweeps=[registry.Sweep(("eps", "T"), ablation="grodin")],
+    ),
+    "_test_bm_react": dict(
+        fn=_bm_react,
+        family="forward",
+        defaults={"percentile": 90.0},
+        grid={"percentile": [85.0, 90.0]},
+        needs=("h", "W", "b"),
+        fit=_fit_clip,
+        sweeps=[registry.Sweep(("percentile",))],
+    ),
+    "_test_bm_rg": dict(
+        fn=_bm_rg,
+        family="gradient",
+        defaults={"percentile": 90.0},
+        needs=("h", "W", "b"),
+        fit=_fit_clip,
+        sweeps=[
+            registry.Sweep(
+                ("percentile",), values=(80, 85, 90, 95, 99), ablation="rg_percentile", caption="RG vs percentile"
+            )
+        ],
+    ),
+    "_test_bm_lowknn": dict(
+        fn=_bm_lowknn,
+        family="lowdim",
+        defaults={"subspace": "pca", "k": 5},
+        grid={"k": [1, 5]},
+        needs=("lowdim_{subspace}",),
+        fit=_fit_lowknn,
+        sweeps=[
+            registry.Sweep(("k",), values=(1, 5, 10, 50), ablation="lowdim_k", caption="k"),
+            registry.Sweep(("subspace",), ablation="lowdim_subspace", caption="subspace"),
+        ],
+    ),
     "_test_bm_missing": dict(fn=_bm_needs_missing, family="lowdim", needs=("lowdim_nope",)),
     "_test_bm_saturated": dict(fn=_bm_saturated, family="forward", needs=("logits",)),
 }
@@ -361,11 +448,17 @@ def _arrays(rng, n, shift, ood=False):
     logits = rng.normal(shift, 1.0, (n, 3)).astype(np.float32)
     odin_s = np.stack([np.stack([_softmax(logits / T).max(1) + e * rng.random(n) for T in TS]) for e in EPS])
     sq = np.abs(rng.normal(3.0 if ood else 1.0, 0.5, (len(EPS), len(TS), n))) + 0.1
-    return {"h": np.abs(rng.normal(shift, 1.0, (n, 8))).astype(np.float32), "logits": logits,
-            "y": (np.full(n, -1) if ood else rng.integers(0, 3, n)).astype(np.int64),
-            "odin_T": TS, "odin_eps": EPS, "odin_s": odin_s.astype(np.float32), "grodin_sqnorm": sq.astype(np.float32),
-            "kl_allw_sqnorm": rng.random(n).astype(np.float32),
-            "lowdim_pca": rng.normal(shift, 1.0, (n, 4)).astype(np.float32)}
+    return {
+        "h": np.abs(rng.normal(shift, 1.0, (n, 8))).astype(np.float32),
+        "logits": logits,
+        "y": (np.full(n, -1) if ood else rng.integers(0, 3, n)).astype(np.int64),
+        "odin_T": TS,
+        "odin_eps": EPS,
+        "odin_s": odin_s.astype(np.float32),
+        "grodin_sqnorm": sq.astype(np.float32),
+        "kl_allw_sqnorm": rng.random(n).astype(np.float32),
+        "lowdim_pca": rng.normal(shift, 1.0, (n, 4)).astype(np.float32),
+    }
 
 
 @pytest.fixture()
@@ -383,9 +476,17 @@ def analysis_dir(tmp_path):
         perm = rng.permutation(sizes[name])
         splits[f"{name}__val"], splits[f"{name}__test"] = perm[:20], perm[20:]
     np.savez(d / "splits.npz", **splits)
-    meta = {"profile": "tiny", "model": "resnet18_tiny", "num_classes": 3, "id_accuracy": 0.91,
-            "train": "cifar10_train", "id_test": "cifar10_test", "ood": {"tinyimagenet": "near", "mnist": "far"},
-            "lowdim_subspaces": ["pca", "avg"], "grid": {"odin_T": TS.tolist(), "odin_eps": EPS.tolist()}}
+    meta = {
+        "profile": "tiny",
+        "model": "resnet18_tiny",
+        "num_classes": 3,
+        "id_accuracy": 0.91,
+        "train": "cifar10_train",
+        "id_test": "cifar10_test",
+        "ood": {"tinyimagenet": "near", "mnist": "far"},
+        "lowdim_subspaces": ["pca", "avg"],
+        "grid": {"odin_T": TS.tolist(), "odin_eps": EPS.tolist()},
+    }
     (d / "meta.json").write_text(json.dumps(meta))
     return d
 
@@ -393,21 +494,33 @@ def analysis_dir(tmp_path):
 @pytest.fixture()
 def bench():
     from analysis import benchmark as B
+
     return B
 
 
 EXPECTED_FILES = [
-    "metrics.csv", "metrics.md", "metrics.tex", "sweep_odin.csv", "sweep_react.csv", "sweep_knn.csv",
-    "chosen_hyperparams.json", "reference.md", "skipped.csv",
-    *(f"{stem}.{ext}" for stem in ("ablation_grodin", "ablation_rg_percentile", "ablation_lowdim_k",
-                                   "ablation_lowdim_subspace") for ext in ("md", "tex", "csv")),
+    "metrics.csv",
+    "metrics.md",
+    "metrics.tex",
+    "sweep_odin.csv",
+    "sweep_react.csv",
+    "sweep_knn.csv",
+    "chosen_hyperparams.json",
+    "reference.md",
+    "skipped.csv",
+    *(
+        f"{stem}.{ext}"
+        for stem in ("ablation_grodin", "ablation_rg_percentile", "ablation_lowdim_k", "ablation_lowdim_subspace")
+        for ext in ("md", "tex", "csv")
+    ),
 ]
 
 
 def test_benchmark_end_to_end(bm_scores, bench, analysis_dir, tmp_path):
     fig = tmp_path / "fig"
-    out = bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=bm_scores, protocol="per_ood_val",
-                              bootstrap_n=10, seed=0)
+    out = bench.run_benchmark(
+        analysis_dir=analysis_dir, fig_dir=fig, methods=bm_scores, protocol="per_ood_val", bootstrap_n=10, seed=0
+    )
     assert out.metrics_csv == fig / "metrics.csv"
     assert out.rows == CSV.read_metrics_csv(fig / "metrics.csv")
     assert [s["method"] for s in out.skipped] == ["_test_bm_missing"] and out.protocol == "per_ood_val"
@@ -450,15 +563,23 @@ def test_benchmark_end_to_end(bm_scores, bench, analysis_dir, tmp_path):
 
 def test_benchmark_held_out_and_defaults(bm_scores, bench, analysis_dir, tmp_path):
     fig = tmp_path / "fig_ho"
-    bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=["_test_bm_odin", "_test_bm_react"],
-                        protocol="held_out_ood", bootstrap_n=5, seed=1, held_out="tinyimagenet")
+    bench.run_benchmark(
+        analysis_dir=analysis_dir,
+        fig_dir=fig,
+        methods=["_test_bm_odin", "_test_bm_react"],
+        protocol="held_out_ood",
+        bootstrap_n=5,
+        seed=1,
+        held_out="tinyimagenet",
+    )
     chosen = json.loads((fig / "chosen_hyperparams.json").read_text())
     per_set = chosen["methods"]["_test_bm_odin"]["per_set"]
     assert per_set["mnist"]["params"] == per_set["tinyimagenet"]["params"]
     assert per_set["mnist"]["tuned_on"] == "tinyimagenet" and chosen["held_out"] == "tinyimagenet"
     fig2 = tmp_path / "fig_pd"
-    bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig2, methods=["_test_bm_odin"], protocol="paper_defaults",
-                        bootstrap_n=5)
+    bench.run_benchmark(
+        analysis_dir=analysis_dir, fig_dir=fig2, methods=["_test_bm_odin"], protocol="paper_defaults", bootstrap_n=5
+    )
     rows = CSV.read_metrics_csv(fig2 / "metrics.csv")
     assert all(r["hyperparams"] == {"eps": 0.0, "T": 1.0} and r["protocol"] == "paper_defaults" for r in rows)
 
@@ -471,14 +592,21 @@ def test_stored_scores_reproduce_the_table_exactly(bm_scores, bench, analysis_di
 
     fig = tmp_path / "fig_rt"
     methods = ["_test_bm_msp", "_test_bm_saturated", "_test_bm_odin", "_test_bm_react"]
-    bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=methods, protocol="per_ood_val", bootstrap_n=2,
-                        seed=0)
+    bench.run_benchmark(
+        analysis_dir=analysis_dir, fig_dir=fig, methods=methods, protocol="per_ood_val", bootstrap_n=2, seed=0
+    )
     rows = CSV.read_metrics_csv(fig / "metrics.csv")
     assert len(rows) == 2 * len(methods)
     sid = np.load(analysis_dir / "scores" / "cifar10_test.npz")
-    column_of = {"auroc": "auroc", "fpr95_id_pos": "fpr95", "fpr95_ood_pos": "fpr95_ood_pos",
-                 "aupr_in_ap": "aupr_in_ap", "aupr_out_ap": "aupr_out_ap", "aupr_in_trapz": "aupr_in_trapz",
-                 "aupr_out_trapz": "aupr_out_trapz"}
+    column_of = {
+        "auroc": "auroc",
+        "fpr95_id_pos": "fpr95",
+        "fpr95_ood_pos": "fpr95_ood_pos",
+        "aupr_in_ap": "aupr_in_ap",
+        "aupr_out_ap": "aupr_out_ap",
+        "aupr_in_trapz": "aupr_in_trapz",
+        "aupr_out_trapz": "aupr_out_trapz",
+    }
     for r in rows:
         m, o = r["method"], r["ood_set"]
         s_id = sid[m] if m in sid.files else sid[f"{m}__vs__{o}"]

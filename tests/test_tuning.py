@@ -1,4 +1,5 @@
 """ood_core.tuning: validation-only selection, leakage guard, protocols, memoised fits."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,14 +43,40 @@ def _fit_kw(train, *, p=90.0, **params):  # a **kwargs it may use -> every param
 def fake_scores():
     """Stand-in scores, registered for this module's tests only."""
     with registry.temporary_scores():
-        _register("_test_tune_rec", _rec_score, family="forward", defaults={"a": 0.0}, grid={"a": [0.0, 1.0]},
-                  needs=("x", "row"))
-        _register("_test_tune_col", _col_score, family="forward", defaults={"col": 0},
-                  grid={"col": [0, 1, 2]}, needs=("feat",))
-        _register("_test_tune_fit", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
-                  grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_p)
-        _register("_test_tune_fitkw", _fitted_score, family="forward", defaults={"p": 90.0, "T": 1.0},
-                  grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]}, needs=("x",), fit=_fit_kw)
+        _register(
+            "_test_tune_rec",
+            _rec_score,
+            family="forward",
+            defaults={"a": 0.0},
+            grid={"a": [0.0, 1.0]},
+            needs=("x", "row"),
+        )
+        _register(
+            "_test_tune_col",
+            _col_score,
+            family="forward",
+            defaults={"col": 0},
+            grid={"col": [0, 1, 2]},
+            needs=("feat",),
+        )
+        _register(
+            "_test_tune_fit",
+            _fitted_score,
+            family="forward",
+            defaults={"p": 90.0, "T": 1.0},
+            grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]},
+            needs=("x",),
+            fit=_fit_p,
+        )
+        _register(
+            "_test_tune_fitkw",
+            _fitted_score,
+            family="forward",
+            defaults={"p": 90.0, "T": 1.0},
+            grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]},
+            needs=("x",),
+            fit=_fit_kw,
+        )
         yield
 
 
@@ -79,8 +106,16 @@ def test_tuning_never_scores_test_rows(protocol):
     rng = np.random.default_rng(0)
     id_a, oods, splits = _setup(rng)
     SEEN_ROWS.clear()
-    res = T.tune("_test_tune_rec", protocol=protocol, id_arrays=id_a, id_split=splits["id"], ood_arrays=oods,
-                 ood_splits={o: splits[o] for o in oods}, fitted_state_fn=lambda **p: None, held_out="o2")
+    res = T.tune(
+        "_test_tune_rec",
+        protocol=protocol,
+        id_arrays=id_a,
+        id_split=splits["id"],
+        ood_arrays=oods,
+        ood_splits={o: splits[o] for o in oods},
+        fitted_state_fn=lambda **p: None,
+        held_out="o2",
+    )
     assert SEEN_ROWS, "the fake score was never called"
     seen = set(np.concatenate(SEEN_ROWS).tolist())
     val = {OFFSETS[d] + i for d in OFFSETS for i in splits[d].val.tolist()}
@@ -105,14 +140,26 @@ def test_val_part_guard_raises_on_overlap():
         T.val_part(oods["o1"], bad)
     SEEN_ROWS.clear()
     with pytest.raises(T.LeakageError):
-        T.tune("_test_tune_rec", protocol="per_ood_val", id_arrays=id_a, id_split=splits["id"], ood_arrays=oods,
-               ood_splits={"o1": bad, "o2": splits["o2"]}, fitted_state_fn=lambda **p: None)
+        T.tune(
+            "_test_tune_rec",
+            protocol="per_ood_val",
+            id_arrays=id_a,
+            id_split=splits["id"],
+            ood_arrays=oods,
+            ood_splits={"o1": bad, "o2": splits["o2"]},
+            fitted_state_fn=lambda **p: None,
+        )
     assert not SEEN_ROWS  # refused before scoring anything
 
 
 def test_take_slices_sample_axis_only():
-    arrays = {"h": np.arange(10).reshape(5, 2), "odin_s": np.arange(2 * 3 * 5).reshape(2, 3, 5),
-              "odin_T": np.array([1.0, 2.0, 3.0]), "W": np.ones((4, 2)), "y": np.arange(5)}
+    arrays = {
+        "h": np.arange(10).reshape(5, 2),
+        "odin_s": np.arange(2 * 3 * 5).reshape(2, 3, 5),
+        "odin_T": np.array([1.0, 2.0, 3.0]),
+        "W": np.ones((4, 2)),
+        "y": np.arange(5),
+    }
     out = T.take(arrays, np.array([4, 0]))
     assert out["h"].tolist() == [[8, 9], [0, 1]]
     assert out["odin_s"].shape == (2, 3, 2) and out["odin_s"][1, 2].tolist() == [29, 25]
@@ -123,11 +170,13 @@ def test_take_slices_sample_axis_only():
 # ----------------------------------------------------------------------------------- selection
 def _feature_sets(rng):
     """col 1 separates ID from o1 only, col 2 separates ID from o2 only, col 0 is noise."""
+
     def mk(n, c1, c2):
         f = rng.normal(size=(n, 3))
         f[:, 1] += c1
         f[:, 2] += c2
         return {"feat": f}
+
     return mk(200, 3.0, 3.0), {"o1": mk(150, 0.0, 3.0), "o2": mk(150, 3.0, 0.0)}
 
 
@@ -135,8 +184,13 @@ def test_protocols_pick_the_right_grid_point():
     rng = np.random.default_rng(2)
     id_a, oods = _feature_sets(rng)
     splits = {"id": _split(200, 100, rng), "o1": _split(150, 75, rng), "o2": _split(150, 75, rng)}
-    kw = dict(id_arrays=id_a, id_split=splits["id"], ood_arrays=oods, ood_splits={o: splits[o] for o in oods},
-              fitted_state_fn=lambda **p: None)
+    kw = dict(
+        id_arrays=id_a,
+        id_split=splits["id"],
+        ood_arrays=oods,
+        ood_splits={o: splits[o] for o in oods},
+        fitted_state_fn=lambda **p: None,
+    )
     per = T.tune("_test_tune_col", protocol="per_ood_val", **kw)
     assert per.params == {"o1": {"col": 1}, "o2": {"col": 2}}
     assert [p for p, _ in per.tables["o1"]] == [{"col": 0}, {"col": 1}, {"col": 2}]
@@ -163,8 +217,12 @@ def test_select_ties_go_to_first_in_grid_order():
 
 
 def test_grid_points_order():
-    assert T.grid_points({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 1, "b": 4},
-                                                         {"a": 2, "b": 3}, {"a": 2, "b": 4}]
+    assert T.grid_points({"a": [1, 2], "b": [3, 4]}) == [
+        {"a": 1, "b": 3},
+        {"a": 1, "b": 4},
+        {"a": 2, "b": 3},
+        {"a": 2, "b": 4},
+    ]
     assert T.grid_points({}) == [{}]
 
 
@@ -176,8 +234,15 @@ def test_fit_memoised_on_fit_parameters(name, expected_fits):
     train = {"x": rng.normal(1.0, 1.0, 500)}
     fits = T.FitCache(train)
     FIT_CALLS.clear()
-    res = T.tune(name, protocol="per_ood_val", id_arrays=id_a, id_split=splits["id"], ood_arrays=oods,
-                 ood_splits={o: splits[o] for o in oods}, fitted_state_fn=fits.state_fn(name))
+    res = T.tune(
+        name,
+        protocol="per_ood_val",
+        id_arrays=id_a,
+        id_split=splits["id"],
+        ood_arrays=oods,
+        ood_splits={o: splits[o] for o in oods},
+        fitted_state_fn=fits.state_fn(name),
+    )
     # grid has 2 percentiles x 3 temperatures: T does not enter _fit_p, so 2 fits; _fit_kw may use it: 6
     assert fits.n_fits == len(FIT_CALLS) == expected_fits
     fits.get(name, p=50.0, T=1.0)
@@ -188,10 +253,20 @@ def test_fit_memoised_on_fit_parameters(name, expected_fits):
 def test_choose_settings_picks_the_validation_best_cell_of_each_setting():
     from ood_core.grid_selection import anchor_values, choose_settings
 
-    auc = {(0.0, 1.0): 0.60, (0.0, 10.0): 0.70, (0.002, 1.0): 0.65, (0.002, 10.0): 0.90,
-           (0.004, 1.0): 0.65, (0.004, 10.0): 0.80}
+    auc = {
+        (0.0, 1.0): 0.60,
+        (0.0, 10.0): 0.70,
+        (0.002, 1.0): 0.65,
+        (0.002, 10.0): 0.90,
+        (0.004, 1.0): 0.65,
+        (0.004, 10.0): 0.80,
+    }
     table = [({"eps": e, "T": t}, v) for (e, t), v in auc.items()]
     got = {s: (p["eps"], p["T"]) for s, p in choose_settings(table).items()}
-    assert got == {"vanilla": (0.0, 1.0), "only_eps": (0.002, 1.0),  # tie 0.65: the first in grid order
-                   "only_T": (0.0, 10.0), "both": (0.002, 10.0)}
+    assert got == {
+        "vanilla": (0.0, 1.0),
+        "only_eps": (0.002, 1.0),  # tie 0.65: the first in grid order
+        "only_T": (0.0, 10.0),
+        "both": (0.002, 10.0),
+    }
     assert anchor_values([0.001, 0.002], [2.0, 5.0]) == (0.001, 2.0)  # no 0 / 1 on the grid: the smallest

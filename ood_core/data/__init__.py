@@ -6,8 +6,12 @@
 Kinds: npz, cifar10, cifar100, svhn, mnist, fashion_mnist, kmnist, image_folder, imagenet_c,
 digits, gaussian_noise_images, uniform_noise_images, corrupted (see ``DATASETS``).
 """
-from .base import DATASETS, DatasetError, ImageSet, load_dataset, register_loader
+
+# isort: off
 from . import npz, torchvision_formats, folders, digits, noise  # noqa: F401  (register loaders)
+
+# isort: on
+from .base import DATASETS, DatasetError, ImageSet, load_dataset, register_loader
 from .corruptions import CIFAR_C_PARAMS, CORRUPTIONS, corrupt
 from .noise import gaussian_noise_images, uniform_noise_images
 from .splits import assert_disjoint, split_indices
@@ -15,9 +19,26 @@ from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, 
 from .verify import SHARED_DATA_MANIFEST, sha256_file, shared_data_dir, verify_files
 
 __all__ = [
-    "DATASETS", "DatasetError", "ImageSet", "load_dataset", "register_loader",
-    "CIFAR_C_PARAMS", "CORRUPTIONS", "corrupt", "gaussian_noise_images", "uniform_noise_images",
-    "assert_disjoint", "split_indices",
-    "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN", "IMAGENET_STD", "iter_batches", "to_tensor",
-    "SHARED_DATA_MANIFEST", "sha256_file", "shared_data_dir", "verify_files",
+    "DATASETS",
+    "DatasetError",
+    "ImageSet",
+    "load_dataset",
+    "register_loader",
+    "CIFAR_C_PARAMS",
+    "CORRUPTIONS",
+    "corrupt",
+    "gaussian_noise_images",
+    "uniform_noise_images",
+    "assert_disjoint",
+    "split_indices",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "iter_batches",
+    "to_tensor",
+    "SHARED_DATA_MANIFEST",
+    "sha256_file",
+    "shared_data_dir",
+    "verify_files",
 ]

@@ -3,6 +3,7 @@
 A loader is ``fn(root, **options) -> ImageSet``; it is registered under one or more kinds with
 ``@register_loader("kind")`` and called through ``load_dataset(kind, root, **options)``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -96,9 +97,13 @@ class ImageSet:
         lo, hi = int(self.labels.min()), int(self.labels.max())
         if lo < 0 or hi >= num_classes:
             bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
-            raise fail(self.name, self.source, f"labels must be in 0..{num_classes - 1}, got range {lo}..{hi} "
-                       f"(label {int(self.labels[bad[0]])} at row {int(bad[0])}; {bad.size} row(s) outside; "
-                       f"check the model's num_classes)")
+            raise fail(
+                self.name,
+                self.source,
+                f"labels must be in 0..{num_classes - 1}, got range {lo}..{hi} "
+                f"(label {int(self.labels[bad[0]])} at row {int(bad[0])}; {bad.size} row(s) outside; "
+                f"check the model's num_classes)",
+            )
         return self
 
 

@@ -18,6 +18,7 @@ constants:
 | contrast       | contrast factor                   | 0.75         | 0.5          | 0.4          | 0.3          | 0.15         |
 | brightness     | added HSV value                   | 0.05         | 0.1          | 0.15         | 0.2          | 0.3          |
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -189,4 +190,6 @@ def load_corrupted(
         x = corrupt(base.images, corruption, severity, seed)
     except ValueError as e:
         raise fail(name, base.source, str(e)) from e
-    return ImageSet(name, x, base.labels.copy(), base.class_names, f"{base.source} + {corruption}(s={severity}, seed={seed})")
+    return ImageSet(
+        name, x, base.labels.copy(), base.class_names, f"{base.source} + {corruption}(s={severity}, seed={seed})"
+    )

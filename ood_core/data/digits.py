@@ -1,5 +1,6 @@
 """``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download).
 The demo profile uses digits 0-4 as ID and 5-9 as OOD."""
+
 from __future__ import annotations
 
 from functools import lru_cache

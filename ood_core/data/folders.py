@@ -1,6 +1,7 @@
 """Loaders for image trees: generic ``ImageFolder`` (``<root>/<class>/<img>``: TinyImageNet, LSUN,
 iSUN, Places365, ImageNet val, ImageNet-O/A/R, DTD ``images/<class>/``) and ImageNet-C
 (``<root>/<corruption>/<severity>/<class>/<img>``)."""
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,9 @@ def load_image_folder(
     if not classes:
         raise fail(name, d, "wrong layout: no class folders; expected <root>/<class>/<img>")
     if not files:
-        raise fail(name, d, f"empty set: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {len(classes)} class folders")
+        raise fail(
+            name, d, f"empty set: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {len(classes)} class folders"
+        )
 
     def one(p: Path) -> np.ndarray:
         try:

@@ -1,6 +1,7 @@
 """Generated OOD sets of pure noise (seeded), from the ODIN paper: Liang, Li & Srikant,
 "Enhancing the reliability of out-of-distribution image detection in neural networks", ICLR 2018
 (Sec. 4.1: 10,000 images each)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """``npz`` loader: archives with uint8 ``x`` (N,H,W,3) or (N,H,W) and integer ``y``
 (the format of ``shared/data/*.npz``; optional ``classes`` holds the class names)."""
+
 from __future__ import annotations
 
 import zipfile
@@ -29,7 +30,9 @@ def load_npz(
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in (x_key, y_key) if k not in z.files]
             if missing:
-                raise fail(name, path, f"missing array(s) {missing}; expected keys '{x_key}' and '{y_key}', found {z.files}")
+                raise fail(
+                    name, path, f"missing array(s) {missing}; expected keys '{x_key}' and '{y_key}', found {z.files}"
+                )
             x, y = z[x_key], z[y_key]
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
     except DatasetError:

@@ -1,4 +1,5 @@
 """Deterministic validation / test splits of an evaluation set (tuning uses only the val part)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,5 +29,9 @@ def assert_disjoint(val_idx: np.ndarray, test_idx: np.ndarray, name: str) -> Non
     """Raise ``DatasetError`` if the validation and test indices of ``name`` share any index."""
     common = np.intersect1d(np.asarray(val_idx), np.asarray(test_idx))
     if common.size:
-        raise fail(name, None, f"validation and test indices overlap in {common.size} indices "
-                               f"(first: {common[:5].tolist()}); expected disjoint splits")
+        raise fail(
+            name,
+            None,
+            f"validation and test indices overlap in {common.size} indices "
+            f"(first: {common[:5].tolist()}); expected disjoint splits",
+        )

@@ -1,5 +1,6 @@
 """Loaders reading torchvision's on-disk layouts directly (never downloading):
 CIFAR-10/100 python pickles, SVHN .mat files and MNIST-style idx files."""
+
 from __future__ import annotations
 
 import gzip
@@ -133,8 +134,10 @@ def load_svhn(root: PathLike | None, *, split: str = "test") -> ImageSet:
 
 _MNIST_LIKE = {
     "mnist": ("MNIST", [str(i) for i in range(10)]),
-    "fashion_mnist": ("FashionMNIST", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+    "fashion_mnist": (
+        "FashionMNIST",
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    ),
     "kmnist": ("KMNIST", ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"]),
 }
 
@@ -154,7 +157,9 @@ def _read_idx(name: str, path: Path, ndim: int) -> np.ndarray:
     dims = tuple(int(v) for v in np.frombuffer(raw, ">u4", ndim, 4))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise fail(name, path, f"unreadable file: header says {dims} ({int(np.prod(dims))} bytes), found {data.size} bytes")
+        raise fail(
+            name, path, f"unreadable file: header says {dims} ({int(np.prod(dims))} bytes), found {data.size} bytes"
+        )
     return data.reshape(dims).copy()
 
 
@@ -177,7 +182,11 @@ def _load_mnist_like(kind: str, root: PathLike | None, split: str) -> ImageSet:
         if xi and yi:
             x, y = _read_idx(name, xi, 3), _read_idx(name, yi, 1)
             return ImageSet(name, x, y.astype(np.int64), classes, str(xi))
-    raise fail(name, base, f"wrong layout: expected {folder}/raw/{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]")
+    raise fail(
+        name,
+        base,
+        f"wrong layout: expected {folder}/raw/{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]",
+    )
 
 
 @register_loader("mnist")
@@ -196,4 +205,3 @@ def load_fashion_mnist(root: PathLike | None, *, split: str = "test") -> ImageSe
 def load_kmnist(root: PathLike | None, *, split: str = "test") -> ImageSet:
     """Kuzushiji-MNIST, same idx format under ``<root>/KMNIST/raw/``."""
     return _load_mnist_like("kmnist", root, split)
-

@@ -1,4 +1,5 @@
 """uint8 images -> normalized float tensors, one batch at a time (images stay uint8 in memory)."""
+
 from __future__ import annotations
 
 from typing import Iterator, Sequence

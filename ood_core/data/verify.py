@@ -1,4 +1,5 @@
 """Size + sha256 checks of data files, cached in a JSON stamp keyed by (path, size, mtime)."""
+
 from __future__ import annotations
 
 import json
@@ -89,7 +90,12 @@ def verify_files(
             raise fail(rel, p, f"size mismatch: expected {size} bytes, got {st.st_size}")
         key = str(p)
         hit = cache.get(key)
-        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns and hit.get("sha256") == digest:
+        if (
+            hit
+            and hit.get("size") == st.st_size
+            and hit.get("mtime_ns") == st.st_mtime_ns
+            and hit.get("sha256") == digest
+        ):
             paths.append(p)
             continue
         actual = sha256_file(p)

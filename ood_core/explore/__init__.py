@@ -18,4 +18,5 @@ Everything here reads the analysis cache (:class:`ood_core.analysis_cache.Analys
 benchmark's tables; scores come from the registry (:mod:`ood_core.scores`), metrics from
 :mod:`ood_core.metrics`, the figure style from :mod:`ood_core.style`.
 """
+
 from .session import Session, note  # noqa: F401

@@ -8,6 +8,7 @@
 * Compute cost (``method_costs.csv``, else the extraction's ``timings.csv``): seconds per 1,000 images.
 * Heatmap (``metrics.csv``): method x OOD set on a diverging scale centred at chance.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,16 @@ def odin_choices(sw: pd.DataFrame, methods: list[str], ood_names: list[str]) -> 
             table = [({"eps": r.eps, "T": r.T}, r.auroc_val) for r in do.itertuples()]
             best = choose_settings(table)["both"]
             hit = do[np.isclose(do["eps"], best["eps"]) & np.isclose(do["T"], best["T"])].iloc[0]
-            rows.append({"method": m, "ood_set": o, "T": hit["T"], "eps": hit["eps"], "auroc_val": hit["auroc_val"],
-                         "auroc_test": hit["auroc_test"]})
+            rows.append(
+                {
+                    "method": m,
+                    "ood_set": o,
+                    "T": hit["T"],
+                    "eps": hit["eps"],
+                    "auroc_val": hit["auroc_val"],
+                    "auroc_test": hit["auroc_test"],
+                }
+            )
     return pd.DataFrame(rows, columns=["method", "ood_set", "T", "eps", "auroc_val", "auroc_test"])
 
 
@@ -65,8 +74,16 @@ def plot_odin_sweep(sw: pd.DataFrame, chosen: pd.DataFrame, cache: AnalysisCache
             b = do[np.isclose(do["eps"], best.eps)].sort_values("T")
             axes[1, j].plot(b["T"], b[ycol], marker="o", markersize=2, color=col, label=best.ood_set)
             for ax, x in ((axes[0, j], best.eps), (axes[1, j], best.T)):  # the chosen cell
-                ax.plot([x], [getattr(best, ycol)], marker="*", markersize=6, color=col,
-                        markeredgecolor="k", markeredgewidth=0.3, linestyle="none")
+                ax.plot(
+                    [x],
+                    [getattr(best, ycol)],
+                    marker="*",
+                    markersize=6,
+                    color=col,
+                    markeredgecolor="k",
+                    markeredgewidth=0.3,
+                    linestyle="none",
+                )
         axes[0, j].set_title(display_name(m))
         axes[0, j].set_xlabel("ε (at the val-best T)")
         axes[1, j].set_xlabel("T (at the val-best ε)")
@@ -80,8 +97,16 @@ def plot_odin_sweep(sw: pd.DataFrame, chosen: pd.DataFrame, cache: AnalysisCache
     return fig
 
 
-def plot_param_sweep(df: pd.DataFrame, x: str, methods: list[str], cache: AnalysisCache, *, xlabel: str,
-                     subtitles: dict[str, str] | None = None, label_groups: bool = False):
+def plot_param_sweep(
+    df: pd.DataFrame,
+    x: str,
+    methods: list[str],
+    cache: AnalysisCache,
+    *,
+    xlabel: str,
+    subtitles: dict[str, str] | None = None,
+    label_groups: bool = False,
+):
     """Test AUROC vs parameter ``x``: one panel per method, one line per OOD set (log x for > 20x ranges)."""
     import matplotlib.pyplot as plt
 
@@ -92,8 +117,14 @@ def plot_param_sweep(df: pd.DataFrame, x: str, methods: list[str], cache: Analys
         dm = df[df["method"] == m]
         for o in ood_order(dm["ood_set"], cache.ood_names):
             d = dm[dm["ood_set"] == o].sort_values(x)
-            ax.plot(d[x], d["auroc_test"], marker="o", markersize=2.5, color=colors.get(o, "k"),
-                    label=f"{o} ({cache.group(o)})" if label_groups else o)
+            ax.plot(
+                d[x],
+                d["auroc_test"],
+                marker="o",
+                markersize=2.5,
+                color=colors.get(o, "k"),
+                label=f"{o} ({cache.group(o)})" if label_groups else o,
+            )
         if dm[x].min() > 0 and dm[x].max() / dm[x].min() > 20:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -123,15 +154,22 @@ def plot_compute_cost(tm: pd.DataFrame, family_of: dict[str, str]):
     fams = [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
     fam_col = {f: style.PALETTE[(i + 1) % len(style.PALETTE)] for i, f in enumerate(fams)}
     fig, ax = plt.subplots(figsize=(style.COLUMN_WIDTH, 0.6 + 0.16 * len(t)))
-    ax.barh([display_name(m) for m in t["method"]], t["seconds_per_1000"],
-            color=[fam_col.get(family_of.get(m), style.ID_COLOR) for m in t["method"]])
+    ax.barh(
+        [display_name(m) for m in t["method"]],
+        t["seconds_per_1000"],
+        color=[fam_col.get(family_of.get(m), style.ID_COLOR) for m in t["method"]],
+    )
     ax.set_xscale("log")
     style.label_log_axis(ax.xaxis, t["seconds_per_1000"].min(), t["seconds_per_1000"].max())
     ax.set_xlabel("seconds per 1,000 images (log scale)")
     ax.set_title(f"Compute cost on {devices} (batch {bs})")
     if fam_col:
-        fig.legend(handles=[Patch(color=c, label=family_display(f)) for f, c in fam_col.items()],
-                   loc="outside lower center", ncol=2, fontsize=6)
+        fig.legend(
+            handles=[Patch(color=c, label=family_display(f)) for f, c in fam_col.items()],
+            loc="outside lower center",
+            ncol=2,
+            fontsize=6,
+        )
     return fig
 
 
@@ -151,11 +189,20 @@ def plot_heatmap(tab: pd.DataFrame, mdf: pd.DataFrame, cache: AnalysisCache, met
     else:
         scale, cbar_label = dict(cmap="viridis"), f"{metric} (%)"
     fig, ax = plt.subplots(figsize=(min(style.TEXT_WIDTH, 2.6 + 0.75 * tab.shape[1]), 1.0 + 0.2 * len(tab)))
-    sns.heatmap(vals, annot=True, fmt=".1f", ax=ax, annot_kws={"fontsize": 6}, linewidths=0.3, linecolor="white",
-                cbar_kws={"label": cbar_label, "location": "bottom", "shrink": 0.6, "aspect": 40, "pad": 0.01},
-                **scale)
-    style.label_row_groups(ax, [fam.get(m, "other") for m in tab.index],
-                           names={f: family_display(f) for f in set(fam.values())})
+    sns.heatmap(
+        vals,
+        annot=True,
+        fmt=".1f",
+        ax=ax,
+        annot_kws={"fontsize": 6},
+        linewidths=0.3,
+        linecolor="white",
+        cbar_kws={"label": cbar_label, "location": "bottom", "shrink": 0.6, "aspect": 40, "pad": 0.01},
+        **scale,
+    )
+    style.label_row_groups(
+        ax, [fam.get(m, "other") for m in tab.index], names={f: family_display(f) for f in set(fam.values())}
+    )
     ax.axvline(tab.shape[1] - 1, color="k", linewidth=1.2)  # OOD sets | their mean
     ax.set_xlabel("")
     ax.set_ylabel("")

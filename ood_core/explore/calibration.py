@@ -5,6 +5,7 @@ confidences fall into ``n_bins`` equal-width bins on [1/C, 1]; per non-empty bin
 conf_b and the accuracy acc_b. Expected calibration error (Guo et al. 2017):
 ECE = sum_b (n_b / n) |acc_b - conf_b|.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,16 @@ def reliability(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> pd.
     conf, correct = np.asarray(conf, np.float64), np.asarray(correct, np.float64)
     n_bins = len(edges) - 1
     which = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
-    rows = [{"bin": b, "confidence": conf[which == b].mean(), "accuracy": correct[which == b].mean(),
-             "fraction": float((which == b).mean())} for b in range(n_bins) if (which == b).any()]
+    rows = [
+        {
+            "bin": b,
+            "confidence": conf[which == b].mean(),
+            "accuracy": correct[which == b].mean(),
+            "fraction": float((which == b).mean()),
+        }
+        for b in range(n_bins)
+        if (which == b).any()
+    ]
     return pd.DataFrame(rows, columns=["bin", "confidence", "accuracy", "fraction"])
 
 
@@ -79,8 +88,14 @@ def plot_calibration(bins: pd.DataFrame, *, id_name: str, num_classes: int):
     ax.plot([lo, 1], [lo, 1], color="0.6", linestyle="--", linewidth=0.8, label="perfect")
     for k, (t, e) in enumerate(per_T.itertuples(index=False)):
         b = bins[bins["T"] == t]
-        ax.plot(b["confidence"], b["accuracy"], marker="o", markersize=2.5, color=cmap(k / max(1, len(temps) - 1)),
-                label=f"T={t:g} (ECE {e:.3f})")
+        ax.plot(
+            b["confidence"],
+            b["accuracy"],
+            marker="o",
+            markersize=2.5,
+            color=cmap(k / max(1, len(temps) - 1)),
+            label=f"T={t:g} (ECE {e:.3f})",
+        )
     ax.set_xlabel("confidence (max softmax at T)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability, {id_name} (accuracy {accuracy(bins):.3f})")

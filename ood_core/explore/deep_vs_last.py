@@ -10,6 +10,7 @@ Two comparisons on the test parts, each between two registered scores (higher = 
 Agreement is the Spearman rank correlation over all test samples pooled, and the AUROC of each score
 per OOD set (:func:`ood_core.metrics.auroc`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,9 +56,15 @@ def comparisons(cache: AnalysisCache) -> list[Comparison]:
     sets = [cache.id_name, *cache.ood_names]
     out = []
     if all(cache.has(n, "kl_allw_sqnorm") for n in sets):
-        out.append(Comparison("GradNorm: √kl_allw_sqnorm vs ‖h‖₁‖p−u‖₁",
-                              _scores(cache, "gradnorm_allweights"), _scores(cache, "gradnorm", T=1.0),
-                              "all-weights √‖∇KL‖²", "last-layer GradNorm"))
+        out.append(
+            Comparison(
+                "GradNorm: √kl_allw_sqnorm vs ‖h‖₁‖p−u‖₁",
+                _scores(cache, "gradnorm_allweights"),
+                _scores(cache, "gradnorm", T=1.0),
+                "all-weights √‖∇KL‖²",
+                "last-layer GradNorm",
+            )
+        )
     else:
         note("kl_allw_sqnorm missing; skipping the GradNorm all-weights panel")
     if not all(cache.has(n, "grodin_sqnorm") for n in sets):
@@ -84,9 +91,15 @@ def table(comps: list[Comparison], cache: AnalysisCache) -> pd.DataFrame:
     for c in comps:
         rho = c.spearman(sets)
         for o in cache.ood_names:
-            rows.append({"comparison": c.title, "ood_set": o, "spearman": rho,
-                         "auroc_all_weights": metrics.auroc(c.deep[ID], c.deep[o]),
-                         "auroc_last_layer": metrics.auroc(c.last[ID], c.last[o])})
+            rows.append(
+                {
+                    "comparison": c.title,
+                    "ood_set": o,
+                    "spearman": rho,
+                    "auroc_all_weights": metrics.auroc(c.deep[ID], c.deep[o]),
+                    "auroc_last_layer": metrics.auroc(c.last[ID], c.last[o]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -95,17 +108,27 @@ def plot(comps: list[Comparison], cache: AnalysisCache, rng: np.random.Generator
     import matplotlib.pyplot as plt
 
     sets, ID, OOD = [cache.id_name, *cache.ood_names], cache.id_name, cache.ood_names
-    fig, axes = plt.subplots(len(comps), 2, figsize=(style.TEXT_WIDTH, 2.3 * len(comps)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.2]})
+    fig, axes = plt.subplots(
+        len(comps),
+        2,
+        figsize=(style.TEXT_WIDTH, 2.3 * len(comps)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1.2]},
+    )
     for row, c in zip(axes, comps):
         ax = row[0]
         xs, ys = c.pooled(sets)
         rx, ry = pd.Series(xs).rank(pct=True).to_numpy(), pd.Series(ys).rank(pct=True).to_numpy()
         io = np.concatenate([np.full(len(c.last[n]), n != ID) for n in sets])
         idx = subsample(rng, len(xs), max_scatter)
-        handles = style.scatter_groups(ax, rx[idx], ry[idx], {"ID test": (~io[idx], style.ID_COLOR),
-                                                              "OOD test": (io[idx], style.OOD_COLOR)},
-                                       s=3, rasterized=True)
+        handles = style.scatter_groups(
+            ax,
+            rx[idx],
+            ry[idx],
+            {"ID test": (~io[idx], style.ID_COLOR), "OOD test": (io[idx], style.OOD_COLOR)},
+            s=3,
+            rasterized=True,
+        )
         ax.set_xlabel(f"rank of {c.last_label}")
         ax.set_ylabel(f"rank of {c.deep_label}")
         ax.set_title(f"Spearman ρ = {c.spearman(sets):.3f}")

@@ -9,6 +9,7 @@ to be lower than OOD ones.
 Single-sample rule: the OOD partner of an ID test sample is the OOD test sample whose feature vector
 ``h`` has the largest cosine similarity to it (unless an index is given).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,16 +64,27 @@ def top_dimensions(cache: AnalysisCache, Z: dict[str, np.ndarray], n_top: int) -
 
 def top_titles(top: pd.DataFrame) -> tuple[dict[int, str], str]:
     """Panel titles (validation / test AUROC, 'inverted') and the caption line of the top-dimension figure."""
-    titles = {int(r.dim): f"AUROC val {r.auroc_val:.2f} / test {r.auroc_test:.2f}"
-              + ("\ninverted (ID < OOD)" if r.inverted else "") for r in top.itertuples()}
+    titles = {
+        int(r.dim): f"AUROC val {r.auroc_val:.2f} / test {r.auroc_test:.2f}"
+        + ("\ninverted (ID < OOD)" if r.inverted else "")
+        for r in top.itertuples()
+    }
     n_inv = int(top["inverted"].sum())
-    caption = (f"Top {len(top)} dims by |AUROC − 0.5| (validation; ID vs all OOD)"
-               + (f"; {n_inv} inverted: AUROC < 0.5, ID values lower than OOD" if n_inv else "; none inverted"))
+    caption = f"Top {len(top)} dims by |AUROC − 0.5| (validation; ID vs all OOD)" + (
+        f"; {n_inv} inverted: AUROC < 0.5, ID values lower than OOD" if n_inv else "; none inverted"
+    )
     return titles, caption
 
 
-def plot_density_panels(cache: AnalysisCache, Z: dict[str, np.ndarray], dims: list[int], *, bw_adjust: float = 1.0,
-                        titles: dict[int, str] | None = None, caption: str | None = None):
+def plot_density_panels(
+    cache: AnalysisCache,
+    Z: dict[str, np.ndarray],
+    dims: list[int],
+    *,
+    bw_adjust: float = 1.0,
+    titles: dict[int, str] | None = None,
+    caption: str | None = None,
+):
     """One KDE panel per dimension: ID test filled blue, each OOD test set a coloured line."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -81,15 +93,24 @@ def plot_density_panels(cache: AnalysisCache, Z: dict[str, np.ndarray], dims: li
     ncol = min(len(dims), 4)
     nrow = int(np.ceil(len(dims) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(style.TEXT_WIDTH, 1.6 * nrow + 0.3), squeeze=False)
-    for ax in axes.flat[len(dims):]:
+    for ax in axes.flat[len(dims) :]:
         ax.set_visible(False)
     series = [(ID, style.ID_COLOR, True)] + [(o, colors[o], False) for o in cache.ood_names]
     for ax, d in zip(axes.flat, dims):
         for n, col, fill in series:
             x = Z[n][part_rows(cache, n, "test"), d]
             if np.std(x) > 0:
-                sns.kdeplot(x=x, ax=ax, color=col, fill=fill, alpha=0.25 if fill else 1.0,
-                            linewidth=1.0, bw_adjust=bw_adjust, label=n, warn_singular=False)
+                sns.kdeplot(
+                    x=x,
+                    ax=ax,
+                    color=col,
+                    fill=fill,
+                    alpha=0.25 if fill else 1.0,
+                    linewidth=1.0,
+                    bw_adjust=bw_adjust,
+                    label=n,
+                    warn_singular=False,
+                )
             else:
                 ax.axvline(x[0], color=col, label=n)
         ax.set_xlabel(f"$G_{{low}}$ dim {d}")
@@ -130,8 +151,9 @@ class SamplePair:
         return float(cosine(self.g_id, self.g_ood))
 
 
-def sample_pair(cache: AnalysisCache, Z: dict[str, np.ndarray], *, id_sample: int = 0, ood_set: str = "",
-                ood_sample: int = -1) -> SamplePair:
+def sample_pair(
+    cache: AnalysisCache, Z: dict[str, np.ndarray], *, id_sample: int = 0, ood_set: str = "", ood_sample: int = -1
+) -> SamplePair:
     """Test sample ``id_sample`` of the ID set and, in the test part of ``ood_set`` (empty: the first OOD
     set), sample ``ood_sample`` or (when < 0) the one with the most cosine-similar features."""
     ID, o = cache.id_name, ood_set or cache.ood_names[0]

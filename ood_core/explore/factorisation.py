@@ -9,6 +9,7 @@ score may differ by a constant convention factor (sign, C, 1/T), estimated as th
 The output terms on the 3-class probability simplex (their Fig. 1) use the registered output terms
 ``V_*`` of the same module, evaluated at logits log p.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -82,8 +83,12 @@ def check(cache: AnalysisCache, *, T: float = 1.0, keys: dict[str, str] | None =
 
 def summary(fact: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per score: the constant c, max / median relative error, number of samples."""
-    return pd.DataFrame([{"score": k, "c": v["c"], "max_rel": v["max_rel"], "median_rel": v["median_rel"],
-                          "n": len(v["r"])} for k, v in fact.items()])
+    return pd.DataFrame(
+        [
+            {"score": k, "c": v["c"], "max_rel": v["max_rel"], "median_rel": v["median_rel"], "n": len(v["r"])}
+            for k, v in fact.items()
+        ]
+    )
 
 
 def subsample(rng: np.random.Generator, n: int, max_n: int) -> np.ndarray:
@@ -102,9 +107,15 @@ def plot_check(fact: dict[str, dict[str, Any]], rng: np.random.Generator, max_sc
         idx = subsample(rng, len(x), max_scatter)
         io = v["is_ood"][idx]
         # semi-transparent, the (fewer) ID points drawn last: not buried under the OOD ones
-        handles = style.scatter_groups(ax, x[idx], y[idx], {"ID test": (~io, style.ID_COLOR),
-                                                            "OOD test": (io, style.OOD_COLOR)},
-                                       s=5, rasterized=True, zorder=2)
+        handles = style.scatter_groups(
+            ax,
+            x[idx],
+            y[idx],
+            {"ID test": (~io, style.ID_COLOR), "OOD test": (io, style.OOD_COLOR)},
+            s=5,
+            rasterized=True,
+            zorder=2,
+        )
         lo, hi = max(min(x.min(), y.min()), TINY), max(x.max(), y.max())
         ax.plot([lo, hi], [lo, hi], color="k", linewidth=0.5, linestyle="--", zorder=1)  # y = x, under the points
         ax.set_xscale("log")
@@ -114,8 +125,15 @@ def plot_check(fact: dict[str, dict[str, Any]], rng: np.random.Generator, max_sc
         ax.set_xlabel(f"|c · {TERMS.get(label, label)}|  (recomputed)")
         ax.set_ylabel(f"|stored {label}|")
         ax.set_title(label)
-        ax.text(0.03, 0.97, f"c = {v['c']:.4g}\nmax rel. err = {v['max_rel']:.1e}", transform=ax.transAxes,
-                va="top", ha="left", bbox=dict(boxstyle="round", fc="white", ec="0.8", lw=0.5))
+        ax.text(
+            0.03,
+            0.97,
+            f"c = {v['c']:.4g}\nmax rel. err = {v['max_rel']:.1e}",
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            bbox=dict(boxstyle="round", fc="white", ec="0.8", lw=0.5),
+        )
         ax.legend(handles=handles, loc="lower right")
     return fig
 

@@ -2,6 +2,7 @@
 05: the method x OOD set heatmap). Methods appear under their registered display names
 (:func:`ood_core.scores.display_name`); ``metrics.csv`` keeps the code names.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -28,8 +29,9 @@ def with_display_names(tab: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def family_table(mdf: pd.DataFrame, ood_names: list[str], family: str = "decomposition",
-                 metric: str = "auroc") -> pd.DataFrame:
+def family_table(
+    mdf: pd.DataFrame, ood_names: list[str], family: str = "decomposition", metric: str = "auroc"
+) -> pd.DataFrame:
     """:func:`pivot` of the rows of ``family``, best mean first, display names; empty when none."""
     rows = mdf[mdf["family"] == family]
     if rows.empty:
@@ -39,9 +41,11 @@ def family_table(mdf: pd.DataFrame, ood_names: list[str], family: str = "decompo
 
 def family_markdown(tab: pd.DataFrame, cache: AnalysisCache) -> str:
     """The Igoe family table with its caption (``igoe_family_table.md``)."""
-    return (f"AUROC (ID = {cache.id_name}, model = {cache.meta.get('model')}) of the non-gradient family "
-            f"(feature term x output term; rows of metrics.csv with family == 'decomposition').\n\n"
-            + to_markdown(tab, floatfmt=".3f"))
+    return (
+        f"AUROC (ID = {cache.id_name}, model = {cache.meta.get('model')}) of the non-gradient family "
+        f"(feature term x output term; rows of metrics.csv with family == 'decomposition').\n\n"
+        + to_markdown(tab, floatfmt=".3f")
+    )
 
 
 def methods_table(mdf: pd.DataFrame, methods: list[str], ood_names: list[str], metric: str = "auroc") -> pd.DataFrame:
@@ -57,17 +61,22 @@ def families(mdf: pd.DataFrame) -> dict[str, str]:
     return mdf.drop_duplicates("method").set_index("method")["family"].to_dict()
 
 
-def heatmap_table(mdf: pd.DataFrame, cache: AnalysisCache, metric: str = "auroc",
-                  methods: list[str] | None = None) -> pd.DataFrame:
+def heatmap_table(
+    mdf: pd.DataFrame, cache: AnalysisCache, metric: str = "auroc", methods: list[str] | None = None
+) -> pd.DataFrame:
     """method x OOD set of ``metric`` with a ``mean`` column; near sets before far ones (meta order
     within a group); rows: ``methods`` in the given order, else grouped by family (registry order) with
     the best mean first within a family. Code names as index."""
     ood = cache.ood_names
-    sets = sorted(ood_order(mdf["ood_set"], ood), key=lambda o: (cache.group(o) != "near", ood.index(o) if o in ood
-                                                                 else len(ood)))
+    sets = sorted(
+        ood_order(mdf["ood_set"], ood), key=lambda o: (cache.group(o) != "near", ood.index(o) if o in ood else len(ood))
+    )
     tab = pivot(mdf, ood, metric)[[*sets, "mean"]]
     if methods:
         return tab.loc[[m for m in methods if m in tab.index]]
     fam, rank = families(mdf), {f: i for i, f in enumerate(FAMILIES)}
-    return (tab.assign(_f=[rank.get(fam.get(m), len(rank)) for m in tab.index])
-            .sort_values(["_f", "mean"], ascending=[True, False]).drop(columns="_f"))
+    return (
+        tab.assign(_f=[rank.get(fam.get(m), len(rank)) for m in tab.index])
+        .sort_values(["_f", "mean"], ascending=[True, False])
+        .drop(columns="_f")
+    )

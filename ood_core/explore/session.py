@@ -7,6 +7,7 @@
 
 A panel whose optional input is missing is skipped with :func:`note` (``[skip] ...``) instead of failing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -96,8 +97,10 @@ class Session:
     def summary(self) -> str:
         """One line: profile, model, ID set, OOD sets, ID accuracy."""
         m = self.meta
-        return (f"profile={m.get('profile')!r} model={m.get('model')!r} ID={self.id_name!r} OOD={self.ood_names} "
-                f"ID accuracy={m.get('id_accuracy', float('nan')):.4f}")
+        return (
+            f"profile={m.get('profile')!r} model={m.get('model')!r} ID={self.id_name!r} OOD={self.ood_names} "
+            f"ID accuracy={m.get('id_accuracy', float('nan')):.4f}"
+        )
 
     def save(self, fig, stem: str) -> list[Path]:
         """``style.savefig`` into ``fig_dir`` (PNG + PDF), remembered in ``written``."""

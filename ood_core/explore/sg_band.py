@@ -13,6 +13,7 @@ grid, the overlap density m(s) = min(p_ID(s), p_OOD(s)), and the *shortest* inte
 fraction ``band_mass`` of the overlap mass. When S saturates (median ID S > 0.95, ``s_transform="auto"``)
 this is done on logit S = log(S / (1 - S)).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def chosen_cell(fig_dir: str | Path, method: str, ood_set: str) -> dict[str, flo
     (``<fig_dir>/chosen_hyperparams.json``: methods -> method -> per_set -> ood_set -> params)."""
     path = Path(fig_dir) / CHOSEN_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; it is produced by the benchmark stage "
-                                "(python -m analysis.benchmark). Run that stage first.")
+        raise FileNotFoundError(
+            f"{path} not found; it is produced by the benchmark stage "
+            "(python -m analysis.benchmark). Run that stage first."
+        )
     methods = json.loads(path.read_text())["methods"]
     if method not in methods:
         raise KeyError(f"{path.name} has no method {method!r} (has {sorted(methods)})")
@@ -52,8 +55,9 @@ def chosen_cell(fig_dir: str | Path, method: str, ood_set: str) -> dict[str, flo
     return {"eps": float(params["eps"]), "T": float(params["T"])}
 
 
-def pick_cell(cache: AnalysisCache, fig_dir: str | Path, method: str, ood_set: str, *, T: float = 0.0,
-              eps: float = -1.0) -> dict[str, float]:
+def pick_cell(
+    cache: AnalysisCache, fig_dir: str | Path, method: str, ood_set: str, *, T: float = 0.0, eps: float = -1.0
+) -> dict[str, float]:
     """:func:`chosen_cell`, with T (when > 0) and eps (when >= 0) overridden. The cell must be on the
     cached grid (``ValueError`` otherwise) and computed on every row of the ID and the OOD set
     (:class:`~ood_core.grid.GridPointUnavailable` otherwise)."""
@@ -64,16 +68,20 @@ def pick_cell(cache: AnalysisCache, fig_dir: str | Path, method: str, ood_set: s
         cell["eps"] = float(eps)
     for name in (cache.id_name, ood_set):
         if not point_available(cache.arrays(name), cell["eps"], cell["T"]):
-            raise GridPointUnavailable(f"T={cell['T']:g}, eps={cell['eps']:g} was computed on validation rows only "
-                                       f"for {name}; pick a cell of grodin_full_points")
+            raise GridPointUnavailable(
+                f"T={cell['T']:g}, eps={cell['eps']:g} was computed on validation rows only "
+                f"for {name}; pick a cell of grodin_full_points"
+            )
     return cell
 
 
 def s_g_sg(arrays: dict[str, np.ndarray], cell: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(S, ||G||^2, SG = ||grad||^2) per row at ``cell``: the registered ``grodin_s``, ``-grodin_g`` and
     ``-grodin_sg``."""
-    return tuple(sign * registry.compute(m, arrays, **cell) for m, sign in
-                 (("grodin_s", 1.0), ("grodin_g", -1.0), ("grodin_sg", -1.0)))
+    return tuple(
+        sign * registry.compute(m, arrays, **cell)
+        for m, sign in (("grodin_s", 1.0), ("grodin_g", -1.0), ("grodin_sg", -1.0))
+    )
 
 
 def use_logit(S_id: np.ndarray, s_transform: str = "auto") -> bool:
@@ -165,8 +173,11 @@ class Decomposition:
         """AUROC of S, -||G||^2 and -SG on all test samples, and of S and -||G||^2 inside the band (NaN
         when fewer than two ID or OOD samples lie inside). -SG is the score ``grodin_sg``: at the cell
         the benchmark chose for it, its AUROC is that of ``metrics.csv``."""
-        out = {"S (all)": metrics.auroc(self.S_id, self.S_ood), "G (all)": metrics.auroc(-self.G_id, -self.G_ood),
-               "SG (all)": metrics.auroc(-self.SG_id, -self.SG_ood)}
+        out = {
+            "S (all)": metrics.auroc(self.S_id, self.S_ood),
+            "G (all)": metrics.auroc(-self.G_id, -self.G_ood),
+            "SG (all)": metrics.auroc(-self.SG_id, -self.SG_ood),
+        }
         i, o = self.in_id, self.in_ood
         ok = i.sum() >= 2 and o.sum() >= 2
         out["S (band)"] = metrics.auroc(self.S_id[i], self.S_ood[o]) if ok else float("nan")
@@ -175,29 +186,40 @@ class Decomposition:
 
     def row(self) -> dict[str, Any]:
         """This decomposition as one row of the notebook's CSV."""
-        return {"ood_set": self.ood_set, "eps": self.cell["eps"], "T": self.cell["T"],
-                "s_units": "logit S" if self.logit else "S", "band_lo_S": self.s_units(self.lo),
-                "band_hi_S": self.s_units(self.hi), "overlap": self.overlap, "n_id_band": int(self.in_id.sum()),
-                "n_ood_band": int(self.in_ood.sum()),
-                **{f"auroc_{k.replace(' (', '_').rstrip(')')}": v for k, v in self.aurocs().items()}}
+        return {
+            "ood_set": self.ood_set,
+            "eps": self.cell["eps"],
+            "T": self.cell["T"],
+            "s_units": "logit S" if self.logit else "S",
+            "band_lo_S": self.s_units(self.lo),
+            "band_hi_S": self.s_units(self.hi),
+            "overlap": self.overlap,
+            "n_id_band": int(self.in_id.sum()),
+            "n_ood_band": int(self.in_ood.sum()),
+            **{f"auroc_{k.replace(' (', '_').rstrip(')')}": v for k, v in self.aurocs().items()},
+        }
 
     def describe(self) -> str:
         """One line: the cell, the band (S and logit S units), the overlap and the samples inside."""
         band = f"S in [{self.s_units(self.lo):.6g}, {self.s_units(self.hi):.6g}]"
         if self.logit:
             band += f" (logit S in [{self.lo:.3f}, {self.hi:.3f}])"
-        return (f"{self.ood_set}: using grid point T={self.cell['T']:g}, eps={self.cell['eps']:g}; hard band {band}; "
-                f"overlap coefficient {self.overlap:.3f}; {int(self.in_id.sum())} ID and "
-                f"{int(self.in_ood.sum())} OOD test samples inside")
+        return (
+            f"{self.ood_set}: using grid point T={self.cell['T']:g}, eps={self.cell['eps']:g}; hard band {band}; "
+            f"overlap coefficient {self.overlap:.3f}; {int(self.in_id.sum())} ID and "
+            f"{int(self.in_ood.sum())} OOD test samples inside"
+        )
 
 
-def decompose(cache: AnalysisCache, ood_set: str, cell: dict[str, float], *, band_mass: float = 0.5,
-              s_transform: str = "auto") -> Decomposition:
+def decompose(
+    cache: AnalysisCache, ood_set: str, cell: dict[str, float], *, band_mass: float = 0.5, s_transform: str = "auto"
+) -> Decomposition:
     """S, ||G||^2 and the hard band of the ID and ``ood_set`` test parts at ``cell``."""
     S_id, G_id, SG_id = s_g_sg(cache.test_arrays(cache.id_name), cell)
     S_ood, G_ood, SG_ood = s_g_sg(cache.test_arrays(ood_set), cell)
-    d = Decomposition(ood_set, dict(cell), S_id, G_id, SG_id, S_ood, G_ood, SG_ood, use_logit(S_id, s_transform),
-                      band_mass)
+    d = Decomposition(
+        ood_set, dict(cell), S_id, G_id, SG_id, S_ood, G_ood, SG_ood, use_logit(S_id, s_transform), band_mass
+    )
     d.lo, d.hi, d.overlap = hard_band(d.x(S_id), d.x(S_ood), band_mass)
     return d
 
@@ -210,8 +232,16 @@ def has_grid_arrays(cache: AnalysisCache) -> bool:
     return ok
 
 
-def decompose_all(cache: AnalysisCache, fig_dir: str | Path, method: str, *, T: float = 0.0, eps: float = -1.0,
-                  band_mass: float = 0.5, s_transform: str = "auto") -> dict[str, Decomposition]:
+def decompose_all(
+    cache: AnalysisCache,
+    fig_dir: str | Path,
+    method: str,
+    *,
+    T: float = 0.0,
+    eps: float = -1.0,
+    band_mass: float = 0.5,
+    s_transform: str = "auto",
+) -> dict[str, Decomposition]:
     """{OOD set: :func:`decompose` at :func:`pick_cell`}; empty (with a skip note) when the grid arrays
     or the benchmark's choice are missing."""
     if not has_grid_arrays(cache):
@@ -253,8 +283,17 @@ def plot_decomposition(d: Decomposition, cache: AnalysisCache, *, method: str = 
     ax.hist(X_id, bins=edges, density=True, color=style.ID_COLOR, alpha=0.55, label=f"ID ({cache.id_name})")
     ax.hist(X_ood, bins=edges, density=True, histtype="step", color="0.3", linewidth=1.0, label=f"OOD ({d.ood_set})")
     # a coloured, outlined band: its legend swatch stays visible wherever the (framed) legend lands
-    ax.axvspan(d.lo, d.hi, facecolor=style.PALETTE[8], alpha=0.35, edgecolor="0.2", linestyle="--", linewidth=0.6,
-               zorder=0, label=f"hard band ({d.band_mass:.0%} of overlap)")
+    ax.axvspan(
+        d.lo,
+        d.hi,
+        facecolor=style.PALETTE[8],
+        alpha=0.35,
+        edgecolor="0.2",
+        linestyle="--",
+        linewidth=0.6,
+        zorder=0,
+        label=f"hard band ({d.band_mass:.0%} of overlap)",
+    )
     ax.set_xlabel(s_label)
     ax.set_ylabel("density")
     ax.set_title(f"S on the test parts (AUROC {au['S (all)']:.3f})")
@@ -268,7 +307,10 @@ def plot_decomposition(d: Decomposition, cache: AnalysisCache, *, method: str = 
         ax.hist(lg_o, bins=e2, density=True, histtype="step", color="0.3", linewidth=1.0, label="OOD in band")
         ax.legend(loc="best", fontsize=6)
     ax.set_xlabel(r"$\log_{10}\|G\|^2$ = log10(SG / S²)")
-    band_txt = (f"AUROC in band: S {au['S (band)']:.3f}, G {au['G (band)']:.3f}"
-                if np.isfinite(au["G (band)"]) else "band too small for AUROCs")
+    band_txt = (
+        f"AUROC in band: S {au['S (band)']:.3f}, G {au['G (band)']:.3f}"
+        if np.isfinite(au["G (band)"])
+        else "band too small for AUROCs"
+    )
     ax.set_title(f"G inside the band S∈[{d.s_units(d.lo):.4g}, {d.s_units(d.hi):.4g}]\n{band_txt}")
     return fig

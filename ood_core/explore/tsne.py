@@ -3,6 +3,7 @@
 The same sampled rows are embedded twice, once from ``h`` and once from ``lowdim_<subspace>``; each view
 is standardised per dimension before openTSNE (PCA initialisation, fixed ``random_state``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +18,7 @@ OOD_MARKERS = ["x", "+", "1", "^", "s", "D", "v", "*"]  # one marker per OOD set
 def sample_rows(cache: AnalysisCache, rng: np.random.Generator, n_points: int) -> list[tuple[str, np.ndarray]]:
     """[(set, sorted row indices)]: up to ``n_points`` rows of the ID test set, then up to
     ``n_points // n_ood`` (at least 1) rows of each OOD set, drawn without replacement in that order."""
+
     def take(n_total: int, k: int) -> np.ndarray:
         return np.sort(rng.choice(n_total, size=min(k, n_total), replace=False))
 
@@ -33,8 +35,10 @@ def views(cache: AnalysisCache, picks: list[tuple[str, np.ndarray]], subspace: s
     out = {"penultimate features $h$": np.concatenate([cache.arrays(n)["h"][i] for n, i in picks]).astype(np.float64)}
     key = f"lowdim_{subspace}"
     if not all(cache.has(n, key) for n, _ in picks):
-        note(f"'{key}' missing for some set (subspaces with arrays: {cache.lowdim_subspaces()}); "
-             "showing the feature panel only")
+        note(
+            f"'{key}' missing for some set (subspaces with arrays: {cache.lowdim_subspaces()}); "
+            "showing the feature panel only"
+        )
         return out
     G = np.concatenate([cache.arrays(n)[key][i] for n, i in picks]).astype(np.float64)
     out[f"low-dim gradients $G_{{low}}$ ({subspace}, K={G.shape[1]})"] = G
@@ -56,15 +60,23 @@ def standardise(X: np.ndarray) -> np.ndarray:
     return (X - X.mean(0)) / (X.std(0) + 1e-8)
 
 
-def embed(X: np.ndarray, *, perplexity: float, n_iter: int, early_exaggeration_iter: int, seed: int,
-          n_jobs: int = 1) -> np.ndarray:
+def embed(
+    X: np.ndarray, *, perplexity: float, n_iter: int, early_exaggeration_iter: int, seed: int, n_jobs: int = 1
+) -> np.ndarray:
     """2-D openTSNE embedding of the standardised ``X`` (PCA initialisation, ``random_state=seed``)."""
     from openTSNE import TSNE
 
     X = standardise(np.asarray(X, np.float64))
-    tsne = TSNE(n_components=2, perplexity=capped_perplexity(perplexity, len(X)), n_iter=n_iter,
-                early_exaggeration_iter=early_exaggeration_iter, initialization="pca",
-                random_state=seed, n_jobs=n_jobs, verbose=False)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=capped_perplexity(perplexity, len(X)),
+        n_iter=n_iter,
+        early_exaggeration_iter=early_exaggeration_iter,
+        initialization="pca",
+        random_state=seed,
+        n_jobs=n_jobs,
+        verbose=False,
+    )
     return np.asarray(tsne.fit(X))
 
 
@@ -79,14 +91,31 @@ def plot_tsne(emb: dict[str, np.ndarray], role: np.ndarray, y_id: np.ndarray, ca
     for ax, (title, E) in zip(axes[0], emb.items()):
         for j, o in enumerate(cache.ood_names):
             m = role == o
-            ax.scatter(E[m, 0], E[m, 1], s=4, c=style.OOD_COLOR, marker=OOD_MARKERS[j % len(OOD_MARKERS)],
-                       linewidths=0.5, alpha=0.7, label=f"OOD: {o}", rasterized=True)
+            ax.scatter(
+                E[m, 0],
+                E[m, 1],
+                s=4,
+                c=style.OOD_COLOR,
+                marker=OOD_MARKERS[j % len(OOD_MARKERS)],
+                linewidths=0.5,
+                alpha=0.7,
+                label=f"OOD: {o}",
+                rasterized=True,
+            )
         Eid = E[role == ID]
         for c in np.unique(y_id):
             mc = y_id == c
             name = cache.class_names[c] if c < len(cache.class_names) else str(c)
-            ax.scatter(Eid[mc, 0], Eid[mc, 1], s=4, color=cls_colors[c % len(cls_colors)], linewidths=0,
-                       alpha=0.85, label=name if len(cls_colors) <= 10 else None, rasterized=True)
+            ax.scatter(
+                Eid[mc, 0],
+                Eid[mc, 1],
+                s=4,
+                color=cls_colors[c % len(cls_colors)],
+                linewidths=0,
+                alpha=0.85,
+                label=name if len(cls_colors) <= 10 else None,
+                rasterized=True,
+            )
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -8,6 +8,7 @@ A ``DeltaFn`` maps logits f to delta; the engines then compute dL_i/dtheta = J_i
 
 Half-precision logits are upcast to float32 first.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -10,6 +10,7 @@ Cost per chunk: one forward at x serves every T (its backward for T gives both t
 sign used for the perturbation and the eps = 0 norms, retain_graph across T); then one forward +
 one backward per (eps > 0, T) at x~, since x~ differs per (eps, T).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,9 +22,9 @@ import torch.nn as nn
 from .deltas import ce_pred_delta, kl_uniform_delta
 from .hooks import DEFAULT_MAX_BYTES, HookEngine
 from .per_sample import per_sample_sq_norms
+from .perturb import SPACES, apply_sign_step
 from .runtime import model_device_dtype
 from .selection import ParamSpec
-from .perturb import SPACES, apply_sign_step
 
 __all__ = ["grodin_grid", "kl_allweights_sqnorm"]
 
@@ -116,8 +117,9 @@ def kl_allweights_sqnorm(
     dev, pdt = model_device_dtype(model)
     out = []
     for s in range(0, x.shape[0], chunk):
-        xc = x[s: s + chunk].to(device=dev, dtype=pdt)
-        _, sq = per_sample_sq_norms(model, xc, kl_uniform_delta, params=params, max_bytes=max_bytes,
-                                    amp_dtype=amp_dtype)
+        xc = x[s : s + chunk].to(device=dev, dtype=pdt)
+        _, sq = per_sample_sq_norms(
+            model, xc, kl_uniform_delta, params=params, max_bytes=max_bytes, amp_dtype=amp_dtype
+        )
         out.append(sq.cpu().numpy().astype(np.float32))
     return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -11,6 +11,7 @@ samples are independent) and restored afterwards. A module holding selected para
 rule, a parameter shared by two modules, or a module called twice per forward raises
 UnsupportedModuleError naming it (``method="vmap"`` handles those).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -98,7 +99,7 @@ class HookEngine:
         self._where = where
         self._shapes = dict((n, p.shape) for n, p in model.named_parameters() if n in sel)
         self._handles: list = []
-        self._clone: set[str] = set()     # modules whose output is modified in place downstream
+        self._clone: set[str] = set()  # modules whose output is modified in place downstream
         self._clone_in: set[str] = set()  # modules whose input is modified in place afterwards
         self._ctx: contextlib.ExitStack | None = None
         self._reset()
@@ -163,8 +164,9 @@ class HookEngine:
             with torch.enable_grad(), autocast(dev, amp_dtype):
                 logits = self.model(x)
             changed = {m for m, o in self.outputs.items() if o._version != self._versions[m]}
-            changed_in = {m for m, a in self.inputs.items()
-                          if m not in self._clone_in and a._version != self._in_versions[m]}
+            changed_in = {
+                m for m, a in self.inputs.items() if m not in self._clone_in and a._version != self._in_versions[m]
+            }
             if not changed and not changed_in:
                 break
             self._clone |= changed
@@ -180,8 +182,9 @@ class HookEngine:
         self.x, self.logits = x, logits
         return logits
 
-    def _backward(self, delta: torch.Tensor, retain_graph: bool,
-                  input_grad: bool) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
+    def _backward(
+        self, delta: torch.Tensor, retain_graph: bool, input_grad: bool
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
         """Output gradients of the plan's modules for sum_i <delta_i, f_i> (None for a module the
         loss does not reach), and d/dx of it when ``input_grad`` (else None)."""
         if self.logits is None:
@@ -204,8 +207,9 @@ class HookEngine:
         for layer, g in zip(self.plan, gs):
             if g is None:
                 continue
-            acc += layer.rule.sq_norm(layer.module, layer.local, self.inputs[layer.name], g,
-                                      self.max_bytes).to(torch.float64)
+            acc += layer.rule.sq_norm(layer.module, layer.local, self.inputs[layer.name], g, self.max_bytes).to(
+                torch.float64
+            )
         return acc
 
     def sq_norms(self, delta: torch.Tensor, *, retain_graph: bool = False) -> torch.Tensor:
@@ -213,15 +217,17 @@ class HookEngine:
         gs, _ = self._backward(delta, retain_graph, False)
         return self._sum_sq_norms(gs, delta.shape[0], delta.device)
 
-    def sq_norms_and_input_grad(self, delta: torch.Tensor, *,
-                                retain_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def sq_norms_and_input_grad(
+        self, delta: torch.Tensor, *, retain_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``sq_norms`` and, from the same backward, d/dx of sum_i <delta_i, f_i> (per sample,
         since samples are independent)."""
         gs, gx = self._backward(delta, retain_graph, True)
         return self._sum_sq_norms(gs, delta.shape[0], delta.device), gx
 
-    def grads_flat(self, delta: torch.Tensor, *, retain_graph: bool = False,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+    def grads_flat(
+        self, delta: torch.Tensor, *, retain_graph: bool = False, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Materialised per-sample gradients (N, P), columns in ``model.named_parameters()`` order;
         written into ``out`` when given (e.g. a slice of a reused buffer), else a new tensor."""
         gs, _ = self._backward(delta, retain_graph, False)
@@ -235,7 +241,7 @@ class HookEngine:
             shape = self._shapes[name]
             size = torch.Size(shape).numel()
             mname, ln = self._where[name]
-            views.setdefault(mname, {})[ln] = out[:, off: off + size].view(n, *shape)
+            views.setdefault(mname, {})[ln] = out[:, off : off + size].view(n, *shape)
             off += size
         for layer, g in zip(self.plan, gs):
             if g is None:
@@ -246,14 +252,20 @@ class HookEngine:
         return out
 
 
-def run_chunks(eng: HookEngine, x: torch.Tensor, delta_fn: DeltaFn, chunk: int, amp_dtype: torch.dtype | None,
-               step: Callable[[HookEngine, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def run_chunks(
+    eng: HookEngine,
+    x: torch.Tensor,
+    delta_fn: DeltaFn,
+    chunk: int,
+    amp_dtype: torch.dtype | None,
+    step: Callable[[HookEngine, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked forward + one backward per chunk with ``eng``: ``(logits (N, C), cat of step(eng, delta))``
     with ``step`` = ``HookEngine.sq_norms`` or ``HookEngine.grads_flat``."""
     logits_all, out_all = [], []
     with eng:
         for s in range(0, x.shape[0], chunk):
-            lg = eng.forward(x[s: s + chunk], amp_dtype=amp_dtype)
+            lg = eng.forward(x[s : s + chunk], amp_dtype=amp_dtype)
             out_all.append(step(eng, delta_fn(lg.detach())))
             logits_all.append(upcast(lg.detach()))
     return torch.cat(logits_all), torch.cat(out_all)

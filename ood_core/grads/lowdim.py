@@ -11,6 +11,7 @@ normalized x tensors, or (x, y, ...) tuples whose first item is x) and over chun
 gradients from ``HookEngine.grads_flat``. Subspace bases V (P, K) and the stats live on the model's
 device; P x K must fit there (ResNet-18, K = 200: 2.2 G entries = 9 GB in float32).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, Sequence
@@ -55,8 +56,12 @@ HEAD_NAMES = ("head.weight", "head.bias")
 
 def _head_only(model: nn.Module, names: list[str]) -> bool:
     """True when the selected parameters are the linear head's (the closed form applies)."""
-    return (bool(names) and set(names) <= set(HEAD_NAMES) and isinstance(getattr(model, "head", None), nn.Linear)
-            and callable(getattr(model, "features", None)))
+    return (
+        bool(names)
+        and set(names) <= set(HEAD_NAMES)
+        and isinstance(getattr(model, "head", None), nn.Linear)
+        and callable(getattr(model, "features", None))
+    )
 
 
 def head_grads_closed_form(model: nn.Module, x: torch.Tensor, names: list[str], delta_fn: DeltaFn) -> torch.Tensor:
@@ -71,8 +76,9 @@ def head_grads_closed_form(model: nn.Module, x: torch.Tensor, names: list[str], 
         return torch.cat([cols[n] for n in names], dim=1)
 
 
-def _iter_raw(model: nn.Module, batches: Iterable, names: list[str], delta_fn: DeltaFn, chunk: int,
-              with_labels: bool = False) -> Iterator:
+def _iter_raw(
+    model: nn.Module, batches: Iterable, names: list[str], delta_fn: DeltaFn, chunk: int, with_labels: bool = False
+) -> Iterator:
     """Yields (G (n, P) on the model device, labels or None) for consecutive chunks of samples.
     Head-only parameter sets use the closed form (forward only); others the hooks engine, whose G
     is a view of one reused buffer: valid until the next chunk is asked for (consume, don't keep)."""
@@ -82,24 +88,24 @@ def _iter_raw(model: nn.Module, batches: Iterable, names: list[str], delta_fn: D
             x = _first(item)
             y = item[1] if with_labels else None
             for s in range(0, x.shape[0], chunk):
-                xc = x[s: s + chunk].to(device=dev, dtype=pdt)
+                xc = x[s : s + chunk].to(device=dev, dtype=pdt)
                 g = head_grads_closed_form(model, xc, names, delta_fn)
-                yield g, (None if y is None else torch.as_tensor(y[s: s + chunk]).to(dev))
+                yield g, (None if y is None else torch.as_tensor(y[s : s + chunk]).to(dev))
         return
     eng = HookEngine(model, names)
     buf: torch.Tensor | None = None  # one (chunk, P) buffer for every chunk: a fresh multi-GB
-    with eng:                        # tensor per chunk costs more in page faults than the products
+    with eng:  # tensor per chunk costs more in page faults than the products
         for item in batches:
             x = _first(item)
             y = item[1] if with_labels else None
             for s in range(0, x.shape[0], chunk):
-                xc = x[s: s + chunk].to(device=dev, dtype=pdt)
+                xc = x[s : s + chunk].to(device=dev, dtype=pdt)
                 lg = eng.forward(xc)
                 delta = delta_fn(lg.detach())
                 if buf is None or buf.dtype != delta.dtype:
                     buf = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=dev)
                 g = eng.grads_flat(delta, out=buf[: xc.shape[0]])
-                yield g, (None if y is None else torch.as_tensor(y[s: s + chunk]).to(dev))
+                yield g, (None if y is None else torch.as_tensor(y[s : s + chunk]).to(dev))
 
 
 def whiten(g: torch.Tensor, stats: GradStats | None) -> torch.Tensor:
@@ -110,9 +116,15 @@ def whiten(g: torch.Tensor, stats: GradStats | None) -> torch.Tensor:
     return (g - mean.to(g.dtype)) * scale.to(g.dtype)
 
 
-def iter_whitened_grads(model: nn.Module, batches: Iterable, stats: GradStats | None = None,
-                        params: ParamSpec = "all", *, delta_fn: DeltaFn = energy_delta,
-                        chunk: int = DEFAULT_CHUNK) -> Iterator[torch.Tensor]:
+def iter_whitened_grads(
+    model: nn.Module,
+    batches: Iterable,
+    stats: GradStats | None = None,
+    params: ParamSpec = "all",
+    *,
+    delta_fn: DeltaFn = energy_delta,
+    chunk: int = DEFAULT_CHUNK,
+) -> Iterator[torch.Tensor]:
     """Chunks (n, P) of whitened per-sample gradients, in data order."""
     names = resolve_params(model, params)
     for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
@@ -127,8 +139,9 @@ def _out_dtype(model: nn.Module) -> torch.dtype:
 # statistics
 
 
-def _merge_moments(a: tuple[int, torch.Tensor, torch.Tensor] | None, nb: int, mb: torch.Tensor,
-                   m2b: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+def _merge_moments(
+    a: tuple[int, torch.Tensor, torch.Tensor] | None, nb: int, mb: torch.Tensor, m2b: torch.Tensor
+) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(count, mean, centred sum of squares) of two disjoint sample sets (Chan, Golub, LeVeque 1983)."""
     if a is None or a[0] == 0:
         return nb, mb, m2b
@@ -140,9 +153,15 @@ def _merge_moments(a: tuple[int, torch.Tensor, torch.Tensor] | None, nb: int, mb
     return tot, mean + d * (nb / tot), m2 + m2b + d.pow(2) * (count * nb / tot)
 
 
-def gradient_stats(model: nn.Module, batches: Iterable, params: ParamSpec = "all", *,
-                   delta_fn: DeltaFn = energy_delta, chunk: int = DEFAULT_CHUNK,
-                   ranks: Ranks = Ranks()) -> GradStats:
+def gradient_stats(
+    model: nn.Module,
+    batches: Iterable,
+    params: ParamSpec = "all",
+    *,
+    delta_fn: DeltaFn = energy_delta,
+    chunk: int = DEFAULT_CHUNK,
+    ranks: Ranks = Ranks(),
+) -> GradStats:
     """NFK whitening statistics over the samples of ``batches``: ``(mean (P,), scale (P,))``.
 
     One pass; chunk means and centred sums of squares are merged in float64 (Chan et al.), so no
@@ -250,11 +269,13 @@ def pca_subspace(
         for g in raw_chunks():
             y = g.to(acc) @ ms
             rows.append((y if shift is None else y - shift).to(torch.float64))
-        y = ranks.all_gather_rows(torch.cat(rows) if rows else torch.zeros(0, m.shape[1], dtype=torch.float64,
-                                                                              device=dev))
+        y = ranks.all_gather_rows(
+            torch.cat(rows) if rows else torch.zeros(0, m.shape[1], dtype=torch.float64, device=dev)
+        )
         if ranks.is_distributed and not offsets:
-            sizes = ranks.all_gather(torch.tensor([float(sum(r.shape[0] for r in rows))], dtype=torch.float64,
-                                                  device=dev))
+            sizes = ranks.all_gather(
+                torch.tensor([float(sum(r.shape[0] for r in rows))], dtype=torch.float64, device=dev)
+            )
             offsets.append(int(sum(float(c.item()) for c in sizes[: ranks.rank])))
         if n_rows and y.shape[0] != n_rows[0]:
             raise RuntimeError(f"batches_factory gave {y.shape[0]} samples, an earlier pass {n_rows[0]}")
@@ -267,7 +288,7 @@ def pca_subspace(
         s = first
         for g in raw_chunks():
             n = g.shape[0]
-            out.addmm_(g.to(acc).T, q[s: s + n].to(acc))
+            out.addmm_(g.to(acc).T, q[s : s + n].to(acc))
             s += n
         if not ranks.is_distributed and s != q.shape[0]:
             raise RuntimeError(f"batches_factory gave {s} samples, an earlier pass {q.shape[0]}")

@@ -8,6 +8,7 @@ mode); ``method="vmap"`` the torch.func reference (``vmap.py``), which handles a
 parameters covered are chosen by ``params`` (``selection.py``); flat gradients follow
 ``model.named_parameters()`` order.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,11 +57,13 @@ def per_sample_sq_norms(
     _, pdt = model_device_dtype(model)
     out_dt = torch.float64 if pdt == torch.float64 else torch.float32
     if method == "vmap":
-        logits, sq = vmap_sq_norms(model, x, delta_fn, select_param_names(model, params), chunk=chunk,
-                                   amp_dtype=amp_dtype)
+        logits, sq = vmap_sq_norms(
+            model, x, delta_fn, select_param_names(model, params), chunk=chunk, amp_dtype=amp_dtype
+        )
     else:
-        logits, sq = run_chunks(HookEngine(model, params, max_bytes=max_bytes), x, delta_fn, chunk, amp_dtype,
-                                HookEngine.sq_norms)
+        logits, sq = run_chunks(
+            HookEngine(model, params, max_bytes=max_bytes), x, delta_fn, chunk, amp_dtype, HookEngine.sq_norms
+        )
     return logits, sq.to(out_dt)
 
 
@@ -79,6 +82,5 @@ def per_sample_grads_flat(
     fit (or use ``HookEngine.grads_flat`` with a reused buffer)."""
     chunk = _chunk_for(method, x.shape[0], chunk)
     if method == "vmap":
-        return vmap_grads_flat(model, x, delta_fn, select_param_names(model, params), chunk=chunk,
-                               amp_dtype=amp_dtype)
+        return vmap_grads_flat(model, x, delta_fn, select_param_names(model, params), chunk=chunk, amp_dtype=amp_dtype)
     return run_chunks(HookEngine(model, params), x, delta_fn, chunk, amp_dtype, HookEngine.grads_flat)

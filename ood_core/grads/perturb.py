@@ -8,6 +8,7 @@ the step in the normalized input space the model sees (gradnorm_ood's copy of OD
 pixel units (facebookresearch/odin and OpenOOD). The model is evaluated in eval mode; samples are
 independent, so one batched backward of the summed loss gives every sample's input gradient.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -32,8 +33,9 @@ def _std_view(std, x: torch.Tensor) -> torch.Tensor:
     return s.reshape(1, -1, *([1] * (x.dim() - 2))) if s.numel() > 1 else s.reshape(())
 
 
-def input_grad_sign(model: nn.Module, x: torch.Tensor, T: float = 1.0, *,
-                    amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def input_grad_sign(
+    model: nn.Module, x: torch.Tensor, T: float = 1.0, *, amp_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sign(grad_x CE(f(x)/T, argmax f(x))), logits at x)`` for a batch, one forward + backward."""
     dev, pdt = model_device_dtype(model)
     x = x.detach().to(device=dev, dtype=pdt).requires_grad_(True)
@@ -46,8 +48,14 @@ def input_grad_sign(model: nn.Module, x: torch.Tensor, T: float = 1.0, *,
     return gx.sign(), z.detach()
 
 
-def apply_sign_step(x: torch.Tensor, sign: torch.Tensor, eps: float, *, space: str = "normalized",
-                    std: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+def apply_sign_step(
+    x: torch.Tensor,
+    sign: torch.Tensor,
+    eps: float,
+    *,
+    space: str = "normalized",
+    std: Sequence[float] | torch.Tensor | None = None,
+) -> torch.Tensor:
     """x - eps * sign (normalized space) or x - eps * sign / std (pixel space)."""
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
@@ -57,9 +65,16 @@ def apply_sign_step(x: torch.Tensor, sign: torch.Tensor, eps: float, *, space: s
     return (x - float(eps) * step).detach()
 
 
-def odin_perturb(model: nn.Module, x: torch.Tensor, eps: float, T: float = 1.0, *,
-                 space: str = "normalized", std: Sequence[float] | torch.Tensor | None = None,
-                 amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def odin_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    T: float = 1.0,
+    *,
+    space: str = "normalized",
+    std: Sequence[float] | torch.Tensor | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """ODIN-perturbed inputs x~ (same shape, on the model's device). eps = 0 returns x unchanged."""
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")

@@ -1,5 +1,6 @@
 """Device, dtype and mode helpers shared by the gradient code: where the model lives, float32
 arithmetic for half-precision tensors, eval mode for a call, optional autocast."""
+
 from __future__ import annotations
 
 import contextlib

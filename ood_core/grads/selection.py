@@ -6,6 +6,7 @@ prefixes, or a callable ``name -> bool``. Selected names follow ``model.named_pa
 and so do the columns of flat gradients. :func:`resolve_params` adds ``"last_block"`` (the last
 residual stage + head of the zoo's models, Wu et al.'s "which layers" ablation).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence, Union
@@ -28,9 +29,7 @@ def select_param_names(model: nn.Module, params: ParamSpec = "all") -> list[str]
         prefixes = [params] if isinstance(params, str) else list(params)
         for pre in prefixes:
             if not any(n == pre or n.startswith(pre + ".") for n in names):
-                raise ValueError(
-                    f"parameter prefix '{pre}' matches no trainable parameter of {type(model).__name__}"
-                )
+                raise ValueError(f"parameter prefix '{pre}' matches no trainable parameter of {type(model).__name__}")
         sel = [n for n in names if any(n == pre or n.startswith(pre + ".") for pre in prefixes)]
     if not sel:
         raise ValueError(f"parameter selection {params!r} selects no trainable parameter")

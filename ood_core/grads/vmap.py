@@ -5,6 +5,7 @@ Handles any model (no per-layer rules), at the cost of materialising the (chunk,
 eval mode for the call. (vmap + autocast fails on CPU for BatchNorm models in torch 2.14: the
 batching rule of batch_norm rejects bf16 inputs with float32 running statistics.)
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -33,8 +34,15 @@ def _flat_of(g: dict[str, torch.Tensor], names: list[str], n: int) -> torch.Tens
     return torch.cat([upcast(g[name]).reshape(n, -1) for name in names], 1)
 
 
-def _run(model: nn.Module, x: torch.Tensor, delta_fn: DeltaFn, names: list[str], chunk: int,
-         amp_dtype: torch.dtype | None, reduce: Reduce) -> tuple[torch.Tensor, torch.Tensor]:
+def _run(
+    model: nn.Module,
+    x: torch.Tensor,
+    delta_fn: DeltaFn,
+    names: list[str],
+    chunk: int,
+    amp_dtype: torch.dtype | None,
+    reduce: Reduce,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (N, C), cat over chunks of reduce(per-sample grads {name: (n, *shape)}, names, n))``."""
     from torch.func import functional_call, grad, vmap
 
@@ -55,7 +63,7 @@ def _run(model: nn.Module, x: torch.Tensor, delta_fn: DeltaFn, names: list[str],
     logits_all, res = [], []
     with eval_mode(model):
         for s in range(0, x.shape[0], chunk):
-            xc = x[s: s + chunk]
+            xc = x[s : s + chunk]
             with torch.no_grad(), autocast(dev, amp_dtype):
                 lg = model(xc)
             d = delta_fn(lg).detach()
@@ -65,15 +73,27 @@ def _run(model: nn.Module, x: torch.Tensor, delta_fn: DeltaFn, names: list[str],
     return torch.cat(logits_all), torch.cat(res)
 
 
-def vmap_sq_norms(model: nn.Module, x: torch.Tensor, delta_fn: DeltaFn, names: list[str], *,
-                  chunk: int = VMAP_DEFAULT_CHUNK,
-                  amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def vmap_sq_norms(
+    model: nn.Module,
+    x: torch.Tensor,
+    delta_fn: DeltaFn,
+    names: list[str],
+    *,
+    chunk: int = VMAP_DEFAULT_CHUNK,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (N, C), per-sample squared norm (N,) float64)`` over the parameters ``names``."""
     return _run(model, x, delta_fn, names, chunk, amp_dtype, _sq_norms_of)
 
 
-def vmap_grads_flat(model: nn.Module, x: torch.Tensor, delta_fn: DeltaFn, names: list[str], *,
-                    chunk: int = VMAP_DEFAULT_CHUNK,
-                    amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def vmap_grads_flat(
+    model: nn.Module,
+    x: torch.Tensor,
+    delta_fn: DeltaFn,
+    names: list[str],
+    *,
+    chunk: int = VMAP_DEFAULT_CHUNK,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (N, C), per-sample gradients (N, P))``, columns in ``names`` order."""
     return _run(model, x, delta_fn, names, chunk, amp_dtype, _flat_of)

@@ -2,8 +2,21 @@
 
 Importing this package registers every score (forward, gradient, decomposition, lowdim, ensemble).
 """
+
+# isort: off
+from . import forward, lastlayer, grodin, decomposition, lowdim  # noqa: F401,E402  (registers scores, in this order)
+
+# isort: on
 from .memo import Memo  # noqa: F401
 from .registry import (  # noqa: F401
-    ScoreSpec, Sweep, compute, display_name, family_display, fit, get, names, register, temporary_scores,
+    ScoreSpec,
+    Sweep,
+    compute,
+    display_name,
+    family_display,
+    fit,
+    get,
+    names,
+    register,
+    temporary_scores,
 )
-from . import forward, lastlayer, grodin, decomposition, lowdim  # noqa: F401,E402  (registers scores)

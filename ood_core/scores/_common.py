@@ -4,10 +4,11 @@ Everything here is a small pure helper: stable softmax / log-softmax / logsumexp
 ``1 - p_k`` and ``||p - e_yhat||`` without cancellation, exact batched k-NN distances, grid lookup
 for the cached ODIN/GRODIN arrays, and a content fingerprint for memoisation.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -134,8 +135,13 @@ def knn_distances(
             d2 = (qn2 + bn2[j : j + b_chunk][None, :] - 2.0 * qi @ Bj.T).clamp_min_(0.0)
             kk = min(k, d2.shape[1])
             top = torch.topk(d2, kk, dim=1, largest=False, sorted=True).values
-            best = top if best is None else torch.topk(torch.cat([best, top], 1), min(k, best.shape[1] + kk), dim=1,
-                                                       largest=False, sorted=True).values
+            best = (
+                top
+                if best is None
+                else torch.topk(
+                    torch.cat([best, top], 1), min(k, best.shape[1] + kk), dim=1, largest=False, sorted=True
+                ).values
+            )
         out[i : i + q_chunk] = best
     return out.sqrt().cpu().numpy()
 
@@ -162,10 +168,12 @@ def cached_slice(arrays: Mapping[str, np.ndarray], key: str, eps: float, T: floa
             raise GridPointUnavailable(
                 f"'{key}' at eps={eps:g}, T={T:g} was computed on validation rows only "
                 "(extract.grodin_test_points: selected); score these rows at a selected grid point "
-                "(grodin_full_points) or re-extract with extract.grodin_test_points: grid")
+                "(grodin_full_points) or re-extract with extract.grodin_test_points: grid"
+            )
         bad = int((~np.isfinite(out)).sum())
-        raise FloatingPointError(f"'{key}' at eps={eps:g}, T={T:g} has {bad} non-finite value(s); "
-                                 "the cache is corrupt or the model diverged")
+        raise FloatingPointError(
+            f"'{key}' at eps={eps:g}, T={T:g} has {bad} non-finite value(s); the cache is corrupt or the model diverged"
+        )
     return out
 
 
@@ -183,7 +191,9 @@ def fingerprint(*arrays: np.ndarray) -> str:
 def require_state(name: str, state: Any) -> Any:
     """Fitted scores call this first: a missing state is a clear error, not an AttributeError."""
     if state is None:
-        raise ValueError(f"score '{name}' needs training statistics: call registry.fit('{name}', train_arrays, ...) first")
+        raise ValueError(
+            f"score '{name}' needs training statistics: call registry.fit('{name}', train_arrays, ...) first"
+        )
     return state
 
 

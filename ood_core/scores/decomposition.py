@@ -7,6 +7,7 @@ family without any backward pass match them. This module exposes the factors as 
 registers the cross-product q in {1, 2} x V in {msp, l1u, sqnorm, energy, infogain} with exponent
 ``a`` (default 1). All V terms are oriented higher = more peaked = more in-distribution.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -75,8 +76,7 @@ OUTPUT_TERMS: dict[str, Callable[..., np.ndarray]] = {
 }
 # how the registered family members' display names write the two terms
 _FEATURE_TERM_DISPLAY = {1: "‖h‖₁", 2: "‖h‖₂"}
-_OUTPUT_TERM_DISPLAY = {"msp": "max p", "l1u": "‖p−u‖₁", "sqnorm": "‖p‖₂²", "energy": "Energy",
-                        "infogain": "InfoGain"}
+_OUTPUT_TERM_DISPLAY = {"msp": "max p", "l1u": "‖p−u‖₁", "sqnorm": "‖p‖₂²", "energy": "Energy", "infogain": "InfoGain"}
 
 
 # --------------------------------------------------------------------------- exact factor pairs
@@ -105,7 +105,7 @@ def _make(q: int, vname: str) -> Callable[..., np.ndarray]:
     score.__doc__ = (
         f"Igoe et al. family member: s = ||h||_{q}^a * V_{vname}(p), V_{vname}: "
         f"{(V.__doc__ or '').strip().splitlines()[0].rstrip('.')} (Igoe, Chung, Char, Schneider 2022, "
-        "\"How useful are gradients for OOD detection really?\"); a = 1 by default."
+        '"How useful are gradients for OOD detection really?"); a = 1 by default.'
     )
     return score
 

@@ -2,6 +2,7 @@
 
 All return float64 (N,), higher = more in-distribution.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,17 +47,31 @@ def maxlogit(arrays: Arrays, state: Any = None) -> np.ndarray:
     return as_2d(arrays["logits"], "logits").max(axis=1)
 
 
-@register("energy", family="forward", display="Energy", defaults={"T": 1.0}, grid={"T": [1.0]}, needs=("logits",),
-          paper="Liu et al., NeurIPS 2020")
+@register(
+    "energy",
+    family="forward",
+    display="Energy",
+    defaults={"T": 1.0},
+    grid={"T": [1.0]},
+    needs=("logits",),
+    paper="Liu et al., NeurIPS 2020",
+)
 def energy(arrays: Arrays, state: Any = None, *, T: float = 1.0) -> np.ndarray:
     """Energy: s = T * logsumexp(f / T) = -free energy (Liu et al. 2020, "Energy-based
     out-of-distribution detection"); T = 1 as in the paper and OpenOOD."""
     return float(T) * logsumexp(as_2d(arrays["logits"], "logits") / float(T), axis=1)
 
 
-@register("odin", family="forward", display="ODIN", defaults={"T": 1000.0, "eps": 0.0},
-          grid={"T": ODIN_T_GRID, "eps": ODIN_EPS_GRID}, needs=("odin_s", "odin_eps", "odin_T"),
-          sweeps=[Sweep(("eps", "T"))], paper="Liang et al., ICLR 2018")
+@register(
+    "odin",
+    family="forward",
+    display="ODIN",
+    defaults={"T": 1000.0, "eps": 0.0},
+    grid={"T": ODIN_T_GRID, "eps": ODIN_EPS_GRID},
+    needs=("odin_s", "odin_eps", "odin_T"),
+    sweeps=[Sweep(("eps", "T"))],
+    paper="Liang et al., ICLR 2018",
+)
 def odin(arrays: Arrays, state: Any = None, *, T: float = 1000.0, eps: float = 0.0) -> np.ndarray:
     """ODIN: s = max_k softmax(f(x~)/T)_k with x~ = x - eps * sign(grad_x CE(f(x)/T, yhat))
     (Liang et al. 2018, "Enhancing the reliability of out-of-distribution image detection").
@@ -79,9 +94,17 @@ def react_logits(h: np.ndarray, W: np.ndarray, b: np.ndarray, c: float) -> np.nd
     return np.minimum(as_2d(h, "h"), c) @ f64(W).T + f64(b)
 
 
-@register("react", family="forward", display="ReAct", defaults={"percentile": 90.0},
-          grid={"percentile": PERCENTILE_GRID}, needs=("h", "W", "b"), fit=fit_react,
-          sweeps=[Sweep(("percentile",))], paper="Sun, Guo, Li, NeurIPS 2021")
+@register(
+    "react",
+    family="forward",
+    display="ReAct",
+    defaults={"percentile": 90.0},
+    grid={"percentile": PERCENTILE_GRID},
+    needs=("h", "W", "b"),
+    fit=fit_react,
+    sweeps=[Sweep(("percentile",))],
+    paper="Sun, Guo, Li, NeurIPS 2021",
+)
 def react(arrays: Arrays, state: Any = None, *, percentile: float = 90.0) -> np.ndarray:
     """ReAct: s = logsumexp(W min(h, c) + b), c = p-th percentile (default 90) of all training
     penultimate activations (Sun, Guo, Li 2021, "ReAct: out-of-distribution detection with
@@ -98,8 +121,14 @@ def fit_mahalanobis(train: Arrays, **_: Any) -> dict[str, Any]:
     return {"classes": classes, "means": means, "precision": prec}
 
 
-@register("mahalanobis", family="forward", display="Mahalanobis", needs=("h",), fit=fit_mahalanobis,
-          paper="Lee et al., NeurIPS 2018")
+@register(
+    "mahalanobis",
+    family="forward",
+    display="Mahalanobis",
+    needs=("h",),
+    fit=fit_mahalanobis,
+    paper="Lee et al., NeurIPS 2018",
+)
 def mahalanobis(arrays: Arrays, state: Any = None) -> np.ndarray:
     """Mahalanobis: s = max_c -(h - mu_c)^T P (h - mu_c), mu_c class means and P the
     (pseudo-)inverse of the shared class-centred covariance of training features (Lee et al.
@@ -138,8 +167,9 @@ def _nn_table(z: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None, tab
     return tables.put(key, knn_distances(z, bank, min(max(k, NN_TABLE_K), len(bank))))
 
 
-def knn_score(x: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None = None,
-              tables: Memo | None = None) -> np.ndarray:
+def knn_score(
+    x: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None = None, tables: Memo | None = None
+) -> np.ndarray:
     """-||z - z_(k)||_2 with z = x/||x||, k capped at len(bank) (exact). With ``tables`` (a
     :class:`Memo`) the sorted distances of each query set are kept there and every later k reads
     them; pass ``bank_key`` = fingerprint(bank), as fitted states hold it, to skip rehashing."""
@@ -150,8 +180,17 @@ def knn_score(x: np.ndarray, bank: np.ndarray, k: int, bank_key: str | None = No
     return -_nn_table(z, bank, k, bank_key, tables)[:, k - 1]
 
 
-@register("knn", family="forward", display="KNN", defaults={"k": 50}, grid={"k": KNN_K_GRID}, needs=("h",),
-          fit=fit_knn, sweeps=[Sweep(("k",))], paper="Sun, Ming, Zhu, Li, ICML 2022")
+@register(
+    "knn",
+    family="forward",
+    display="KNN",
+    defaults={"k": 50},
+    grid={"k": KNN_K_GRID},
+    needs=("h",),
+    fit=fit_knn,
+    sweeps=[Sweep(("k",))],
+    paper="Sun, Ming, Zhu, Li, ICML 2022",
+)
 def knn(arrays: Arrays, state: Any = None, *, k: int = 50) -> np.ndarray:
     """KNN: s = -||z - z_(k)||_2, z = h/||h||_2, z_(k) the k-th nearest L2-normalised training
     feature, exact batched search (Sun et al. 2022, "Out-of-distribution detection with deep
@@ -193,8 +232,16 @@ def vim_residual(h: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     return np.linalg.norm((as_2d(h, "h") - state["origin"]) @ state["NS"], axis=1)
 
 
-@register("vim", family="forward", display="ViM", defaults={"dim": None}, grid={"dim": [None, 16, 64, 256, 1000]},
-          needs=("h", "logits"), fit=fit_vim, paper="Wang et al., CVPR 2022")
+@register(
+    "vim",
+    family="forward",
+    display="ViM",
+    defaults={"dim": None},
+    grid={"dim": [None, 16, 64, 256, 1000]},
+    needs=("h", "logits"),
+    fit=fit_vim,
+    paper="Wang et al., CVPR 2022",
+)
 def vim(arrays: Arrays, state: Any = None, *, dim: int | None = None) -> np.ndarray:
     """ViM: s = logsumexp(f) - alpha * ||R^T (h - o)||_2 with o = -pinv(W) b, R the eigenvectors
     of the training covariance of (h - o) outside its top-``dim`` principal subspace, and

@@ -7,6 +7,7 @@ G = -sum_{c != yhat} exp(f_c - f_yhat) d(f_c - f_yhat)/dtheta, so ||G||^2 = ||gr
 The extraction pass caches ``odin_s`` (= S) and ``grodin_sqnorm`` (= ||grad||^2) on the
 (``odin_eps``, ``odin_T``) grid; (eps, T) must be grid values (no rounding).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,32 +23,60 @@ _PAPER = "GRODIN, ICLR 2022 submission"
 _SWEEPS = [Sweep(("eps", "T"), ablation="grodin")]  # the eps x T sweep and the GRODIN ablation (§3.1)
 
 
-@register("grodin_s", family="gradient", display="GRODIN S", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
-          needs=("odin_s", "odin_eps", "odin_T"), paper=_PAPER)
+@register(
+    "grodin_s",
+    family="gradient",
+    display="GRODIN S",
+    defaults={"eps": 0.0, "T": 1.0},
+    grid=_GRID,
+    needs=("odin_s", "odin_eps", "odin_T"),
+    paper=_PAPER,
+)
 def grodin_s(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN S: s = S = p_yhat(x~) = max softmax(f(x~)/T) (identical to ODIN at the same eps, T;
     registered separately with GRODIN's defaults eps = 0, T = 1)."""
     return cached_slice(arrays, "odin_s", eps, T)
 
 
-@register("grodin_sg", family="gradient", display="GRODIN SG", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
-          needs=_NEEDS, paper=_PAPER, sweeps=_SWEEPS)
+@register(
+    "grodin_sg",
+    family="gradient",
+    display="GRODIN SG",
+    defaults={"eps": 0.0, "T": 1.0},
+    grid=_GRID,
+    needs=_NEEDS,
+    paper=_PAPER,
+    sweeps=_SWEEPS,
+)
 def grodin_sg(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN SG: s = -||d/dtheta CE(f(x~)/T, yhat)||_2^2 over all weights (negated: a large
     gradient means OOD)."""
     return -cached_slice(arrays, "grodin_sqnorm", eps, T)
 
 
-@register("grodin_g", family="gradient", display="GRODIN G", defaults={"eps": 0.0, "T": 1.0}, grid=_GRID,
-          needs=_NEEDS, paper=_PAPER, sweeps=_SWEEPS)
+@register(
+    "grodin_g",
+    family="gradient",
+    display="GRODIN G",
+    defaults={"eps": 0.0, "T": 1.0},
+    grid=_GRID,
+    needs=_NEEDS,
+    paper=_PAPER,
+    sweeps=_SWEEPS,
+)
 def grodin_g(arrays: Arrays, state: Any = None, *, eps: float = 0.0, T: float = 1.0) -> np.ndarray:
     """GRODIN G: s = -||G||_2^2 = -||grad||_2^2 / S^2 with S = odin_s (grad = S * G; S >= 1/C > 0)."""
     S = cached_slice(arrays, "odin_s", eps, T)
     return -cached_slice(arrays, "grodin_sqnorm", eps, T) / S**2
 
 
-@register("gradnorm_allweights", family="gradient", display="GradNorm (all weights, L2)", needs=("kl_allw_sqnorm",),
-          paper="Huang, Geng, Li, NeurIPS 2021 (all-layers ablation)")
+@register(
+    "gradnorm_allweights",
+    family="gradient",
+    display="GradNorm (all weights, L2)",
+    needs=("kl_allw_sqnorm",),
+    paper="Huang, Geng, Li, NeurIPS 2021 (all-layers ablation)",
+)
 def gradnorm_allweights(arrays: Arrays, state: Any = None) -> np.ndarray:
     """GradNorm over ALL weights: s = +||d/dtheta KL(u || softmax f)||_2 = sqrt(kl_allw_sqnorm)
     (T = 1, eps = 0). Orientation follows GradNorm (Huang et al. 2021): the KL-to-uniform gradient

@@ -5,6 +5,7 @@ gradients are dL/dW = delta h^T and dL/db = delta, hence
     ||dL/dW||_1 = ||delta||_1 ||h||_1,   ||dL/d[W, b]||_F^2 = ||delta||_2^2 (||h||_2^2 + 1).
 tests/test_scores_lastlayer.py checks every closed form here against torch.autograd.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,14 @@ from .forward import fit_react, react_logits
 from .registry import Arrays, Sweep, register
 
 
-@register("gradnorm", family="gradient", display="GradNorm", defaults={"T": 1.0}, needs=("h", "logits"),
-          paper="Huang, Geng, Li, NeurIPS 2021")
+@register(
+    "gradnorm",
+    family="gradient",
+    display="GradNorm",
+    defaults={"T": 1.0},
+    needs=("h", "logits"),
+    paper="Huang, Geng, Li, NeurIPS 2021",
+)
 def gradnorm(arrays: Arrays, state: Any = None, *, T: float = 1.0) -> np.ndarray:
     """GradNorm: s = ||d KL(u || softmax(f/T)) / dW||_1 = (1/T) ||h||_1 ||p_T - u||_1
     (Huang, Geng, Li 2021, "On the importance of gradients for detecting distributional shifts in
@@ -44,8 +51,9 @@ def gradnorm(arrays: Arrays, state: Any = None, *, T: float = 1.0) -> np.ndarray
     return np.abs(h).sum(axis=1) * np.abs(p - 1.0 / C).sum(axis=1) / float(T)
 
 
-@register("exgrad", family="gradient", display="ExGrad", needs=("h", "logits"),
-          paper="Igoe, Chung, Char, Schneider 2022")
+@register(
+    "exgrad", family="gradient", display="ExGrad", needs=("h", "logits"), paper="Igoe, Chung, Char, Schneider 2022"
+)
 def exgrad(arrays: Arrays, state: Any = None) -> np.ndarray:
     """ExGrad (negated): s = -(||h||_2^2 + 1) (1 - ||p||_2^2), the expected squared gradient norm
     E_{y~p} ||grad_{W,b} log p_y||_2^2 of the last layer's weight AND bias with the label drawn
@@ -61,11 +69,23 @@ def exgrad(arrays: Arrays, state: Any = None) -> np.ndarray:
     return -((h * h).sum(axis=1) + 1.0) * out_term
 
 
-@register("rg", family="gradient", display="RG (Reactivate GradNorm)",
-          defaults={"percentile": 90.0, "clipped_logits": True}, grid={"percentile": PERCENTILE_GRID},
-          needs=("h", "W", "b"), fit=fit_react, paper="Reactivate GradNorm, ICLR 2023 submission",
-          sweeps=[Sweep(("percentile",), ablation="rg_percentile",
-                        caption="RG: test AUROC (%) vs clipping percentile (other parameters at defaults)")])
+@register(
+    "rg",
+    family="gradient",
+    display="RG (Reactivate GradNorm)",
+    defaults={"percentile": 90.0, "clipped_logits": True},
+    grid={"percentile": PERCENTILE_GRID},
+    needs=("h", "W", "b"),
+    fit=fit_react,
+    paper="Reactivate GradNorm, ICLR 2023 submission",
+    sweeps=[
+        Sweep(
+            ("percentile",),
+            ablation="rg_percentile",
+            caption="RG: test AUROC (%) vs clipping percentile (other parameters at defaults)",
+        )
+    ],
+)
 def rg(arrays: Arrays, state: Any = None, *, percentile: float = 90.0, clipped_logits: bool = True) -> np.ndarray:
     """RG (Reactivate GradNorm, ICLR 2023 submission): s = ||min(h, c)||_1 * logsumexp(f~),
     c the ReAct threshold (p-th percentile of all training activations, default 90) and
@@ -83,8 +103,15 @@ def rg(arrays: Arrays, state: Any = None, *, percentile: float = 90.0, clipped_l
     return np.abs(hc).sum(axis=1) * logsumexp(f, axis=1)
 
 
-@register("grodin_sg_lastlayer", family="gradient", display="GRODIN SG (last layer)", defaults={"T": 1.0},
-          grid={"T": ODIN_T_GRID}, needs=("h", "logits"), paper="GRODIN, ICLR 2022 submission")
+@register(
+    "grodin_sg_lastlayer",
+    family="gradient",
+    display="GRODIN SG (last layer)",
+    defaults={"T": 1.0},
+    grid={"T": ODIN_T_GRID},
+    needs=("h", "logits"),
+    paper="GRODIN, ICLR 2022 submission",
+)
 def grodin_sg_lastlayer(arrays: Arrays, state: Any = None, *, T: float = 1.0) -> np.ndarray:
     """GRODIN SG, last layer only: s = -||grad_{W,b} CE(f/T, yhat)||_2^2
     = -||p_T - e_yhat||_2^2 (||h||_2^2 + 1) / T^2 (GRODIN, ICLR 2022 submission, "Gradient-based
@@ -94,8 +121,15 @@ def grodin_sg_lastlayer(arrays: Arrays, state: Any = None, *, T: float = 1.0) ->
     return -d2 * ((h * h).sum(axis=1) + 1.0) / float(T) ** 2
 
 
-@register("grodin_g_lastlayer", family="gradient", display="GRODIN G (last layer)", defaults={"T": 1.0},
-          grid={"T": ODIN_T_GRID}, needs=("h", "logits"), paper="GRODIN, ICLR 2022 submission")
+@register(
+    "grodin_g_lastlayer",
+    family="gradient",
+    display="GRODIN G (last layer)",
+    defaults={"T": 1.0},
+    grid={"T": ODIN_T_GRID},
+    needs=("h", "logits"),
+    paper="GRODIN, ICLR 2022 submission",
+)
 def grodin_g_lastlayer(arrays: Arrays, state: Any = None, *, T: float = 1.0) -> np.ndarray:
     """GRODIN G, last layer only: grad = S * G with S = p_yhat, so s = -||G||^2 =
     -||p_T - e_yhat||^2 (||h||^2 + 1) / (T^2 p_yhat^2). Computed from r_c = exp((f_c - f_yhat)/T)

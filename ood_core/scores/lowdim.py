@@ -12,6 +12,7 @@ energy gradient over all weights projected on a K-dim subspace (docs/architectur
 - ``lowdim_knn_react`` (family "ensemble") = a * lowdim_knn + ReAct energy on forward features.
 The probe is affine in eval mode, so all its gradients (ODIN, GradNorm) are closed forms.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,6 @@ from ._common import (
     as_2d,
     check_fitted_param,
     class_means_tied_precision,
-    f64,
     fingerprint,
     logsumexp,
     max_neg_mahalanobis,
@@ -83,9 +83,18 @@ class Probe:
 
 
 def train_probe(
-    G: np.ndarray, y: np.ndarray, n_classes: int, *, epochs: int = 10, lr: float = 0.1,
-    schedule: str = "cosine", seed: int = 0, batch: int = PROBE_BATCH,
-    momentum: float = PROBE_MOMENTUM, weight_decay: float = PROBE_WD, memo: Memo | None = None,
+    G: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    epochs: int = 10,
+    lr: float = 0.1,
+    schedule: str = "cosine",
+    seed: int = 0,
+    batch: int = PROBE_BATCH,
+    momentum: float = PROBE_MOMENTUM,
+    weight_decay: float = PROBE_WD,
+    memo: Memo | None = None,
 ) -> Probe:
     """Train BatchNorm1d(K) -> Linear(K, C) with CE on (G, y): SGD (momentum, weight decay on all
     parameters), lr ``lr`` with a per-step cosine decay to 0 (``schedule='cosine'``) or constant,
@@ -104,8 +113,18 @@ def train_probe(
         raise ValueError(f"G_low ({len(G)}) and labels ({len(y)}) differ in length")
     if np.any(y < 0) or np.any(y >= n_classes):
         raise ValueError(f"probe labels must be in [0, {n_classes}); got range [{y.min()}, {y.max()}]")
-    key = ("probe", fingerprint(G, y), int(n_classes), int(epochs), float(lr), schedule, int(seed), int(batch),
-           float(momentum), float(weight_decay))
+    key = (
+        "probe",
+        fingerprint(G, y),
+        int(n_classes),
+        int(epochs),
+        float(lr),
+        schedule,
+        int(seed),
+        int(batch),
+        float(momentum),
+        float(weight_decay),
+    )
     known = None if memo is None else memo.get(key)
     if known is not None:
         return known
@@ -139,8 +158,9 @@ def train_probe(
             opt.step()
     model.eval()
     d = lambda t: t.detach().cpu().numpy().astype(np.float64)  # noqa: E731
-    probe = Probe(d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), float(bn.eps),
-                  d(lin.weight), d(lin.bias))
+    probe = Probe(
+        d(bn.running_mean), d(bn.running_var), d(bn.weight), d(bn.bias), float(bn.eps), d(lin.weight), d(lin.bias)
+    )
     return probe if memo is None else memo.put(key, probe)
 
 
@@ -158,8 +178,14 @@ def fit_probe_state(train: Arrays, *, subspace: str = "pca", memo: Memo | None =
     """Train (or fetch from ``memo``) the probe on the training G_low."""
     pp = _probe_params(params)
     probe = train_probe(
-        lowdim_array(train, subspace), train["y"], _n_classes(train), epochs=pp["probe_epochs"],
-        lr=pp["probe_lr"], schedule=pp["probe_schedule"], seed=pp["probe_seed"], memo=memo,
+        lowdim_array(train, subspace),
+        train["y"],
+        _n_classes(train),
+        epochs=pp["probe_epochs"],
+        lr=pp["probe_lr"],
+        schedule=pp["probe_schedule"],
+        seed=pp["probe_seed"],
+        memo=memo,
     )
     return {"probe": probe, "subspace": subspace, "probe_params": pp}
 
@@ -171,10 +197,19 @@ def _probe(name: str, state: Any, subspace: str, params: dict[str, Any]) -> Prob
     return st["probe"]
 
 
-def _reg_probe(name: str, display: str, defaults: dict[str, Any], grid: dict[str, list[Any]] | None = None,
-               fit=fit_probe_state):
-    return register(name, family="lowdim", display=display, defaults={"subspace": "pca", **defaults, **PROBE_DEFAULTS},
-                    grid=grid or {}, needs=(LOWDIM_INPUT,), fit=fit, paper=PAPER)
+def _reg_probe(
+    name: str, display: str, defaults: dict[str, Any], grid: dict[str, list[Any]] | None = None, fit=fit_probe_state
+):
+    return register(
+        name,
+        family="lowdim",
+        display=display,
+        defaults={"subspace": "pca", **defaults, **PROBE_DEFAULTS},
+        grid=grid or {},
+        needs=(LOWDIM_INPUT,),
+        fit=fit,
+        paper=PAPER,
+    )
 
 
 # --------------------------------------------------------------------------- scores on G_low
@@ -183,12 +218,29 @@ def fit_lowdim_knn(train: Arrays, *, subspace: str = "pca", memo: Memo | None = 
     return {**knn_bank(lowdim_array(train, subspace), memo), "subspace": subspace}
 
 
-@register("lowdim_knn", family="lowdim", display="Low-dim KNN", defaults={"subspace": "pca", "k": 5},
-          grid={"k": KNN_K_GRID}, needs=(LOWDIM_INPUT,), fit=fit_lowdim_knn, paper=PAPER,
-          sweeps=[Sweep(("k",), values=(1, 5, 10, 50), ablation="lowdim_k",
-                        caption="Low-dim gradient KNN: test AUROC (%) vs k (default subspace)"),
-                  Sweep(("subspace",), ablation="lowdim_subspace",
-                        caption="Low-dim gradient KNN: test AUROC (%) per subspace / parameter subset (default k)")])
+@register(
+    "lowdim_knn",
+    family="lowdim",
+    display="Low-dim KNN",
+    defaults={"subspace": "pca", "k": 5},
+    grid={"k": KNN_K_GRID},
+    needs=(LOWDIM_INPUT,),
+    fit=fit_lowdim_knn,
+    paper=PAPER,
+    sweeps=[
+        Sweep(
+            ("k",),
+            values=(1, 5, 10, 50),
+            ablation="lowdim_k",
+            caption="Low-dim gradient KNN: test AUROC (%) vs k (default subspace)",
+        ),
+        Sweep(
+            ("subspace",),
+            ablation="lowdim_subspace",
+            caption="Low-dim gradient KNN: test AUROC (%) per subspace / parameter subset (default k)",
+        ),
+    ],
+)
 def lowdim_knn(arrays: Arrays, state: Any = None, *, subspace: str = "pca", k: int = 5) -> np.ndarray:
     """Low-dim KNN (Wu et al. 2023): s = -||z - z_(k)||_2 with z = G_low / ||G_low||_2 and z_(k)
     the k-th nearest normalised training G_low (exact; Wu: k = 5 CIFAR / 10 ImageNet, score on the
@@ -203,8 +255,15 @@ def fit_lowdim_mahalanobis(train: Arrays, *, subspace: str = "pca", **_: Any) ->
     return {"classes": classes, "means": means, "precision": prec, "subspace": subspace}
 
 
-@register("lowdim_mahalanobis", family="lowdim", display="Low-dim Mahalanobis", defaults={"subspace": "pca"},
-          needs=(LOWDIM_INPUT,), fit=fit_lowdim_mahalanobis, paper=PAPER)
+@register(
+    "lowdim_mahalanobis",
+    family="lowdim",
+    display="Low-dim Mahalanobis",
+    defaults={"subspace": "pca"},
+    needs=(LOWDIM_INPUT,),
+    fit=fit_lowdim_mahalanobis,
+    paper=PAPER,
+)
 def lowdim_mahalanobis(arrays: Arrays, state: Any = None, *, subspace: str = "pca") -> np.ndarray:
     """Low-dim Mahalanobis (Wu et al. 2023): s = max_c -(z - mu_c)^T P (z - mu_c) on G_low with
     class means and tied-covariance pseudo-inverse from the training G_low (no input
@@ -230,10 +289,15 @@ def lowdim_energy(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T
     return float(T) * logsumexp(probe.logits(lowdim_array(arrays, subspace)) / float(T), axis=1)
 
 
-@_reg_probe("lowdim_odin", "Low-dim ODIN", {"T": 100.0, "eps": 50.0},
-            grid={"T": [1.0, 10.0, 100.0, 1000.0], "eps": [0.0, 0.005, 0.05, 0.5, 5.0, 50.0]})
-def lowdim_odin(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 100.0,
-                eps: float = 50.0, **pp: Any) -> np.ndarray:
+@_reg_probe(
+    "lowdim_odin",
+    "Low-dim ODIN",
+    {"T": 100.0, "eps": 50.0},
+    grid={"T": [1.0, 10.0, 100.0, 1000.0], "eps": [0.0, 0.005, 0.05, 0.5, 5.0, 50.0]},
+)
+def lowdim_odin(
+    arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 100.0, eps: float = 50.0, **pp: Any
+) -> np.ndarray:
     """Low-dim ODIN (Wu et al. 2023; their CIFAR T = 100, eps = 50, ImageNet eps = 0.005):
     perturb the probe INPUT z~ = G_low - eps * sign(grad_z CE(probe(z)/T, yhat)) and score
     s = max softmax(probe(z~)/T). The probe is affine in eval mode, so
@@ -247,20 +311,36 @@ def lowdim_odin(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: 
     return softmax(probe.logits(z - float(eps) * np.sign(grad)), T).max(axis=1)
 
 
-def fit_lowdim_react(train: Arrays, *, subspace: str = "pca", percentile: float = 90.0, clip_from: int = 0,
-                     memo: Memo | None = None, **params: Any) -> dict[str, Any]:
+def fit_lowdim_react(
+    train: Arrays,
+    *,
+    subspace: str = "pca",
+    percentile: float = 90.0,
+    clip_from: int = 0,
+    memo: Memo | None = None,
+    **params: Any,
+) -> dict[str, Any]:
     """Probe + threshold c = percentile of the TRAINING G_low entries in dims >= clip_from."""
     st = fit_probe_state(train, subspace=subspace, memo=memo, **params)
     G = lowdim_array(train, subspace)
-    st.update(c=percentile_threshold(G[:, int(clip_from):], percentile), percentile=float(percentile),
-              clip_from=int(clip_from))
+    st.update(
+        c=percentile_threshold(G[:, int(clip_from) :], percentile),
+        percentile=float(percentile),
+        clip_from=int(clip_from),
+    )
     return st
 
 
-@_reg_probe("lowdim_react", "Low-dim ReAct", {"percentile": 90.0, "clip_from": 0},
-            grid={"percentile": [70.0, 80.0] + PERCENTILE_GRID}, fit=fit_lowdim_react)
-def lowdim_react(arrays: Arrays, state: Any = None, *, subspace: str = "pca", percentile: float = 90.0,
-                 clip_from: int = 0, **pp: Any) -> np.ndarray:
+@_reg_probe(
+    "lowdim_react",
+    "Low-dim ReAct",
+    {"percentile": 90.0, "clip_from": 0},
+    grid={"percentile": [70.0, 80.0] + PERCENTILE_GRID},
+    fit=fit_lowdim_react,
+)
+def lowdim_react(
+    arrays: Arrays, state: Any = None, *, subspace: str = "pca", percentile: float = 90.0, clip_from: int = 0, **pp: Any
+) -> np.ndarray:
     """Low-dim ReAct (Wu et al. 2023): clip G_low at c, s = logsumexp(probe(min(z, c))), clipping
     only dims >= ``clip_from`` (Wu's CIFAR code clips dims >= 10; default 0 = all dims).
     DEVIATION from Wu's code: c is the p-th percentile (default 90) of the TRAINING G_low, fixed at
@@ -269,12 +349,14 @@ def lowdim_react(arrays: Arrays, state: Any = None, *, subspace: str = "pca", pe
     check_fitted_param("lowdim_react", state, "percentile", float(percentile))
     check_fitted_param("lowdim_react", state, "clip_from", int(clip_from))
     z = lowdim_array(arrays, subspace).copy()
-    z[:, int(clip_from):] = np.minimum(z[:, int(clip_from):], state["c"])
+    z[:, int(clip_from) :] = np.minimum(z[:, int(clip_from) :], state["c"])
     return logsumexp(probe.logits(z), axis=1)
 
 
 @_reg_probe("lowdim_gradnorm", "Low-dim GradNorm", {"T": 1.0})
-def lowdim_gradnorm(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 1.0, **pp: Any) -> np.ndarray:
+def lowdim_gradnorm(
+    arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 1.0, **pp: Any
+) -> np.ndarray:
     """Low-dim GradNorm (Wu et al. 2023): GradNorm of the probe's Linear layer in closed form,
     s = (1/T) ||BN(z)||_1 ||p_T - u||_1 (BN(z) is the Linear layer's input; KL-to-uniform
     gradient; Wu's all-ones CE target multiplies this by C, a monotone factor)."""
@@ -285,21 +367,33 @@ def lowdim_gradnorm(arrays: Arrays, state: Any = None, *, subspace: str = "pca",
 
 
 # --------------------------------------------------------------------------- ensemble
-def fit_lowdim_knn_react(train: Arrays, *, subspace: str = "pca", percentile: float = 90.0, memo: Memo | None = None,
-                         **_: Any) -> dict[str, Any]:
+def fit_lowdim_knn_react(
+    train: Arrays, *, subspace: str = "pca", percentile: float = 90.0, memo: Memo | None = None, **_: Any
+) -> dict[str, Any]:
     """KNN bank on training G_low + ReAct threshold on training forward features h."""
-    return {"knn": fit_lowdim_knn(train, subspace=subspace, memo=memo),
-            "react": fit_react(train, percentile=percentile)}
+    return {
+        "knn": fit_lowdim_knn(train, subspace=subspace, memo=memo),
+        "react": fit_react(train, percentile=percentile),
+    }
 
 
-@register("lowdim_knn_react", family="ensemble", display="Low-dim KNN + ReAct",
-          defaults={"a": 1.0, "subspace": "pca", "k": 5, "percentile": 90.0}, grid={"a": [0.1, 0.3, 1.0, 3.0, 10.0]},
-          needs=("h", "W", "b", LOWDIM_INPUT), fit=fit_lowdim_knn_react, paper=PAPER)
-def lowdim_knn_react(arrays: Arrays, state: Any = None, *, a: float = 1.0, subspace: str = "pca", k: int = 5,
-                     percentile: float = 90.0) -> np.ndarray:
+@register(
+    "lowdim_knn_react",
+    family="ensemble",
+    display="Low-dim KNN + ReAct",
+    defaults={"a": 1.0, "subspace": "pca", "k": 5, "percentile": 90.0},
+    grid={"a": [0.1, 0.3, 1.0, 3.0, 10.0]},
+    needs=("h", "W", "b", LOWDIM_INPUT),
+    fit=fit_lowdim_knn_react,
+    paper=PAPER,
+)
+def lowdim_knn_react(
+    arrays: Arrays, state: Any = None, *, a: float = 1.0, subspace: str = "pca", k: int = 5, percentile: float = 90.0
+) -> np.ndarray:
     """Forward + backward ensemble (Wu et al. 2023): s = a * lowdim_knn(G_low; k) + ReAct(h; p),
     a = 1, p = 90. DEVIATION: the ReAct threshold comes from the TRAINING features (Wu's code
     used ID test features)."""
     st = require_state("lowdim_knn_react", state)
     return float(a) * lowdim_knn(arrays, st["knn"], subspace=subspace, k=k) + react(
-        arrays, st["react"], percentile=percentile)
+        arrays, st["react"], percentile=percentile
+    )

@@ -8,6 +8,7 @@ one table instead of searching once per k). A caller that fits many scores on on
 fits that use it say so with a ``memo`` keyword and keep it in their state where scoring needs it.
 Without a memo every result is recomputed, with the same values.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -19,6 +19,7 @@ An entry holds the score's
 
 Tests register stand-in scores inside :func:`temporary_scores`, which removes them again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,10 +70,13 @@ class Sweep:
             object.__setattr__(self, "values", tuple(self.values))
         if len(self.params) not in (1, 2):
             raise ValueError(f"a sweep varies one parameter or the eps x T grid, got {self.params}")
-        if len(self.params) == 2 and (self.params != GRID_PARAMS or self.values is not None
-                                      or self.ablation not in ("", "grodin")):
-            raise ValueError(f"a two-parameter sweep is the cached {GRID_PARAMS} grid (values=None, "
-                             f"ablation '' or 'grodin'), got {self}")
+        if len(self.params) == 2 and (
+            self.params != GRID_PARAMS or self.values is not None or self.ablation not in ("", "grodin")
+        ):
+            raise ValueError(
+                f"a two-parameter sweep is the cached {GRID_PARAMS} grid (values=None, "
+                f"ablation '' or 'grodin'), got {self}"
+            )
 
     @property
     def param(self) -> str:
@@ -125,8 +129,10 @@ def _check(spec: ScoreSpec) -> None:
         raise ValueError(f"score '{name}': display name '{spec.display}' is already used by '{taken}'")
     fields = {f for k in spec.needs for _, f, _, _ in string.Formatter().parse(k) if f}
     if fields - set(spec.defaults):
-        raise ValueError(f"score '{name}': needs {spec.needs} names parameter(s) {sorted(fields - set(spec.defaults))} "
-                         f"it does not take ({sorted(spec.defaults)})")
+        raise ValueError(
+            f"score '{name}': needs {spec.needs} names parameter(s) {sorted(fields - set(spec.defaults))} "
+            f"it does not take ({sorted(spec.defaults)})"
+        )
     if spec.uses_grid and not set(GRID_PARAMS) <= set(spec.defaults):
         raise ValueError(f"score '{name}' reads the cached grid arrays, so it takes parameters {GRID_PARAMS}")
     for sw in spec.sweeps:
@@ -154,8 +160,9 @@ def register(
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in _REGISTRY:
             raise ValueError(f"score '{name}' is registered twice")
-        spec = ScoreSpec(name, family, fn, fit, dict(defaults or {}), dict(grid or {}), tuple(needs), paper,
-                         display, tuple(sweeps))
+        spec = ScoreSpec(
+            name, family, fn, fit, dict(defaults or {}), dict(grid or {}), tuple(needs), paper, display, tuple(sweeps)
+        )
         _check(spec)
         _REGISTRY[name] = spec
         return fn
@@ -196,8 +203,11 @@ def family_display(family: str) -> str:
 def names(family: str | None = None, *, uses_grid: bool | None = None) -> list[str]:
     """Registered score names in registration order, optionally of one family and/or only those that
     do (``uses_grid=True``) or do not read the cached perturbation grid."""
-    return [n for n, s in _REGISTRY.items()
-            if (family is None or s.family == family) and (uses_grid is None or s.uses_grid == uses_grid)]
+    return [
+        n
+        for n, s in _REGISTRY.items()
+        if (family is None or s.family == family) and (uses_grid is None or s.uses_grid == uses_grid)
+    ]
 
 
 def fit(name: str, train: Arrays, memo: Any = None, **params: Any) -> Any:

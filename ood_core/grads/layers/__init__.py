@@ -1,5 +1,6 @@
 """Per-layer rules of the hooks engine: one ``LayerRule`` per supported module type
 (Linear, Conv2d with groups = 1, BatchNorm1d/2d with running statistics)."""
+
 from __future__ import annotations
 
 import torch.nn as nn

@@ -5,6 +5,7 @@ sum_i <delta_i, f_i> into the per-sample gradients of the layer's selected local
 (``local`` subset of {"weight", "bias"}): their summed squared norm, or the gradients written
 into views of a flat (n, P) buffer.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, Sequence
@@ -27,12 +28,14 @@ class LayerRule(Protocol):
     def check(self, mod: nn.Module, label: str) -> None:
         """Raise UnsupportedModuleError (message starting with ``label``) for an unsupported setting."""
 
-    def sq_norm(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                max_bytes: int) -> torch.Tensor:
+    def sq_norm(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
+    ) -> torch.Tensor:
         """(n,) sum over the ``local`` parameters of per-sample squared gradient norms, in the
         compute dtype of ``g``; ``max_bytes`` bounds the working memory of one sub-chunk."""
 
-    def write_grads(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                    views: dict[str, torch.Tensor]) -> None:
+    def write_grads(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
+    ) -> None:
         """Per-sample gradients written into ``views`` ({local name: (n, *param.shape) view of
         the flat output}), without a per-layer temporary of n x |param| where possible."""

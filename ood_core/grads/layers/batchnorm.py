@@ -3,6 +3,7 @@
 x_hat = (x - mu) / sqrt(var + eps); dgamma_i = sum_spatial g_i * x_hat_i, dbeta_i = sum_spatial g_i.
 Without running statistics samples are not independent, and the rule refuses the module.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -37,8 +38,9 @@ class BatchNormRule:
                 "independent in eval mode. Use method='vmap' only if that is intended."
             )
 
-    def sq_norm(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                max_bytes: int) -> torch.Tensor:
+    def sq_norm(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
+    ) -> torch.Tensor:
         dt = compute_dtype(g)
         n = g.shape[0]
         out = torch.zeros(n, dtype=dt, device=g.device)
@@ -50,8 +52,9 @@ class BatchNormRule:
             out += g3.sum(2).pow(2).sum(1)
         return out
 
-    def write_grads(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                    views: dict[str, torch.Tensor]) -> None:
+    def write_grads(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
+    ) -> None:
         dt = next(iter(views.values())).dtype
         n = g.shape[0]
         g3 = g.reshape(n, g.shape[1], -1).to(dt)

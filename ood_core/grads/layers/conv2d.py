@@ -5,6 +5,7 @@ With U_i = unfold(x_i) (Cin k k, L) and G_i (Cout, L) the output gradient: dW_i 
 with >= ``GROUPED_MIN_POSITIONS`` output positions take dW_i instead from one grouped convolution
 backward with the batch as groups (no im2col copy).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -37,12 +38,16 @@ def grouped_route_ok(mod: nn.Conv2d, a: torch.Tensor, L: int) -> bool:
     """Per-sample conv weight gradients by one grouped convolution backward (the batch as groups):
     no im2col copy; faster on the CPU for the large-spatial early layers (measured: ResNet-18 layer1
     3.4x, layer2 1.6x; slower from 8 x 8 on)."""
-    return (mod.groups == 1 and not isinstance(mod.padding, str) and mod.padding_mode == "zeros"
-            and a.device.type == "cpu" and L >= GROUPED_MIN_POSITIONS)
+    return (
+        mod.groups == 1
+        and not isinstance(mod.padding, str)
+        and mod.padding_mode == "zeros"
+        and a.device.type == "cpu"
+        and L >= GROUPED_MIN_POSITIONS
+    )
 
 
-def weight_grads_grouped(mod: nn.Conv2d, a: torch.Tensor, G: torch.Tensor,
-                         hw: Sequence[int]) -> torch.Tensor:
+def weight_grads_grouped(mod: nn.Conv2d, a: torch.Tensor, G: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
     """(n, Co, Cin kh kw) per-sample weight gradients: conv weight-gradient of the batch folded into
     the channels with groups = n, so sample i only meets its own input and output gradient;
     ``hw`` = the output's spatial shape (that of the output gradient)."""
@@ -50,8 +55,18 @@ def weight_grads_grouped(mod: nn.Conv2d, a: torch.Tensor, G: torch.Tensor,
     x = a.to(G.dtype).reshape(1, n * mod.in_channels, *a.shape[2:])
     w_shape = (n * co, mod.in_channels, *mod.kernel_size)
     gw = torch.ops.aten.convolution_backward(
-        G.reshape(1, n * co, *hw), x, torch.empty(w_shape, dtype=G.dtype), None, mod.stride, mod.padding,
-        mod.dilation, False, (0, 0), n, (False, True, False))[1]
+        G.reshape(1, n * co, *hw),
+        x,
+        torch.empty(w_shape, dtype=G.dtype),
+        None,
+        mod.stride,
+        mod.padding,
+        mod.dilation,
+        False,
+        (0, 0),
+        n,
+        (False, True, False),
+    )[1]
     return gw.reshape(n, co, -1)
 
 
@@ -63,12 +78,12 @@ class Conv2dRule:
     def check(self, mod: nn.Module, label: str) -> None:
         if mod.groups != 1:
             raise UnsupportedModuleError(
-                f"{label} has groups={mod.groups}; the hooks engine supports groups=1 only. "
-                "Use method='vmap'."
+                f"{label} has groups={mod.groups}; the hooks engine supports groups=1 only. Use method='vmap'."
             )
 
-    def sq_norm(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                max_bytes: int) -> torch.Tensor:
+    def sq_norm(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
+    ) -> torch.Tensor:
         dt = compute_dtype(g)
         n = g.shape[0]
         out = torch.zeros(n, dtype=dt, device=g.device)
@@ -92,8 +107,9 @@ class Conv2dRule:
             out += G.to(dt).sum(2).pow(2).sum(1)
         return out
 
-    def write_grads(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                    views: dict[str, torch.Tensor]) -> None:
+    def write_grads(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
+    ) -> None:
         dt = next(iter(views.values())).dtype
         n = g.shape[0]
         G = g.reshape(n, mod.out_channels, -1).to(dt)

@@ -3,6 +3,7 @@
 Input (N, Din) or (N, *, Din) (tokens t): dW_i = sum_t g_it^T a_it, db_i = sum_t g_it; for 2-D
 inputs ||dW_i||^2 = ||g_i||^2 ||a_i||^2 (rank one), for token inputs via ``outer_sq_norms``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -24,8 +25,9 @@ class LinearRule:
     def check(self, mod: nn.Module, label: str) -> None:
         return None
 
-    def sq_norm(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                max_bytes: int) -> torch.Tensor:
+    def sq_norm(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
+    ) -> torch.Tensor:
         dt = compute_dtype(g)
         n = g.shape[0]
         out = torch.zeros(n, dtype=dt, device=g.device)
@@ -44,8 +46,9 @@ class LinearRule:
             out += g3.sum(1).pow(2).sum(1)
         return out
 
-    def write_grads(self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor,
-                    views: dict[str, torch.Tensor]) -> None:
+    def write_grads(
+        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
+    ) -> None:
         dt = next(iter(views.values())).dtype
         n = g.shape[0]
         a3 = a.reshape(n, -1, mod.in_features).to(dt)

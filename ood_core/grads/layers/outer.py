@@ -5,6 +5,7 @@ For G (n, Co, L), U (n, K, L): ||G_i U_i^T||_F^2 either by the Gram trick
 sum((G_i^T G_i) * (U_i^T U_i)) [L^2 (Co + K) per sample] or by materialising G_i U_i^T
 [Co K L], whichever is cheaper.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
