@@ -42,6 +42,7 @@ from tqdm import tqdm
 from ood_core import metrics, tables
 from ood_core.analysis_cache import AnalysisCache
 from ood_core.cache import write_text
+from ood_core.cuts import profile_cuts
 from ood_core.grid import point_available
 from ood_core.grid_selection import choose_settings
 from ood_core.reference_compare import write_reference_md
@@ -181,6 +182,7 @@ def run_benchmark(
     seed: int = 0,
     held_out: str | None = None,
     strict: bool = True,
+    cuts: Sequence[str] = (),
 ) -> BenchmarkResult:
     """Run every (or the given) registered method; write the tables to ``fig_dir`` and the test-part
     scores to ``<analysis_dir>/scores/``.
@@ -283,6 +285,7 @@ def run_benchmark(
         model=str(meta.get("model")),
         protocol=str(info["protocol"]),
         preprocessing=str(meta.get("preprocessing", "see the profile config")),
+        cuts=cuts,
     )
     for ds, scores in score_out.items():
         data.cache.write_scores(ds, scores)
@@ -536,8 +539,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     protocol = a.protocol or b["protocol"]
     boot = a.bootstrap_n if a.bootstrap_n is not None else int(b["bootstrap"])
     held_out = a.held_out or b["held_out"]
+    cuts = profile_cuts(ctx.cfg)
     stamp = hash_config(
-        _inputs_digest(ctx.analysis_dir), _code_digest(), methods, protocol, boot, held_out, ctx.cfg["seed"]
+        _inputs_digest(ctx.analysis_dir), _code_digest(), methods, protocol, boot, held_out, ctx.cfg["seed"], cuts
     )
     stamp_file = ctx.fig_dir / ".benchmark_stamp.json"
     if (
@@ -558,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         seed=int(ctx.cfg["seed"]),
         held_out=held_out,
         strict=not a.keep_going,
+        cuts=cuts,
     ).metrics_csv
     from .costs import write_method_costs
 

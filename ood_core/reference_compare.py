@@ -82,8 +82,10 @@ def reference_markdown(
     protocol: str,
     preprocessing: str = "see the profile config",
     refs: Sequence[Mapping[str, Any]] | None = None,
+    cuts: Sequence[str] = (),
 ) -> str:
-    """reference.md: the comparison table, the AUROC gaps above the threshold, the set mapping."""
+    """reference.md: the cuts of this run (``ood_core.cuts``), the comparison table, the AUROC gaps
+    above the threshold, the set mapping."""
     comp = reference_comparison(rows, id_dataset, refs)
     lines = [
         f"# Our numbers beside published ones (ID: {id_dataset}, model: {model}, protocol: {protocol})",
@@ -144,6 +146,9 @@ def reference_markdown(
                 f"{c['tag']}: differs in {_differs_line(c, model, protocol, preprocessing)}."
             )
         lines.append("")
+    if cuts:
+        lines += ["## Cuts of this run (what the full study does differently)", ""]
+        lines += [f"- {c}" for c in cuts] + [""]
     lines += ["## Set mapping", ""]
     for ours, maps in ref.SET_MAP.items():
         for theirs, compb, note in maps:
