@@ -106,20 +106,18 @@ def test_subspace_fits_reduce_across_ranks(tmp_path):
 
 
 # ------------------------------------------------------------------------------- end to end
+TORCHRUN_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def _torchrun_cmd(args: list[str]) -> list[str]:
+    """2 CPU ranks of the extract stage on this machine (torchrun --standalone)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "analysis.extract", *args]  # fmt: skip
+
+
 def _torchrun(args: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "analysis.extract",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kw)
+    env = {**os.environ, **TORCHRUN_ENV}
+    return subprocess.run(_torchrun_cmd(args), cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
 def _arrays(root: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -191,18 +189,8 @@ def test_killed_rank_leaves_no_half_written_cache_and_rerun_completes(tmp_path):
     prof = tiny_profile(tmp_path)
     r = run_cli(["analysis.train", *stage_args(prof, tmp_path)], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "analysis.extract",
-        *stage_args(prof, tmp_path),
-    ]
+    env = {**os.environ, **TORCHRUN_ENV}
+    cmd = _torchrun_cmd(stage_args(prof, tmp_path))
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
