@@ -17,21 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageSet, iter_batches, to_tensor
+from .data import ImageSet, iter_batches
+from .data.sources import Preprocess  # noqa: F401  (re-exported: the pipeline's import path)
 from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
-
-
-@dataclass
-class Preprocess:
-    """How uint8 images become model inputs."""
-
-    size: int
-    channels: int
-    mean: list[float]
-    std: list[float]
-
-    def __call__(self, images_u8: np.ndarray, device: torch.device) -> torch.Tensor:
-        return to_tensor(images_u8, self.mean, self.std, self.size, self.channels).to(device)
 
 
 @dataclass
