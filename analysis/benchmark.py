@@ -9,8 +9,10 @@ checks the splits)::
     <analysis_dir>/head.npz       W, b
     <analysis_dir>/splits.npz     <name>__val, <name>__test for id_test and every OOD set
 
-For every method: fit on train (memoised per fit-relevant parameters), choose parameters on the
-validation parts under the protocol, score the TEST parts, compute metrics (+ bootstrap std of AUROC).
+For every method (``ood_core.benchmark.run_methods``, the core the Python API shares): fit on train
+(memoised per fit-relevant parameters), choose parameters on the validation parts under the
+protocol, score the TEST parts, compute metrics (+ bootstrap std of AUROC). This stage adds the
+sweeps and ablations and writes the tables.
 
 Output in ``fig_dir``: metrics.csv/.md/.tex, ablation_grodin.*, ablation_rg_percentile.*,
 ablation_lowdim_k.*, ablation_lowdim_subspace.*, sweep_odin.csv, sweep_react.csv, sweep_knn.csv,
@@ -36,11 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-from tqdm import tqdm
-
-from ood_core import metrics, tables
+from ood_core import tables
 from ood_core.analysis_cache import AnalysisCache
+from ood_core.benchmark import BenchmarkData, Scorer, missing_arrays, run_methods
 from ood_core.cache import write_text
 from ood_core.cuts import profile_cuts
 from ood_core.grid import point_available
@@ -48,7 +48,7 @@ from ood_core.grid_selection import choose_settings
 from ood_core.reference_compare import write_reference_md
 from ood_core.scores import registry  # importing the package registers every score
 from ood_core.table_csv import json_default, write_csv, write_metrics_csv
-from ood_core.tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, tune
+from ood_core.tuning import PROTOCOLS, FitCache, tune
 
 log = logging.getLogger("analysis.benchmark")
 
@@ -56,107 +56,6 @@ GRID_SWEEP = registry.GRID_PARAMS  # a sweep over these two is the eps x T grid 
 # the CSV holding the rows of every method's sweep of one parameter (one-parameter sweeps not listed
 # here, e.g. over the low-dim subspace, only feed their ablation table)
 SWEEP_CSV = {GRID_SWEEP: "sweep_odin.csv", ("percentile",): "sweep_react.csv", ("k",): "sweep_knn.csv"}
-
-
-# ------------------------------------------------------------------------------------ loading
-class AnalysisData:
-    """The benchmark's inputs, read through :class:`~ood_core.analysis_cache.AnalysisCache` (which
-    checks them): every dataset's score inputs (its arrays plus the head's W, b) and the validated
-    :class:`Split` of the ID test set and of every OOD set."""
-
-    def __init__(self, analysis_dir: Path):
-        self.cache = AnalysisCache(analysis_dir)
-        self.meta: dict[str, Any] = self.cache.meta
-        self.train_name: str = self.cache.train_name
-        self.id_name: str = self.cache.id_name
-        self.groups: dict[str, str] = dict(self.cache.meta_field("ood"))
-        self.ood_names = list(self.groups)
-        scored = [self.id_name, *self.ood_names]
-        self.arrays: dict[str, dict[str, np.ndarray]] = {n: self.cache.inputs(n) for n in [self.train_name, *scored]}
-        self.splits: dict[str, Split] = {n: Split(*self.cache.split(n)) for n in scored}
-
-    @property
-    def train(self) -> dict[str, np.ndarray]:
-        return self.arrays[self.train_name]
-
-    @property
-    def id_dataset(self) -> str:
-        return self.cache.id_dataset
-
-
-# --------------------------------------------------------------------------------- scoring glue
-def effective_grid(spec: registry.ScoreSpec, meta: Mapping[str, Any], id_arrays: Mapping[str, np.ndarray]) -> dict:
-    """The registered grid, with eps / T of scores that read the perturbation grid replaced by the grid
-    the arrays were extracted on (the ID test arrays' odin_eps / odin_T, else meta['grid']): nothing
-    else can be scored, and values are taken verbatim (scores look them up exactly)."""
-    grid = {k: list(v) for k, v in spec.grid.items()}
-    if spec.uses_grid:
-        mg = meta.get("grid") or {}
-        for param, key in (("eps", "odin_eps"), ("T", "odin_T")):
-            vals = id_arrays[key] if key in id_arrays else mg.get(key)
-            if vals is not None:
-                grid[param] = [float(v) for v in np.asarray(vals).ravel()]
-    return grid
-
-
-def missing_arrays(spec: registry.ScoreSpec, data: AnalysisData, params: Mapping[str, Any] | None = None) -> str | None:
-    """Reason string if a needed array is missing in some dataset, else None."""
-    need = spec.inputs(params)
-    datasets = [data.id_name, *data.ood_names] + ([data.train_name] if spec.fit is not None else [])
-    miss = {ds: [k for k in need if k not in data.arrays[ds]] for ds in datasets}
-    miss = {ds: ks for ds, ks in miss.items() if ks}
-    if miss:
-        return "missing arrays " + "; ".join(f"{ds}: {ks}" for ds, ks in miss.items())
-    return None
-
-
-class Scorer:
-    """Memoised test-part scoring of one method (val parts are only touched by tuning.tune)."""
-
-    def __init__(self, name: str, data: AnalysisData, fits: FitCache):
-        self.name, self.data, self.fits = name, data, fits
-        self._test = {ds: eval_part(data.arrays[ds], data.splits[ds]) for ds in [data.id_name, *data.ood_names]}
-        self._cache: dict[tuple, np.ndarray] = {}
-
-    def test(self, dataset: str, params: Mapping[str, Any]) -> np.ndarray:
-        key = (dataset, _params_key(params))
-        if key not in self._cache:
-            state = self.fits.get(self.name, **params)
-            self._cache[key] = registry.compute(self.name, self._test[dataset], state, **params)
-        return self._cache[key]
-
-    def test_auroc(self, ood: str, params: Mapping[str, Any]) -> float:
-        return metrics.auroc(self.test(self.data.id_name, params), self.test(ood, params))
-
-
-def _params_key(params: Mapping[str, Any]) -> tuple:
-    """A hashable, order-free key of a parameter dict; values keep their type (1 and 1.0 differ)."""
-
-    def freeze(v: Any) -> Any:
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return ("seq", tuple(freeze(x) for x in v))
-        if isinstance(v, Mapping):
-            return ("map", _params_key(v))
-        return (type(v).__name__, v)
-
-    return tuple(sorted((k, freeze(v)) for k, v in params.items()))
-
-
-def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(params), default=json_default))
-
-
-@dataclass
-class MethodResult:
-    """One method's benchmark: its metric rows, what was chosen, its test-part scores per dataset,
-    and what the sweeps reuse (the memoised scorer, the tuning result, the grid searched)."""
-
-    rows: list[dict[str, Any]]
-    chosen: dict[str, Any]  # family, grid, defaults, per_set (chosen_hyperparams.json)
-    scores: dict[str, dict[str, np.ndarray]]  # dataset -> {key: test-part scores} (scores/<dataset>.npz)
-    scorer: Scorer
-    tune: TuneResult
-    grid: dict[str, list[Any]]
 
 
 @dataclass
@@ -189,50 +88,29 @@ def run_benchmark(
 
     ``strict=False`` turns unexpected errors of a method into a skipped.csv entry instead of raising;
     missing arrays always lead to a skip with the reason logged."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
     analysis_dir, fig_dir = Path(analysis_dir), Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    data = AnalysisData(analysis_dir)
+    cache = AnalysisCache(analysis_dir)
+    data = BenchmarkData.from_cache(cache)
     meta = data.meta
-    if protocol == "held_out_ood":
-        held_out = _pick_held_out(held_out, data)
-    methods = list(registry.names()) if methods is None else list(methods)
-    for m in methods:
-        registry.get(m)  # unknown names fail loudly, listing the known ones
-
     fits = FitCache(data.train)
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    chosen: dict[str, Any] = {}
-    score_out: dict[str, dict[str, np.ndarray]] = {ds: {} for ds in [data.id_name, *data.ood_names]}
+    res = run_methods(
+        data,
+        methods,
+        protocol=protocol,
+        held_out=held_out,
+        bootstrap_n=bootstrap_n,
+        seed=seed,
+        strict=strict,
+        fits=fits,
+    )
+    held_out = res.held_out
+    rows, chosen, skipped = res.rows, res.chosen, res.skipped
     sweeps: dict[tuple[str, ...], list[dict[str, Any]]] = {params: [] for params in SWEEP_CSV}
     ablations: dict[str, tuple[registry.Sweep, list[dict[str, Any]]]] = {}
-
-    for m in tqdm(methods, desc="benchmark", unit="method"):
+    for m, mres in res.methods.items():
         spec = registry.get(m)
-        reason = missing_arrays(spec, data)
-        if reason:
-            log.warning("skip %s: %s", m, reason)
-            skipped.append({"method": m, "family": spec.family, "reason": reason})
-            continue
-        try:
-            res = _run_method(m, spec, data, fits, protocol, held_out, bootstrap_n, seed)
-        except KeyError as e:
-            log.warning("skip %s: missing input (%s)", m, e)
-            skipped.append({"method": m, "family": spec.family, "reason": f"missing input: {e}"})
-            continue
-        except Exception as e:
-            if strict:
-                raise
-            log.exception("skip %s after an error", m)
-            skipped.append({"method": m, "family": spec.family, "reason": f"error: {type(e).__name__}: {e}"})
-            continue
-        rows += res.rows
-        chosen[m] = res.chosen
-        for ds, d in res.scores.items():
-            score_out[ds].update(d)
-        scorer, tr, grid = res.scorer, res.tune, res.grid
+        scorer, tr, grid = mres.scorer, mres.tune, mres.grid
         for sweep in spec.sweeps:
             if sweep.params == GRID_SWEEP:
                 sw = _sweep_odin(m, spec, data, scorer, tr, grid, fits)
@@ -281,86 +159,19 @@ def run_benchmark(
     write_reference_md(
         rows,
         fig_dir / "reference.md",
-        id_dataset=data.id_dataset,
+        id_dataset=cache.id_dataset,
         model=str(meta.get("model")),
         protocol=str(info["protocol"]),
         preprocessing=str(meta.get("preprocessing", "see the profile config")),
         cuts=cuts,
     )
-    for ds, scores in score_out.items():
-        data.cache.write_scores(ds, scores)
+    for ds, scores in res.scores.items():
+        cache.write_scores(ds, scores)
     if skipped:
         log.warning("skipped %d method(s); see %s", len(skipped), fig_dir / "skipped.csv")
     return BenchmarkResult(
         metrics_csv=metrics_csv, rows=rows, chosen=chosen, skipped=skipped, protocol=protocol, held_out=held_out
     )
-
-
-def _pick_held_out(held_out: str | None, data: AnalysisData) -> str:
-    if held_out is None:
-        held_out = data.meta.get("held_out")
-    if held_out is None:
-        near = [o for o in data.ood_names if data.groups[o] == "near"]
-        held_out = "tinyimagenet" if "tinyimagenet" in data.ood_names else (near or data.ood_names)[0]
-        log.warning("protocol held_out_ood: no held-out set given; using '%s'", held_out)
-    if held_out not in data.ood_names:
-        raise KeyError(f"held-out set '{held_out}' is not an OOD set of this analysis ({data.ood_names})")
-    return held_out
-
-
-def _run_method(m, spec, data: AnalysisData, fits: FitCache, protocol, held_out, bootstrap_n, seed) -> MethodResult:
-    grid = effective_grid(spec, data.meta, data.arrays[data.id_name])
-    tr = tune(
-        m,
-        protocol=protocol,
-        id_arrays=data.arrays[data.id_name],
-        id_split=data.splits[data.id_name],
-        ood_arrays={o: data.arrays[o] for o in data.ood_names},
-        ood_splits={o: data.splits[o] for o in data.ood_names},
-        fitted_state_fn=fits.state_fn(m),
-        grid=grid,
-        held_out=held_out,
-    )
-    scorer = Scorer(m, data, fits)
-    rows, per_set = [], {}
-    scores: dict[str, dict[str, np.ndarray]] = {data.id_name: {}, **{o: {} for o in data.ood_names}}
-    for o in data.ood_names:
-        params = tr.params[o]
-        s_id, s_o = scorer.test(data.id_name, params), scorer.test(o, params)
-        ev = metrics.evaluate(s_id, s_o)
-        _, sd = metrics.bootstrap(metrics.auroc, s_id, s_o, n=bootstrap_n, seed=seed) if bootstrap_n >= 2 else (0, None)
-        src = tr.tuned_on(o)
-        val_auc = None
-        if src is not None:  # the validation AUROC of the chosen grid point, on the set that chose it
-            point = {k: params[k] for k in grid}
-            val_auc = next((v for p, v in tr.tables[src] if p == point), None)
-        rows.append(
-            {
-                "method": m,
-                "family": spec.family,
-                "ood_set": o,
-                "group": data.groups[o],
-                "auroc": ev["auroc"],
-                "auroc_std": sd,
-                "fpr95": ev["fpr95_id_pos"],
-                "fpr95_ood_pos": ev["fpr95_ood_pos"],
-                **{k: ev[k] for k in ("aupr_in_ap", "aupr_out_ap", "aupr_in_trapz", "aupr_out_trapz")},
-                "hyperparams": _jsonable(params),
-                "protocol": protocol if (grid or protocol == "paper_defaults") else f"{protocol} (no grid: defaults)",
-                "n_id": ev["n_id"],
-                "n_ood": ev["n_ood"],
-                "id_accuracy": data.meta.get("id_accuracy"),
-                "model": data.meta.get("model"),
-            }
-        )
-        per_set[o] = {"params": _jsonable(params), "tuned_on": src, "val_auroc": val_auc}
-        scores[o][m] = s_o  # float64 as scored: metrics recomputed from the stored scores equal the table's
-        scores[data.id_name][f"{m}__vs__{o}"] = s_id
-    used = [v["params"] for v in per_set.values()]
-    if used and all(p == used[0] for p in used):  # the same parameters for every OOD set
-        scores[data.id_name][m] = next(iter(scores[data.id_name].values()))
-    chosen = {"family": spec.family, "grid": _jsonable(grid), "defaults": _jsonable(spec.defaults), "per_set": per_set}
-    return MethodResult(rows=rows, chosen=chosen, scores=scores, scorer=scorer, tune=tr, grid=grid)
 
 
 # ----------------------------------------------------------------------------------- sweeps
@@ -374,7 +185,7 @@ def _sweep_values(sweep: registry.Sweep, grid: Mapping[str, list[Any]], meta: Ma
     return list(grid.get(sweep.param, []))
 
 
-def _sweep_param(m, spec, data: AnalysisData, scorer: Scorer, param: str, values: list[Any]) -> list[dict]:
+def _sweep_param(m, spec, data: BenchmarkData, scorer: Scorer, param: str, values: list[Any]) -> list[dict]:
     """Test AUROC of ``m`` for each value of one parameter (others at defaults)."""
     if not values:
         log.info("no %s sweep for %s: no values to sweep", param, m)
@@ -399,7 +210,7 @@ def _sweep_param(m, spec, data: AnalysisData, scorer: Scorer, param: str, values
     return out
 
 
-def _sweep_odin(m, spec, data: AnalysisData, scorer: Scorer, tr, grid, fits: FitCache) -> list[dict]:
+def _sweep_odin(m, spec, data: BenchmarkData, scorer: Scorer, tr, grid, fits: FitCache) -> list[dict]:
     """Validation and test AUROC of ``m`` at every cell of the eps x T grid it was tuned on."""
     en, tn = GRID_SWEEP
     if en not in grid or tn not in grid:
@@ -438,7 +249,7 @@ def _sweep_odin(m, spec, data: AnalysisData, scorer: Scorer, tr, grid, fits: Fit
     return out
 
 
-def _grodin_ablation(m, sweep: list[dict], data: AnalysisData, protocol: str, held_out: str | None) -> list[dict]:
+def _grodin_ablation(m, sweep: list[dict], data: BenchmarkData, protocol: str, held_out: str | None) -> list[dict]:
     """vanilla (eps0, T0) / only eps (T=T0) / only T (eps=eps0) / both, chosen on validation AUROC
     (own set's val part, or the held-out set's under held_out_ood) by
     :func:`ood_core.grid_selection.choose_settings` (eps0 = 0 and T0 = 1 when on the grid, else the

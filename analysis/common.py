@@ -10,7 +10,6 @@ import argparse
 import errno
 import json
 import os
-import platform
 import signal
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any, NoReturn
 
 from ood_core.cache import stable_json, write_json
 from ood_core.config import load_profile, profile_path
+from ood_core.versions import versions  # noqa: F401  (re-exported)
 
 from . import CHILD_ENV
 
@@ -152,26 +152,6 @@ def make_context(args: argparse.Namespace) -> Context:
         force=bool(args.force),
         profile_file=profile_path(args.profile).resolve(),
     )
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on."""
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for mod in ("torch", "torchvision", "numpy", "scipy", "sklearn", "matplotlib"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional
-            out[mod] = "absent"
-    try:
-        import torch
-
-        out["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-        # CPU kernels differ by instruction set (e.g. AVX2 vs AVX512): CPU training rounds
-        # differently across machines, so a rerun is bit-identical only on the same capability.
-        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # pragma: no cover
-        pass
-    return out
 
 
 def _determinism_flags() -> dict[str, Any]:

@@ -22,20 +22,20 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
 from ood_core.config import ConfigError, odin_eps_grid
-from ood_core.data import iter_batches, split_indices
+from ood_core.data.sources import BatchSource, PreprocessedImages
+from ood_core.data.splits import set_split
 from ood_core.distributed import Ranks, init_ranks, shutdown
 from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, grid_cells_pass, grid_on_rows
 from ood_core.grid import FULL_POINTS_KEY, GRID_AXIS_KEYS, GRID_VALUE_KEYS, full_points
 from ood_core.grid_selection import select_test_points
+from ood_core.subspaces import check_subspace_spec, fit_subspace, subspace_params
 from ood_core.tuning import Split
 
 from .common import Context, add_common_args, make_context, record_run
@@ -49,19 +49,11 @@ GRODIN_TEST_POINTS = ("grid", "selected")  # extract.grodin_test_points (ood_cor
 def _subspace(
     ctx: Context, model, model_sha: str, name: str, spec: dict, memo: dict, stats_memo: dict, ranks: Ranks = Ranks()
 ) -> tuple[Subspace, str]:
-    """Compute (or load) one low-dim subspace of Wu et al. from the training set (each rank
-    streams its shard of whole batches; ood_core.grads.lowdim reduces across the ranks)."""
-    from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
-
-    unknown = set(spec) - {"kind", "k", "n_iter", "params"}
-    if unknown:
-        raise ConfigError(
-            f"lowdim.subspaces.{name}: unknown key(s) {sorted(unknown)}; allowed: kind, k, n_iter, params"
-        )
-    if spec.get("kind") not in ("pca", "class_mean"):
-        raise ConfigError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {spec.get('kind')!r}")
+    """Compute (or load) one low-dim subspace of Wu et al. from the training set
+    (:func:`ood_core.subspaces.fit_subspace`; cached in ``<cache>/lowdim/<name>.pt`` under a key)."""
+    check_subspace_spec(name, spec)
     lcfg = ctx.cfg["lowdim"]
-    params = spec.get("params", lcfg["params"])  # a subspace may use its own layers ("which layers" ablation)
+    params = subspace_params(spec, lcfg)
     common = {"params": params, **{k: lcfg[k] for k in ("normalisation", "n_samples")}}
     key = hash_config(model_sha, common, spec, spec_key(ctx.cfg, "train"), ctx.cfg["seed"])
     path = ctx.lowdim_dir / f"{name}.pt"
@@ -72,66 +64,34 @@ def _subspace(
             if stats is not None:
                 stats_memo.setdefault(repr(params), stats)
             return Subspace(name, blob["V"], stats, params), key
-    train = load_named(ctx, "train", memo)
-    if lcfg["n_samples"]:
-        rng = np.random.default_rng(ctx.cfg["seed"])
-        train = train.take(np.sort(rng.choice(len(train), int(lcfg["n_samples"]), replace=False)))
-    pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
-    device, bs, chunk = ctx.device(), int(lcfg["batch_size"]), int(lcfg["chunk"])
-    if ranks.is_distributed:  # a contiguous block of whole batches, as a view (same layout as one process's)
-        pos = ranks.batch_shard(len(train), bs)
-        train = train.rows(int(pos[0]), int(pos[-1]) + 1) if len(pos) else None  # None: no rows on this rank
-
-    def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
-        if train is None:
-            return iter(())
-        it = iter_batches(train, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
-        return tqdm(it, total=-(-len(train) // bs), desc=f"subspace {name}: pass", unit="batch", leave=False)
-
+    train = PreprocessedImages(load_named(ctx, "train", memo), Preprocess(**ctx.cfg["data"]["preprocessing"]))
     t0 = time.perf_counter()
-    norm = lcfg["normalisation"]
-    if norm not in ("nfk", "none"):
-        raise ValueError(f"lowdim.normalisation must be 'nfk' or 'none', got {norm!r}")
-    if norm == "none":
-        stats = None
-    elif repr(params) in stats_memo:  # the same parameters' whitening statistics: one pass serves all
-        stats = stats_memo[repr(params)]
-    else:
-        stats = stats_memo[repr(params)] = gradient_stats(model, batches(), params, chunk=chunk, ranks=ranks)
-    kind = spec.get("kind")
-    if kind == "pca":
-        V = pca_subspace(
-            model,
-            batches,
-            int(spec["k"]),
-            int(spec.get("n_iter", 10)),
-            stats,
-            ctx.cfg["seed"],
-            params,
-            chunk=chunk,
-            ranks=ranks,
-        )
-    elif kind == "class_mean":
-        V = class_mean_subspace(
-            model, batches(), int(ctx.cfg["model"]["kwargs"]["num_classes"]), stats, params, chunk=chunk, ranks=ranks
-        )
-    else:
-        raise ValueError(f"lowdim.subspaces.{name}.kind must be 'pca' or 'class_mean', got {kind!r}")
-    blob = {"key": key, "V": V.cpu(), "seconds": time.perf_counter() - t0}
-    if stats is not None:
-        blob["mean"], blob["scale"] = stats[0].cpu(), stats[1].cpu()
+    sub = fit_subspace(
+        model,
+        train,
+        name,
+        spec,
+        lcfg,
+        num_classes=int(ctx.cfg["model"]["kwargs"]["num_classes"]),
+        seed=ctx.cfg["seed"],
+        device=ctx.device(),
+        stats_memo=stats_memo,
+        ranks=ranks,
+    )
+    blob = {"key": key, "V": sub.V.cpu(), "seconds": time.perf_counter() - t0}
+    if sub.stats is not None:
+        blob["mean"], blob["scale"] = sub.stats[0].cpu(), sub.stats[1].cpu()
     if ranks.is_main:
         with atomic_path(path, ".pt") as tmp:
             torch.save(blob, tmp)
-        print(f"[extract] subspace '{name}' ({kind}, K={V.shape[1]}) in {time.perf_counter() - t0:.1f}s")
+        print(f"[extract] subspace '{name}' ({spec['kind']}, K={sub.V.shape[1]}) in {time.perf_counter() - t0:.1f}s")
     ranks.barrier()
-    return Subspace(name, V, stats, params), key
+    return sub, key
 
 
 def _split(ctx: Context, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     v = ctx.cfg["data"]["val"]
-    seed = int(v["seed"]) + zlib.crc32(name.encode()) % 10_000  # a different permutation per set
-    return split_indices(n, v["n_val"], seed)
+    return set_split(name, n, v["n_val"], v["seed"])
 
 
 def run(ctx: Context) -> Path:
@@ -191,6 +151,7 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
                 _split(ctx, name, len(ds))[0] if mode == "selected" and name not in SPLIT_ROLES_EXCLUDED else None
             )
             kw = dict(
+                input_std=pre.std,
                 odin_T=Ts,
                 odin_eps=epss,
                 subspaces=subspaces,
@@ -199,10 +160,11 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
                 with_grodin=name != "train",
                 desc=name,
             )
+            src = PreprocessedImages(ds, pre)
             if ranks.is_distributed:
-                arrays, res = _extract_sharded(ctx, ranks, model, ds, pre, key, name, val_rows, kw)
+                arrays, res = _extract_sharded(ctx, ranks, model, src, key, name, val_rows, kw)
             else:
-                res = extract_arrays(model, ds, pre, ecfg, device, grodin_rows=val_rows, **kw)
+                res = extract_arrays(model, src, ecfg, device, grodin_rows=val_rows, **kw)
                 arrays = res.arrays
             if ranks.is_main:
                 save_npz(path, arrays, key=key)
@@ -307,7 +269,7 @@ def _sharded(
 
 
 def _extract_sharded(
-    ctx: Context, ranks: Ranks, model, ds, pre: Preprocess, key: str, name: str, val_rows: np.ndarray | None, kw: dict
+    ctx: Context, ranks: Ranks, model, ds: BatchSource, key: str, name: str, val_rows: np.ndarray | None, kw: dict
 ) -> tuple[dict[str, np.ndarray] | None, ExtractResult]:
     """One set's arrays from every rank's shard; the same arrays as one ``extract_arrays`` call
     with ``grodin_rows=val_rows`` (the validation rows' grid is sharded on its own)."""
@@ -315,7 +277,7 @@ def _extract_sharded(
     main_kw = {**kw, "with_grodin": kw["with_grodin"] and val_rows is None}
 
     def main(pos: np.ndarray) -> ExtractResult:  # a contiguous block: a view, laid out as the whole set
-        return extract_arrays(model, ds.rows(int(pos[0]), int(pos[-1]) + 1), pre, ecfg, device, **main_kw)
+        return extract_arrays(model, ds.rows(int(pos[0]), int(pos[-1]) + 1), ecfg, device, **main_kw)
 
     arrays, res = _sharded(ctx, ranks, f"{name}.main", key, len(ds), bs, main)
     if val_rows is None or not kw["with_grodin"] or not ecfg["grodin"]:
@@ -326,9 +288,9 @@ def _extract_sharded(
         return grid_cells_pass(
             model,
             ds.take(val_rows[pos]),
-            pre,
             ecfg,
             device,
+            input_std=kw["input_std"],
             odin_T=Ts,
             odin_eps=epss,
             points=np.ones((len(epss), len(Ts)), bool),
@@ -389,16 +351,16 @@ def _fill_selected_cells(
         if not todo.any():
             continue
         rows = splits[f"{name}__test"]  # val and test partition the rows (split_indices)
-        ds = load_named(ctx, name, memo)
+        ds = PreprocessedImages(load_named(ctx, name, memo), pre)
         bs = int(ctx.cfg["extract"]["batch_size"])
 
         def cells(pos: np.ndarray) -> ExtractResult:
             return grid_cells_pass(
                 model,
                 ds.take(rows[pos]),
-                pre,
                 ctx.cfg["extract"],
                 ctx.device(),
+                input_std=pre.std,
                 odin_T=Ts,
                 odin_eps=epss,
                 points=todo,

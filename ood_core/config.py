@@ -270,6 +270,12 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict[str, 
     return cfg
 
 
+def merge_settings(overrides: dict | None, source: str, base: dict | None = None) -> dict[str, Any]:
+    """``base`` (default: ``DEFAULTS``) with ``overrides`` merged in under the profile's strict key and
+    type checks; ``source`` names where the overrides came from in error messages."""
+    return _merge(DEFAULTS if base is None else base, dict(overrides or {}), (), source)
+
+
 def odin_eps_grid(cfg: dict) -> list[float]:
     """The eps grid of the profile as a list (linspace start..stop, num points)."""
     import numpy as np

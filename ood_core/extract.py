@@ -11,14 +11,13 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageSet, iter_batches
-from .data.sources import Preprocess  # noqa: F401  (re-exported: the pipeline's import path)
+from .data.sources import BatchSource, Preprocess  # noqa: F401  (Preprocess re-exported: the pipeline's import path)
 from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
 
 
@@ -74,11 +73,11 @@ def _sync(device: torch.device) -> None:
 
 def extract_arrays(
     model: torch.nn.Module,
-    data: ImageSet,
-    pre: Preprocess,
+    data: BatchSource,
     cfg: Mapping[str, Any],
     device: torch.device,
     *,
+    input_std: Sequence[float] | None = None,
     odin_T: list[float] | None = None,
     odin_eps: list[float] | None = None,
     subspaces: list[Subspace] = (),
@@ -90,6 +89,8 @@ def extract_arrays(
 ) -> ExtractResult:
     """Run the extraction pass of ``cfg`` (the profile's ``extract`` section) over ``data``.
 
+    ``input_std``: the per-channel std the inputs were normalised with (ODIN's eps in pixel space,
+    ``cfg["eps_space"] == "pixel"``). ``y`` holds the source's labels, -1 everywhere when ``is_ood``.
     ``grodin_rows``: compute the ODIN/GRODIN grid on these rows only (NaN elsewhere; the other rows'
     cells come from :func:`grid_cells_pass`); None = every row."""
     from .grads import grodin_grid, kl_allweights_sqnorm
@@ -105,8 +106,9 @@ def extract_arrays(
     folds = [fold_whitening(g[0].V if len(g) == 1 else torch.cat([s.V for s in g], 1), g[0].stats) for g in groups]
     n_grid = len(odin_T or ()) * len(odin_eps or ())
     counts: dict[str, int] = {}
-    batches = iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device)
-    for xb, _ in tqdm(batches, total=-(-len(data) // bs), desc=desc, leave=False):
+    labels: list[np.ndarray] = []
+    for xb, yb in tqdm(data.batches(bs, device), total=-(-len(data) // bs), desc=desc, leave=False):
+        labels.append(yb.cpu().numpy())
         t = time.perf_counter()
         with torch.no_grad():
             h = model.features(xb)
@@ -118,7 +120,7 @@ def extract_arrays(
         if use_grodin and grodin_rows is None:
             t = time.perf_counter()
             g = grodin_grid(
-                model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"], std=pre.std
+                model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"], std=input_std
             )
             _sync(device)
             seconds["grodin_grid"] += time.perf_counter() - t
@@ -145,7 +147,7 @@ def extract_arrays(
     for key, chunks in parts.items():
         axis = -1 if key in GRID_VALUE_KEYS else 0
         arrays[key] = np.concatenate(chunks, axis=axis)
-    arrays["y"] = np.full(len(data.images), -1, np.int64) if is_ood else data.labels.astype(np.int64)
+    arrays["y"] = np.full(len(data), -1, np.int64) if is_ood else np.concatenate(labels).astype(np.int64)
     cells = len(data) * n_grid if use_grodin else 0
     if use_grodin:
         arrays["odin_T"] = np.asarray(odin_T, np.float64)
@@ -155,9 +157,9 @@ def extract_arrays(
         sub = grid_cells_pass(
             model,
             data.take(rows),
-            pre,
             cfg,
             device,
+            input_std=input_std,
             odin_T=odin_T,
             odin_eps=odin_eps,
             points=np.ones((len(odin_eps), len(odin_T)), bool),
@@ -166,7 +168,7 @@ def extract_arrays(
         arrays.update(grid_on_rows(len(data), rows, sub.arrays, odin_T, odin_eps))
         seconds["grodin_grid"] = sub.seconds["grodin_selected"]
         counts["grodin_grid"], cells = len(rows), sub.grid_cells
-    return ExtractResult(arrays, dict(seconds), len(data.images), counts, cells)
+    return ExtractResult(arrays, dict(seconds), len(data), counts, cells)
 
 
 def grid_on_rows(
@@ -185,11 +187,11 @@ def grid_on_rows(
 
 def grid_cells_pass(
     model: torch.nn.Module,
-    data: ImageSet,
-    pre: Preprocess,
+    data: BatchSource,
     cfg: Mapping[str, Any],
     device: torch.device,
     *,
+    input_std: Sequence[float] | None = None,
     odin_T: list[float],
     odin_eps: list[float],
     points: np.ndarray,
@@ -204,7 +206,7 @@ def grid_cells_pass(
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     t = time.perf_counter()
     for xb, _ in tqdm(
-        iter_batches(data, bs, pre.mean, pre.std, pre.size, pre.channels, device=device),
+        data.batches(bs, device),
         total=-(-len(data) // bs),
         desc=desc,
         leave=False,
@@ -216,7 +218,7 @@ def grid_cells_pass(
             odin_eps,
             chunk=int(cfg["grad_chunk"]),
             space=cfg["eps_space"],
-            std=pre.std,
+            std=input_std,
             points=points,
         )
         for key in GRID_VALUE_KEYS:

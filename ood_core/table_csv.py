@@ -111,3 +111,14 @@ def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
                     row[k] = v
             out.append(row)
     return out
+
+
+def metrics_frame(rows: Sequence[Mapping[str, Any]]):
+    """The metric rows as a pandas DataFrame with the columns and cells of metrics.csv (hyperparams as
+    the same JSON text; numbers unrounded): ``pandas.read_csv("metrics.csv")`` gives the same frame."""
+    import pandas as pd
+
+    def cell(v: Any) -> Any:
+        return json.dumps(v, sort_keys=True, default=json_default) if isinstance(v, (dict, list, tuple)) else v
+
+    return pd.DataFrame([{c: cell(r.get(c)) for c in METRIC_COLUMNS} for r in rows], columns=METRIC_COLUMNS)

@@ -163,10 +163,10 @@ def test_write_scores_refuses_a_bad_split_before_writing(adir):
 
 # --------------------------------------------------------------------------------------- users
 def test_benchmark_reads_through_the_cache(adir):
-    from analysis.benchmark import AnalysisData
+    from ood_core.benchmark import BenchmarkData
 
-    data = AnalysisData(adir)
     cache = AnalysisCache(adir)
+    data = BenchmarkData.from_cache(cache)
     assert data.ood_names == cache.ood_names and data.groups == cache.groups
     for name in [ID_TEST, *OOD]:
         val, test = cache.split(name)

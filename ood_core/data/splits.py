@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from .base import fail
@@ -35,3 +37,9 @@ def assert_disjoint(val_idx: np.ndarray, test_idx: np.ndarray, name: str) -> Non
             f"validation and test indices overlap in {common.size} indices "
             f"(first: {common[:5].tolist()}); expected disjoint splits",
         )
+
+
+def set_split(name: str, n: int, n_val: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The study's validation / test split of evaluation set ``name`` (``n`` rows): :func:`split_indices`
+    with a permutation of its own per set name (``seed + crc32(name) % 10_000``)."""
+    return split_indices(n, n_val, int(seed) + zlib.crc32(name.encode()) % 10_000)

@@ -1,0 +1,253 @@
+"""Score your own model: every method of the study on a user's classifier and data, in one call.
+
+    from ood_core.api import evaluate
+    result = evaluate(model, train=train_set, id_test=test_set, ood={"svhn": svhn_set})
+    result.metrics          # pandas DataFrame, the columns of the study's metrics.csv
+
+One extraction pass per set (``ood_core.extract_sets``: features, logits and the gradient arrays the
+chosen methods read), then the study's benchmark core (``ood_core.benchmark.run_methods``: fit on
+train, tune on the validation parts, score the test parts, metrics with bootstrap std). Same code as
+the pipeline (``./run_all.sh``), so the same model, data and settings give the same rows.
+
+Settings are the profile's sections ``extract``, ``lowdim``, ``data.val``, ``benchmark`` and ``seed``
+(``ood_core.config.DEFAULTS``, documented in analysis/configs/*.yaml): pass a profile name or YAML
+path, or a mapping of overrides such as ``{"extract": {"odin_T": [1, 1000]}}``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .benchmark import BenchmarkData, run_methods
+from .config import load_profile, merge_settings, odin_eps_grid
+from .data.sources import BatchSource, Preprocess
+from .extract_sets import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
+from .grid import GRID_VALUE_KEYS
+from .grads.layers import UnsupportedModuleError
+from .inputs import InputError, as_source, check_compatible
+from .own_model import as_ood_model, check_grad_support, check_head
+from .scores import registry
+from .table_csv import metrics_frame
+from .versions import versions
+
+# Wu et al.'s two subspaces (all weights), used when the settings name none: PCA of the whitened
+# training gradients (K = 50, 10 power iterations) and the class means.
+DEFAULT_SUBSPACES = {"pca": {"kind": "pca", "k": 50, "n_iter": 10}, "avg": {"kind": "class_mean"}}
+GRADIENT_INPUTS = (*GRID_VALUE_KEYS, "kl_allw_sqnorm")  # arrays that need all-weights per-sample gradients
+
+Config = str | Path | Mapping[str, Any] | None
+
+
+def study_settings(config: Config = None) -> dict[str, Any]:
+    """The settings of an evaluation: ``None`` = the study's defaults (``ood_core.config.DEFAULTS``,
+    with :data:`DEFAULT_SUBSPACES`); a profile name (``"demo"``) or ``.yaml`` path = that profile;
+    a mapping = overrides of the defaults (same strict key and type checks as a profile file)."""
+    if isinstance(config, (str, Path)):
+        return load_profile(str(config))
+    overrides = dict(config or {})
+    cfg = merge_settings(overrides, "config=" if config is not None else "ood_core.api defaults")
+    if "subspaces" not in (overrides.get("lowdim") or {}):
+        cfg["lowdim"]["subspaces"] = {k: dict(v) for k, v in DEFAULT_SUBSPACES.items()}
+    return cfg
+
+
+def as_preprocess(preprocess: Preprocess | Mapping[str, Any] | None, cfg: Mapping[str, Any], config: Config) -> Preprocess | None:
+    """``preprocess`` as a :class:`Preprocess`; None = the profile's ``data.preprocessing`` when
+    ``config`` names a profile, else None (the inputs are then already model inputs)."""
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if isinstance(preprocess, Mapping):
+        return Preprocess(**preprocess)
+    if preprocess is not None:
+        raise InputError(f"preprocess: expected a Preprocess or a mapping (size, channels, mean, std), got {type(preprocess).__name__}")
+    if isinstance(config, (str, Path)):
+        return Preprocess(**cfg["data"]["preprocessing"])
+    return None
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found.
+
+    ``metrics``: one row per (method, OOD set) with the columns of the study's ``metrics.csv``
+    (``ood_core.table_csv.METRIC_COLUMNS``: AUROC with bootstrap std, both FPR95 conventions, AUPR,
+    the chosen hyperparameters as JSON). ``scores[set][key]``: float64 test-part scores, higher = more
+    in-distribution; ``key`` is the method for an OOD set, and for the ID test set
+    ``<method>__vs__<ood set>`` (the parameters chosen for that OOD set; also ``<method>`` when they are
+    the same for every set). ``test_rows[set]``: the rows of the input those scores belong to (the
+    validation rows tuned the parameters). ``arrays[set]``: the extracted per-sample arrays
+    (docs/architecture.md). ``chosen``, ``skipped``: as the pipeline's chosen_hyperparams.json /
+    skipped.csv. ``settings``, ``versions``, ``seconds``: what the run used and how long it took."""
+
+    metrics: Any  # pandas.DataFrame
+    scores: dict[str, dict[str, np.ndarray]]
+    test_rows: dict[str, np.ndarray]
+    chosen: dict[str, Any]
+    skipped: list[dict[str, Any]]
+    arrays: dict[str, dict[str, np.ndarray]]
+    settings: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, Any] = field(default_factory=dict)
+
+    def id_and_ood_scores(self, method: str, ood_set: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ID test scores, OOD test scores) of ``method`` at the parameters chosen for ``ood_set``."""
+        id_scores = self.scores[ID_TEST].get(f"{method}__vs__{ood_set}")
+        if id_scores is None or method not in self.scores.get(ood_set, {}):
+            raise KeyError(f"no scores of method '{method}' for OOD set '{ood_set}' (see .skipped and .metrics)")
+        return id_scores, self.scores[ood_set][method]
+
+
+def evaluate(
+    model: torch.nn.Module,
+    *,
+    train: Any,
+    id_test: Any,
+    ood: Mapping[str, Any],
+    methods: Sequence[str] | None = None,
+    config: Config = None,
+    preprocess: Preprocess | Mapping[str, Any] | None = None,
+    groups: Mapping[str, str] | None = None,
+    head: str | torch.nn.Linear | None = None,
+    features: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
+    protocol: str | None = None,
+    bootstrap_n: int | None = None,
+    held_out: str | None = None,
+    model_name: str | None = None,
+    strict: bool = True,
+) -> Evaluation:
+    """Every (or the given) OOD method of the study on ``model``, tuned and scored as the study does.
+
+    Args:
+        model: a classifier whose last layer is an ``nn.Linear`` (found automatically, or named by
+            ``head="fc"``), or any module with ``features`` and ``head``; or give ``features``
+            (x -> penultimate features) and ``head`` (the ``nn.Linear``) explicitly.
+        train, id_test: the ID training data (fits: class means, KNN bank, subspaces) and the ID test
+            data, with labels 0..C-1. ``ood``: OOD set name -> data. Each accepts a torch ``Dataset``
+            (items ``x`` or ``(x, y)``), a ``DataLoader`` (read in index order), a float tensor or array
+            (N, C, H, W) of model inputs (or a tuple ``(x, y)``), or uint8 images (N, H, W[, C]) /
+            an ``ood_core.data.ImageSet`` with ``preprocess``.
+        methods: registered method names (``ood_core.scores.registry.names()``); default: the settings'
+            ``benchmark.methods``, else every method the model allows (the all-weights gradient methods
+            need layers the hooks engine supports: Linear, Conv2d, BatchNorm).
+        config: the settings (:func:`study_settings`): None, a profile name / YAML path, or overrides.
+        preprocess: how uint8 images become inputs (``Preprocess`` or its fields as a mapping).
+        groups: OOD set -> group (near / far / ...) for the table; default "ood".
+        device: where the model runs. protocol / bootstrap_n / held_out: override the settings'
+            ``benchmark`` section (protocols: ``ood_core.tuning.PROTOCOLS``).
+        model_name: the ``model`` column (default: the class name). strict: False = a method that
+            fails is skipped (listed in ``.skipped``) instead of raising.
+
+    Returns:
+        An :class:`Evaluation` (``.metrics`` DataFrame, ``.scores``, ``.arrays``, ...).
+
+    Raises:
+        OwnModelError: the model has no usable linear head. InputError: data of an unsupported type,
+        NaN / inf inputs, sets of different shapes, ID labels outside 0..C-1. UnsupportedModuleError:
+        a requested all-weights gradient method on a layer the hooks engine cannot handle (it names
+        the layer). ConfigError: bad settings. KeyError: an unknown method name.
+    """
+    t0 = time.perf_counter()
+    cfg = study_settings(config)
+    pre = as_preprocess(preprocess, cfg, config)
+    bench = cfg["benchmark"]
+    device = torch.device(device)
+    net = as_ood_model(model, head=head, features=features).eval().to(device)
+    bad = [n for n in ood if n in (TRAIN, ID_TEST)]
+    if bad:
+        raise InputError(f"ood: set name(s) {bad} are reserved for the ID sets; rename them")
+    sources: dict[str, BatchSource] = {
+        TRAIN: as_source(train, name=TRAIN, preprocess=pre),
+        ID_TEST: as_source(id_test, name=ID_TEST, preprocess=pre),
+        **{name: as_source(data, name=name, preprocess=pre) for name, data in ood.items()},
+    }
+    if not ood:
+        raise InputError("ood: give at least one OOD set (name -> data)")
+    check_compatible(sources)
+    probe, _ = next(iter(sources[TRAIN].batches(2, device)))
+    check_head(net, probe)
+    if cfg["extract"]["eps_space"] == "pixel" and pre is None:
+        raise InputError("extract.eps_space 'pixel' needs preprocess= (the std the inputs were normalised with)")
+    names, skipped = _methods(net, methods if methods is not None else bench["methods"], cfg)
+    needs = arrays_needed(names)
+    sets = extract_sets(
+        net,
+        sources,
+        cfg,
+        needs=needs,
+        num_classes=int(net.head.out_features),
+        device=device,
+        input_std=None if pre is None else pre.std,
+    )
+    W, b = net.head_weights()
+    head_arrays = {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()}
+    test = sets.arrays[ID_TEST]
+    data = BenchmarkData(
+        meta={
+            "model": model_name or type(model).__name__,
+            "id_accuracy": float((test["logits"].argmax(1) == test["y"]).mean()),
+            "num_classes": int(net.head.out_features),
+            "grid": {"odin_T": [float(t) for t in cfg["extract"]["odin_T"]], "odin_eps": odin_eps_grid(cfg)},
+            "lowdim_subspaces": [s.name for s in sets.subspaces],
+        },
+        train_name=TRAIN,
+        id_name=ID_TEST,
+        groups={name: (groups or {}).get(name, "ood") for name in ood},
+        arrays={name: {**a, **head_arrays} for name, a in sets.arrays.items()},
+        splits=sets.splits,
+    )
+    t1 = time.perf_counter()
+    res = run_methods(
+        data,
+        names,
+        protocol=protocol or bench["protocol"],
+        held_out=held_out or bench["held_out"],
+        bootstrap_n=int(bench["bootstrap"] if bootstrap_n is None else bootstrap_n),
+        seed=int(cfg["seed"]),
+        strict=strict,
+    )
+    return Evaluation(
+        metrics=metrics_frame(res.rows),
+        scores=res.scores,
+        test_rows={name: split.test for name, split in sets.splits.items()},
+        chosen=res.chosen,
+        skipped=skipped + res.skipped,
+        arrays=sets.arrays,
+        settings=cfg,
+        versions=versions(),
+        seconds={"extract": sets.seconds, "benchmark": time.perf_counter() - t1, "total": time.perf_counter() - t0},
+    )
+
+
+def _needs_all_weight_gradients(method: str) -> bool:
+    spec = registry.get(method)
+    return any(k in GRADIENT_INPUTS or k.startswith(LOWDIM_PREFIX) for k in spec.needs)
+
+
+def _methods(net: torch.nn.Module, methods: Sequence[str] | None, cfg: Mapping[str, Any]) -> tuple[list[str], list[dict]]:
+    """The methods to run and the skipped ones (method, family, reason): the given ones (an unsupported
+    layer for a requested gradient method raises), else every registered method the model allows."""
+    for m in methods or ():
+        registry.get(m)  # unknown names fail loudly, listing the known ones
+    try:
+        check_grad_support(net, "all")
+        unsupported = None
+    except UnsupportedModuleError as e:
+        unsupported = e
+    if methods is not None:
+        if unsupported is not None and any(_needs_all_weight_gradients(m) for m in methods):
+            raise unsupported
+        return list(methods), []
+    names, skipped = [], []
+    for m in registry.names():
+        if unsupported is not None and _needs_all_weight_gradients(m):
+            skipped.append({"method": m, "family": registry.get(m).family, "reason": f"all-weights gradients: {unsupported}"})
+        else:
+            names.append(m)
+    return names, skipped

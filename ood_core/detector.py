@@ -1,0 +1,134 @@
+"""One method at a time, pytorch-ood style: fit on ID training data, then score any batch.
+
+    from ood_core.detector import Detector
+    detector = Detector("energy", model).fit(train_images)
+    s = detector.score(x)        # higher = more in-distribution (the study's sign)
+    o = detector.predict(x)      # = -score: higher = more OOD (pytorch-ood's sign)
+
+The parameters are fixed (the registry's defaults, or given as keywords: ``Detector("odin", model,
+T=1000.0, eps=0.0014)``); :func:`ood_core.api.evaluate` tunes them on validation parts instead.
+Same extraction and score functions as the study.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .api import Config, as_preprocess, study_settings
+from .config import ConfigError
+from .data.sources import Preprocess
+from .extract import Subspace, extract_arrays
+from .extract_sets import LOWDIM_PREFIX, extract_settings
+from .inputs import as_source
+from .own_model import as_ood_model, check_head
+from .scores import registry
+from .subspaces import fit_subspace
+
+
+class Detector:
+    """One registered method (``ood_core.scores.registry.names()``) on one model.
+
+    Args:
+        method: the method's name, e.g. ``"energy"``, ``"knn"``, ``"grodin_g"``, ``"lowdim_knn"``.
+        model: a classifier ending in an ``nn.Linear`` (see :func:`ood_core.api.evaluate` for
+            ``head`` / ``features``).
+        config: the settings (:func:`ood_core.api.study_settings`): batch sizes, the low-dim subspaces.
+        preprocess: how uint8 images become inputs (``Preprocess`` or a mapping of its fields).
+        device: where the model runs.
+        **params: the method's parameters (default: its registered defaults, ``.params``); a grid
+            method takes one ``T`` and one ``eps``.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        model: torch.nn.Module,
+        *,
+        config: Config = None,
+        preprocess: Preprocess | Mapping[str, Any] | None = None,
+        head: str | torch.nn.Linear | None = None,
+        features: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: str | torch.device = "cpu",
+        **params: Any,
+    ):
+        self.spec = registry.get(method)
+        unknown = set(params) - set(self.spec.defaults)
+        if unknown:
+            raise TypeError(f"{method}: unknown parameter(s) {sorted(unknown)}; it takes {sorted(self.spec.defaults)}")
+        self.method = method
+        self.params: dict[str, Any] = {**self.spec.defaults, **params}
+        self.cfg = study_settings(config)
+        if self.spec.uses_grid:  # one grid cell: the given T and eps
+            self.cfg["extract"]["odin_T"] = [float(self.params["T"])]
+            self.cfg["extract"]["odin_eps"] = [float(self.params["eps"])]
+        self.needs = set(self.spec.inputs(self.params))
+        self.extract_cfg = extract_settings(self.cfg["extract"], self.needs)
+        self.pre = as_preprocess(preprocess, self.cfg, config)
+        self.device = torch.device(device)
+        self.model = as_ood_model(model, head=head, features=features).eval().to(self.device)
+        W, b = self.model.head_weights()
+        self._head = {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()}
+        self.subspaces: list[Subspace] = []
+        self.state: Any = None
+        self.fitted = False
+
+    def __repr__(self) -> str:
+        return f"Detector({self.method!r}, params={self.params}, fitted={self.fitted})"
+
+    def _arrays(self, data: Any, name: str, *, is_ood: bool) -> dict[str, np.ndarray]:
+        source = as_source(data, name=name, preprocess=self.pre)
+        probe, _ = next(iter(source.batches(2, self.device)))
+        check_head(self.model, probe)
+        res = extract_arrays(
+            self.model,
+            source,
+            self.extract_cfg,
+            self.device,
+            input_std=None if self.pre is None else self.pre.std,
+            odin_T=self.extract_cfg["odin_T"],
+            odin_eps=self.extract_cfg["odin_eps"],
+            subspaces=self.subspaces,
+            lowdim_chunk=int(self.cfg["lowdim"]["chunk"]),
+            is_ood=is_ood,
+            with_grodin=is_ood,
+            desc=f"{self.method}: {name}",
+        )
+        return {**res.arrays, **self._head}
+
+    def fit(self, train: Any) -> Detector:
+        """Fit the method's training statistics (and its low-dim subspace) on ID training data with
+        labels 0..C-1 (the types :func:`ood_core.api.evaluate` accepts). Returns ``self``."""
+        lowdim = sorted(k[len(LOWDIM_PREFIX) :] for k in self.needs if k.startswith(LOWDIM_PREFIX))
+        if lowdim:
+            specs = self.cfg["lowdim"]["subspaces"]
+            if lowdim[0] not in specs:
+                raise ConfigError(f"{self.method}: subspace '{lowdim[0]}' is not in lowdim.subspaces ({sorted(specs)})")
+            sub = fit_subspace(
+                self.model,
+                as_source(train, name="train", preprocess=self.pre),
+                lowdim[0],
+                specs[lowdim[0]],
+                self.cfg["lowdim"],
+                num_classes=int(self.model.head.out_features),
+                seed=int(self.cfg["seed"]),
+                device=self.device,
+            )
+            self.subspaces = [sub]
+        if self.spec.fit is not None:
+            self.state = registry.fit(self.method, self._arrays(train, "train", is_ood=False), **self.params)
+        self.fitted = True
+        return self
+
+    def score(self, data: Any) -> np.ndarray:
+        """Scores (N,) float64 of ``data`` (a batch tensor (N, C, H, W), or any input
+        :func:`ood_core.api.evaluate` accepts), higher = more in-distribution."""
+        if not self.fitted:
+            raise RuntimeError(f"Detector({self.method!r}): call .fit(train) before .score()")
+        return registry.compute(self.method, self._arrays(data, "input", is_ood=True), self.state, **self.params)
+
+    def predict(self, data: Any) -> np.ndarray:
+        """Outlier scores, pytorch-ood's sign: ``-score(data)``, higher = more OOD."""
+        return -self.score(data)

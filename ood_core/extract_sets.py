@@ -1,0 +1,169 @@
+"""Extract every set of one evaluation in memory: the arrays the chosen methods read, the study's
+validation / test splits and, under ``grodin_test_points: selected``, the grid cells chosen on the
+validation rows.
+
+The Python API (``ood_core.api``) uses this; the pipeline's extract stage (``analysis/extract.py``)
+runs the same passes (:func:`~ood_core.extract.extract_arrays`, :func:`~ood_core.extract.grid_cells_pass`,
+:func:`~ood_core.grid_selection.select_test_points`) with a disk cache and torchrun shards around them,
+so both give the same arrays for the same model, data and settings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .config import ConfigError, odin_eps_grid
+from .data.sources import BatchSource
+from .data.splits import set_split
+from .extract import Subspace, extract_arrays, grid_cells_pass
+from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS, full_points
+from .grid_selection import select_test_points
+from .scores import registry
+from .subspaces import fit_subspace
+from .tuning import Split
+
+TRAIN, ID_TEST = "train", "id_test"  # the names of the two ID sets (the OOD sets take the user's names)
+GRODIN_TEST_POINTS = ("grid", "selected")
+LOWDIM_PREFIX = "lowdim_"
+
+
+def arrays_needed(methods: Iterable[str]) -> set[str]:
+    """The cached-array names the methods read (their registry ``needs``; a low-dim input stays
+    ``lowdim_{subspace}``: every configured subspace is extracted for it)."""
+    return {key for m in methods for key in registry.get(m).needs}
+
+
+def extract_settings(extract: Mapping[str, Any], needs: set[str]) -> dict[str, Any]:
+    """The ``extract`` section with the passes no method needs switched off (the ODIN / GRODIN grid,
+    the all-weights KL norm): one pass per batch computes only what is read."""
+    out = dict(extract)
+    out["grodin"] = bool(extract["grodin"]) and bool(needs & set(GRID_VALUE_KEYS))
+    out["kl_allweights"] = bool(extract["kl_allweights"]) and "kl_allw_sqnorm" in needs
+    return out
+
+
+@dataclass
+class ExtractedSets:
+    """``arrays[set]`` (docs/architecture.md keys), ``splits[set]`` for the ID test set and every OOD
+    set, the subspaces used, and ``seconds[set][component]``."""
+
+    arrays: dict[str, dict[str, np.ndarray]]
+    splits: dict[str, Split]
+    subspaces: list[Subspace] = field(default_factory=list)
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def extract_sets(
+    model: torch.nn.Module,
+    sources: Mapping[str, BatchSource],
+    cfg: Mapping[str, Any],
+    *,
+    needs: set[str],
+    num_classes: int,
+    device: torch.device,
+    input_std: Sequence[float] | None = None,
+) -> ExtractedSets:
+    """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order).
+
+    ``cfg`` is a profile-shaped settings dict (sections ``extract``, ``lowdim``, ``data.val``,
+    ``seed``); ``needs`` the array names to compute (:func:`arrays_needed`). The low-dim subspaces of
+    ``cfg['lowdim']['subspaces']`` are fitted on ``train`` when a ``lowdim_*`` array is needed."""
+    for role in (TRAIN, ID_TEST):
+        if role not in sources:
+            raise ValueError(f"extract_sets: no '{role}' set among {list(sources)}")
+    ecfg = extract_settings(cfg["extract"], needs)
+    mode = ecfg["grodin_test_points"]
+    if mode not in GRODIN_TEST_POINTS:
+        raise ConfigError(f"extract.grodin_test_points must be one of {GRODIN_TEST_POINTS}, got {mode!r}")
+    Ts, epss = [float(t) for t in ecfg["odin_T"]], odin_eps_grid(dict(cfg))
+    lcfg, val = cfg["lowdim"], cfg["data"]["val"]
+    subspaces: list[Subspace] = []
+    seconds: dict[str, dict[str, float]] = {}
+    if lcfg["enabled"] and any(k.startswith(LOWDIM_PREFIX) for k in needs):
+        stats_memo: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        for name, spec in lcfg["subspaces"].items():
+            sub = fit_subspace(
+                model,
+                sources[TRAIN],
+                name,
+                spec,
+                lcfg,
+                num_classes=num_classes,
+                seed=int(cfg["seed"]),
+                device=device,
+                stats_memo=stats_memo,
+            )
+            sub.V = sub.V.to(device)
+            sub.stats = None if sub.stats is None else tuple(s.to(device) for s in sub.stats)
+            subspaces.append(sub)
+        seconds["subspaces"] = {"fit": time.perf_counter() - t0}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    splits: dict[str, Split] = {}
+    for name, src in sources.items():
+        scored = name != TRAIN
+        if scored:
+            splits[name] = Split(*set_split(name, len(src), val["n_val"], val["seed"]))
+        res = extract_arrays(
+            model,
+            src,
+            ecfg,
+            device,
+            input_std=input_std,
+            odin_T=Ts,
+            odin_eps=epss,
+            subspaces=subspaces,
+            lowdim_chunk=int(lcfg["chunk"]),
+            is_ood=name not in (TRAIN, ID_TEST),
+            with_grodin=scored,
+            grodin_rows=splits[name].val if scored and mode == "selected" else None,
+            desc=name,
+        )
+        arrays[name], seconds[name] = res.arrays, dict(res.seconds)
+    if mode == "selected" and ecfg["grodin"]:
+        _fill_selected_cells(model, sources, arrays, splits, ecfg, device, input_std, Ts, epss)
+    return ExtractedSets(arrays, splits, subspaces, seconds)
+
+
+def _fill_selected_cells(
+    model: torch.nn.Module,
+    sources: Mapping[str, BatchSource],
+    arrays: dict[str, dict[str, np.ndarray]],
+    splits: dict[str, Split],
+    ecfg: Mapping[str, Any],
+    device: torch.device,
+    input_std: Sequence[float] | None,
+    Ts: list[float],
+    epss: list[float],
+) -> None:
+    """The grid cells chosen on the validation rows (:func:`select_test_points`), computed on the
+    test rows of every scored set (in place)."""
+    oods = [n for n in splits if n != ID_TEST]
+    need = select_test_points(
+        arrays[ID_TEST], splits[ID_TEST], {o: arrays[o] for o in oods}, {o: splits[o] for o in oods}
+    )
+    for name, split in splits.items():
+        a = arrays[name]
+        todo = need & ~full_points(a)
+        if not todo.any():
+            continue
+        got = grid_cells_pass(
+            model,
+            sources[name].take(split.test),
+            ecfg,
+            device,
+            input_std=input_std,
+            odin_T=Ts,
+            odin_eps=epss,
+            points=todo,
+            desc=f"{name} cells",
+        ).arrays
+        for key in GRID_VALUE_KEYS:
+            for e, t in np.argwhere(todo):
+                a[key][e, t, split.test] = got[key][e, t]
+        a[FULL_POINTS_KEY] = full_points(a) | todo

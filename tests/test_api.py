@@ -1,0 +1,184 @@
+"""The Python API (ood_core.api.evaluate, ood_core.detector.Detector) against the pipeline: the same
+model, data and settings give metrics.csv's rows to 1e-12; errors for inputs it cannot use."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from ood_core.api import evaluate, study_settings
+from ood_core.detector import Detector
+from ood_core.inputs import InputError
+from ood_core.scores import registry
+
+REPO = Path(__file__).resolve().parents[1]
+STRING_COLUMNS = ("method", "family", "ood_set", "group", "hyperparams", "protocol", "model")
+
+
+def _tiny_profile(tmp_path: Path, **extract) -> Path:
+    """test_pipeline's tiny profile (2 epochs, a 2 x 2 grid, small subspaces) with every method."""
+    from tests.test_pipeline import tiny_profile
+
+    p = tiny_profile(tmp_path, **extract)
+    cfg = yaml.safe_load(p.read_text())
+    cfg["benchmark"]["methods"] = None  # every registered method, as the pipeline runs them
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _pipeline(tmp_path: Path, profile: Path):
+    """Run train -> extract -> benchmark; return (metrics.csv frame, model, {role: ImageSet}, groups)."""
+    from analysis import benchmark, extract, train
+    from analysis.common import add_common_args, make_context
+    from analysis.datasets import all_specs, load_named
+
+    argv = ["--profile", str(profile), "--cache-dir", str(tmp_path / "cache"), "--fig-dir", str(tmp_path / "fig")]
+    argv += ["--device", "cpu"]
+    train.main(argv)
+    extract.main(argv)
+    benchmark.main(argv)
+    ctx = make_context(add_common_args(argparse.ArgumentParser()).parse_args(argv))
+    model, _ = train.load_model(ctx)
+    sets = {name: load_named(ctx, name) for name in all_specs(ctx.cfg)}
+    groups = {n: s.get("group", "ood") for n, s in ctx.cfg["data"]["ood"].items()}
+    return pd.read_csv(tmp_path / "fig" / "metrics.csv"), model, sets, groups
+
+
+def _assert_same_rows(api: pd.DataFrame, csv: pd.DataFrame) -> None:
+    assert list(api.columns) == list(csv.columns)
+    assert len(api) == len(csv) > 0
+    for col in csv.columns:
+        a, c = api[col].tolist(), csv[col].tolist()
+        if col in STRING_COLUMNS:
+            assert a == c, col
+        else:
+            for x, y in zip(a, c):
+                if y is None or (isinstance(y, float) and math.isnan(y)):
+                    assert x is None or math.isnan(x), col
+                else:
+                    assert abs(float(x) - float(y)) <= 1e-12, (col, x, y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grid_points", ["grid", "selected"])
+def test_evaluate_equals_the_pipelines_metrics_csv(tmp_path, grid_points):
+    profile = _tiny_profile(tmp_path, grodin_test_points=grid_points)
+    csv, model, sets, groups = _pipeline(tmp_path, profile)
+    ood = {n: s for n, s in sets.items() if n not in ("train", "id_test")}
+    ev = evaluate(
+        model,
+        train=sets["train"],
+        id_test=sets["id_test"],
+        ood=ood,
+        config=str(profile),
+        groups=groups,
+        model_name="small_cnn",
+    )
+    _assert_same_rows(ev.metrics, csv)
+    assert set(ev.metrics["method"]) == set(registry.names())
+    # the per-sample scores behind a row give its AUROC
+    from ood_core.metrics import auroc
+
+    row = ev.metrics[(ev.metrics.method == "grodin_g") & (ev.metrics.ood_set == "digits_5to9")].iloc[0]
+    s_id, s_ood = ev.id_and_ood_scores("grodin_g", "digits_5to9")
+    assert auroc(s_id, s_ood) == row.auroc
+
+
+# ------------------------------------------------------------------------------ small, fast cases
+def _toy_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+
+
+def _toy_data(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g) + shift, torch.randint(0, 3, (n,), generator=g)
+
+
+FAST = {
+    "extract": {"odin_T": [1, 10], "odin_eps": [0.0, 0.002], "batch_size": 16, "grad_chunk": 16},
+    "lowdim": {"subspaces": {"pca": {"kind": "pca", "k": 3, "n_iter": 1}}, "batch_size": 16},
+    "benchmark": {"bootstrap": 5},
+}
+
+
+def test_evaluate_on_a_plain_torch_model_and_tensors():
+    model = _toy_model()
+    ev = evaluate(
+        model,
+        train=_toy_data(48, 0),
+        id_test=_toy_data(40, 1),
+        ood={"shifted": _toy_data(30, 2, shift=3.0)[0]},
+        methods=["msp", "energy", "knn", "grodin_g", "lowdim_knn"],
+        config=FAST,
+    )
+    assert list(ev.metrics["method"]) == ["msp", "energy", "knn", "grodin_g", "lowdim_knn"]
+    assert ev.metrics["auroc"].between(0, 1).all()
+    assert ev.metrics["model"].iloc[0] == "Sequential"
+    assert len(ev.test_rows["shifted"]) == len(ev.scores["shifted"]["msp"])
+
+
+def test_detector_scores_equal_the_registry_on_extracted_arrays():
+    model = _toy_model()
+    x_train, y_train = _toy_data(48, 0)
+    x = _toy_data(20, 3)[0]
+    det = Detector("energy", model).fit((x_train, y_train))
+    with torch.no_grad():
+        logits = model(x).double()
+    np.testing.assert_allclose(det.score(x), torch.logsumexp(logits, 1).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(det.predict(x), -det.score(x))
+    knn = Detector("knn", model, config=FAST, k=3).fit((x_train, y_train))
+    assert knn.score(x).shape == (20,)
+
+
+def test_detector_refuses_unknown_parameters_and_scoring_before_fit():
+    with pytest.raises(TypeError, match="unknown parameter"):
+        Detector("energy", _toy_model(), temperature=2.0)
+    with pytest.raises(RuntimeError, match="fit"):
+        Detector("knn", _toy_model()).score(torch.zeros(2, 1, 8, 8))
+
+
+def test_evaluate_errors_name_the_problem():
+    model = _toy_model()
+    tr, te = _toy_data(24, 0), _toy_data(24, 1)
+    with pytest.raises(InputError, match="reserved"):
+        evaluate(model, train=tr, id_test=te, ood={"train": te[0]}, methods=["msp"], config=FAST)
+    x_nan = te[0].clone()
+    x_nan[5, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="row 5"):
+        evaluate(model, train=tr, id_test=te, ood={"nan_set": x_nan}, methods=["msp"], config=FAST)
+    with pytest.raises(InputError):
+        evaluate(model, train=tr, id_test=te, ood={"small": torch.zeros(4, 1, 6, 6)}, methods=["msp"], config=FAST)
+    with pytest.raises(KeyError, match="no_such_method"):
+        evaluate(model, train=tr, id_test=te, ood={"o": te[0]}, methods=["no_such_method"], config=FAST)
+
+
+def test_unsupported_layer_names_it_or_is_skipped_by_default():
+    from ood_core.grads.layers import UnsupportedModuleError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    tr, te = _toy_data(24, 0), _toy_data(24, 1)
+    with pytest.raises(UnsupportedModuleError, match="1.*vmap"):
+        evaluate(model, train=tr, id_test=te, ood={"o": te[0] + 2}, methods=["grodin_g"], config=FAST)
+    ev = evaluate(model, train=tr, id_test=te, ood={"o": te[0] + 2}, config={**FAST, "lowdim": {"enabled": False}})
+    skipped = {s["method"] for s in ev.skipped}
+    assert "grodin_g" in skipped and "msp" not in skipped and "msp" in set(ev.metrics["method"])
+
+
+def test_settings_reject_unknown_keys():
+    from ood_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="extrct"):
+        study_settings({"extrct": {}})
+    assert study_settings(None)["lowdim"]["subspaces"]  # the API's default subspaces
