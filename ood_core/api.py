@@ -28,8 +28,8 @@ from .benchmark import BenchmarkData, run_methods
 from .config import load_profile, merge_settings, odin_eps_grid
 from .data.sources import BatchSource, Preprocess
 from .extract_sets import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
-from .grid import GRID_VALUE_KEYS
 from .grads.layers import UnsupportedModuleError
+from .grid import GRID_VALUE_KEYS
 from .inputs import InputError, as_source, check_compatible
 from .own_model import as_ood_model, check_grad_support, check_head
 from .scores import registry
@@ -57,7 +57,9 @@ def study_settings(config: Config = None) -> dict[str, Any]:
     return cfg
 
 
-def as_preprocess(preprocess: Preprocess | Mapping[str, Any] | None, cfg: Mapping[str, Any], config: Config) -> Preprocess | None:
+def as_preprocess(
+    preprocess: Preprocess | Mapping[str, Any] | None, cfg: Mapping[str, Any], config: Config
+) -> Preprocess | None:
     """``preprocess`` as a :class:`Preprocess`; None = the profile's ``data.preprocessing`` when
     ``config`` names a profile, else None (the inputs are then already model inputs)."""
     if isinstance(preprocess, Preprocess):
@@ -65,7 +67,9 @@ def as_preprocess(preprocess: Preprocess | Mapping[str, Any] | None, cfg: Mappin
     if isinstance(preprocess, Mapping):
         return Preprocess(**preprocess)
     if preprocess is not None:
-        raise InputError(f"preprocess: expected a Preprocess or a mapping (size, channels, mean, std), got {type(preprocess).__name__}")
+        raise InputError(
+            f"preprocess: expected a Preprocess or a mapping (size, channels, mean, std), got {type(preprocess).__name__}"
+        )
     if isinstance(config, (str, Path)):
         return Preprocess(**cfg["data"]["preprocessing"])
     return None
@@ -230,7 +234,9 @@ def _needs_all_weight_gradients(method: str) -> bool:
     return any(k in GRADIENT_INPUTS or k.startswith(LOWDIM_PREFIX) for k in spec.needs)
 
 
-def _methods(net: torch.nn.Module, methods: Sequence[str] | None, cfg: Mapping[str, Any]) -> tuple[list[str], list[dict]]:
+def _methods(
+    net: torch.nn.Module, methods: Sequence[str] | None, cfg: Mapping[str, Any]
+) -> tuple[list[str], list[dict]]:
     """The methods to run and the skipped ones (method, family, reason): the given ones (an unsupported
     layer for a requested gradient method raises), else every registered method the model allows."""
     for m in methods or ():
@@ -247,7 +253,9 @@ def _methods(net: torch.nn.Module, methods: Sequence[str] | None, cfg: Mapping[s
     names, skipped = [], []
     for m in registry.names():
         if unsupported is not None and _needs_all_weight_gradients(m):
-            skipped.append({"method": m, "family": registry.get(m).family, "reason": f"all-weights gradients: {unsupported}"})
+            skipped.append(
+                {"method": m, "family": registry.get(m).family, "reason": f"all-weights gradients: {unsupported}"}
+            )
         else:
             names.append(m)
     return names, skipped

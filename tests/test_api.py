@@ -53,8 +53,12 @@ def _pipeline(tmp_path: Path, profile: Path):
 
 
 def _assert_same_rows(api: pd.DataFrame, csv: pd.DataFrame) -> None:
+    """Same columns, methods in the same order, and per (method, OOD set) the same cells (numbers to
+    1e-12). The OOD sets come in the order given to evaluate; the pipeline's are sorted by name."""
     assert list(api.columns) == list(csv.columns)
     assert len(api) == len(csv) > 0
+    assert list(dict.fromkeys(api["method"])) == list(dict.fromkeys(csv["method"]))
+    api, csv = (f.sort_values(["method", "ood_set"], kind="stable").reset_index(drop=True) for f in (api, csv))
     for col in csv.columns:
         a, c = api[col].tolist(), csv[col].tolist()
         if col in STRING_COLUMNS:
@@ -96,7 +100,12 @@ def test_evaluate_equals_the_pipelines_metrics_csv(tmp_path, grid_points):
 def _toy_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
     ).eval()
 
 
@@ -167,7 +176,9 @@ def test_unsupported_layer_names_it_or_is_skipped_by_default():
     from ood_core.grads.layers import UnsupportedModuleError
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
     tr, te = _toy_data(24, 0), _toy_data(24, 1)
     with pytest.raises(UnsupportedModuleError, match="1.*vmap"):
         evaluate(model, train=tr, id_test=te, ood={"o": te[0] + 2}, methods=["grodin_g"], config=FAST)

@@ -66,3 +66,25 @@ def test_wheel_ships_the_profiles_and_an_installed_copy_knows_them(tmp_path):
     assert Path(where).resolve().is_relative_to(site.resolve()), f"imported {where}, not the installed copy"
     assert known.split() == profiles, known
     assert model == "small_cnn"
+
+    # the Python API of the installed copy works on its own: no analysis/ module is imported
+    api_code = (
+        "import sys, torch, torch.nn as nn\n"
+        "from ood_core.api import evaluate\n"
+        "torch.manual_seed(0)\n"
+        "m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),"
+        " nn.Linear(4, 3)).eval()\n"
+        "x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 3, (40,))\n"
+        "ev = evaluate(m, train=(x, y), id_test=(x + 0.1, y), ood={'o': x + 3}, methods=['msp', 'grodin_g'],"
+        " config={'extract': {'odin_T': [1, 10], 'odin_eps': [0.0, 0.002]}, 'benchmark': {'bootstrap': 2}})\n"
+        "import ood_core.api as api\n"
+        "print(api.__file__)\n"
+        "print(len(ev.metrics), sorted(n for n in sys.modules if n.split('.')[0] == 'analysis'))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", api_code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    where, result = r.stdout.splitlines()[-2:]
+    assert Path(where).resolve().is_relative_to(site.resolve()), where
+    assert result == "2 []", result

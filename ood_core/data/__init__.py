@@ -1,6 +1,6 @@
 """Data sets of the study: registry kind -> loader returning an ``ImageSet`` (uint8 images).
 
-    s = load_dataset("npz", shared_data_dir() / "cifar10_test.npz", num_classes=10)
+    s = load_dataset("npz", shared_data_dir() / "cifar10_test.npz")
     x = to_tensor(s.images[:256], CIFAR10_MEAN, CIFAR10_STD, size=32, channels=3)
 
 Kinds: npz, cifar10, cifar100, svhn, mnist, fashion_mnist, kmnist, image_folder, imagenet_c,
