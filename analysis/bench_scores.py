@@ -181,7 +181,8 @@ def loop_agreement(model, x: torch.Tensor) -> float:
     for i in range(x.shape[0]):
         f = model(x[i : i + 1])
         gs = torch.autograd.grad(F.cross_entropy(f, f.argmax(1)), params)
-        ref.append(sum(g.double().pow(2).sum() for g in gs))
+        sq = sum(g.double().pow(2).sum() for g in gs)  # typed Tensor | int (sum's start 0)
+        ref.append(torch.as_tensor(sq))
     ref_t = torch.stack(ref).to(fast.device)
     return float(((fast.double() - ref_t).abs() / ref_t.abs().clamp_min(1e-30)).max())
 

@@ -63,6 +63,8 @@ def compact(src: Path, dst: Path, max_per_set: int = 2000, seed: int = 0) -> Pat
                 new_splits[f"{name}__{part}"] = pos[old[np.isin(old, rows)]]
         if cache.has_scores(name):
             old_test = cache.test_index(name)
+            if old_test is None:
+                raise ValueError(f"{name}: stored scores, but neither their test rows nor a split")
             keep = np.isin(old_test, rows)
             out = {k: v[keep] for k, v in cache.scores(name).items()}
             out[TEST_IDX_KEY] = pos[old_test[keep]]

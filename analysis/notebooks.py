@@ -101,7 +101,7 @@ def quiet_kernel_manager():
 def seed_scratch(fig_dir: Path, scratch: Path) -> list[Path]:
     """Copy the benchmark's tables from ``fig_dir`` into ``scratch``, so that a notebook run by hand
     with its default parameters (fig_dir = the scratch folder) finds them there."""
-    copied = []
+    copied: list[Path] = []
     if fig_dir.resolve() == scratch.resolve():
         return copied
     scratch.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ regenerates tables and figures from a committed analysis cache (no GPU, no data 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -48,7 +49,7 @@ def stage_command(stage: str, args: argparse.Namespace, analysis_dir: str | None
     return cmd
 
 
-def _pump(src: BinaryIO, dst: BinaryIO, log: BinaryIO, lock: threading.Lock, quiet: threading.Event) -> None:
+def _pump(src: io.BufferedReader, dst: BinaryIO, log: BinaryIO, lock: threading.Lock, quiet: threading.Event) -> None:
     """Copy a child's stream to ``dst`` (unless ``quiet``) and to the log, chunk by chunk."""
     for chunk in iter(lambda: src.read1(1 << 14), b""):
         if not quiet.is_set():

@@ -74,8 +74,8 @@ def imported_sources(*start: Path, packages: Iterable[str] = PROJECT_PACKAGES) -
             if isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = package[: len(package) - node.level + 1] if node.level else []
-                base = ".".join(base + (node.module.split(".") if node.module else []))
+                parent = package[: len(package) - node.level + 1] if node.level else []
+                base = ".".join(parent + (node.module.split(".") if node.module else []))
                 modules = [base, *(f"{base}.{a.name}" for a in node.names)]  # `from pkg import module`
             else:
                 continue

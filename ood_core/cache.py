@@ -65,7 +65,8 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray], key: str | None = Non
         data[KEY_FIELD] = np.array(key)
     with atomic_path(Path(path), ".npz") as tmp:
         with open(tmp, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **data)
+            # numpy's stubs type the keyword allow_pickle as bool, which **data (array names) never holds
+            (np.savez_compressed if compress else np.savez)(f, **data)  # type: ignore[arg-type]
     return Path(path)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -188,7 +188,9 @@ def check_type(value: Any, path: tuple[str, ...], source: str) -> None:
         want += " or null" if default is None else f" (default: {json.dumps(default)})"
         raise ConfigError(f"{source}: '{where}' must be {want}, got {_describe(value)}")
     elem = _element_kind(default) if isinstance(default, list) and isinstance(value, list) else None
-    bad = [v for v in value if not _is_a(v, elem)] if elem else []
+    if elem is None:
+        return
+    bad = [v for v in value if not _is_a(v, elem)]
     if bad:
         raise ConfigError(f"{source}: every element of '{where}' must be {_TYPE_WORDS[elem]}, got {_describe(bad[0])}")
 
@@ -276,7 +278,7 @@ def merge_settings(overrides: dict | None, source: str, base: dict | None = None
     return _merge(DEFAULTS if base is None else base, dict(overrides or {}), (), source)
 
 
-def odin_eps_grid(cfg: dict) -> list[float]:
+def odin_eps_grid(cfg: Mapping[str, Any]) -> list[float]:
     """The eps grid of the profile as a list (linspace start..stop, num points)."""
     import numpy as np
 

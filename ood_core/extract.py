@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from tqdm.auto import tqdm
 
 from .data.sources import BatchSource, Preprocess  # noqa: F401  (Preprocess re-exported: the pipeline's import path)
 from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
+
+if TYPE_CHECKING:
+    from .models import OODModel
 
 
 @dataclass
@@ -49,7 +52,7 @@ def _same_stats(a: Any, b: Any) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def group_subspaces(subspaces: list[Subspace]) -> list[list[Subspace]]:
+def group_subspaces(subspaces: Sequence[Subspace]) -> list[list[Subspace]]:
     """Subspaces over the same parameters with the same whitening share one gradient pass."""
     groups: list[list[Subspace]] = []
     for sub in subspaces:
@@ -72,7 +75,7 @@ def _sync(device: torch.device) -> None:
 
 
 def extract_arrays(
-    model: torch.nn.Module,
+    model: OODModel,
     data: BatchSource,
     cfg: Mapping[str, Any],
     device: torch.device,
@@ -80,7 +83,7 @@ def extract_arrays(
     input_std: Sequence[float] | None = None,
     odin_T: list[float] | None = None,
     odin_eps: list[float] | None = None,
-    subspaces: list[Subspace] = (),
+    subspaces: Sequence[Subspace] = (),
     lowdim_chunk: int = 16,
     is_ood: bool = False,
     with_grodin: bool = True,
@@ -97,6 +100,7 @@ def extract_arrays(
     from .grads.lowdim import fold_whitening, project
 
     model.eval().to(device)
+    odin_T, odin_eps = odin_T or [], odin_eps or []  # None: no ODIN/GRODIN grid
     bs = int(cfg["batch_size"])
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     seconds: dict[str, float] = defaultdict(float)
@@ -104,7 +108,7 @@ def extract_arrays(
     groups = group_subspaces(subspaces)
     # each group's bases concatenated and the whitening folded in once (not per batch: P x K copies)
     folds = [fold_whitening(g[0].V if len(g) == 1 else torch.cat([s.V for s in g], 1), g[0].stats) for g in groups]
-    n_grid = len(odin_T or ()) * len(odin_eps or ())
+    n_grid = len(odin_T) * len(odin_eps)
     counts: dict[str, int] = {}
     labels: list[np.ndarray] = []
     for xb, yb in tqdm(data.batches(bs, device), total=-(-len(data) // bs), desc=desc, leave=False):
@@ -154,7 +158,7 @@ def extract_arrays(
         arrays["odin_eps"] = np.asarray(odin_eps, np.float64)
     if use_grodin and grodin_rows is not None:  # the whole grid on these rows only, in full chunks
         rows = np.asarray(grodin_rows, np.int64)
-        sub = grid_cells_pass(
+        rows_grid = grid_cells_pass(
             model,
             data.take(rows),
             cfg,
@@ -165,9 +169,9 @@ def extract_arrays(
             points=np.ones((len(odin_eps), len(odin_T)), bool),
             desc=f"{desc} grid",
         )
-        arrays.update(grid_on_rows(len(data), rows, sub.arrays, odin_T, odin_eps))
-        seconds["grodin_grid"] = sub.seconds["grodin_selected"]
-        counts["grodin_grid"], cells = len(rows), sub.grid_cells
+        arrays.update(grid_on_rows(len(data), rows, rows_grid.arrays, odin_T, odin_eps))
+        seconds["grodin_grid"] = rows_grid.seconds["grodin_selected"]
+        counts["grodin_grid"], cells = len(rows), rows_grid.grid_cells
     return ExtractResult(arrays, dict(seconds), len(data), counts, cells)
 
 

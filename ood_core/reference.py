@@ -209,9 +209,9 @@ def _grodin() -> list[dict[str, Any]]:
         ("ResNet-50", "ImageNet-C"): (0.937, 0.969, 0.969, 0.976, 0.982, 0.958),
     }
     methods = ("msp", "odin", "maxlogit", "ensemble5", "grodin_g", "grodin_sg")
-    for (model, s), vals in t5.items():
-        for m, v in zip(methods, vals):
-            if v is None:
+    for (model, s), t5_aurocs in t5.items():
+        for m, auroc in zip(methods, t5_aurocs):
+            if auroc is None:  # ensemble5: not reported for ResNet-18
                 continue
             out.append(
                 _e(
@@ -222,7 +222,7 @@ def _grodin() -> list[dict[str, Any]]:
                     s,
                     m,
                     "auroc",
-                    round(v * 100, 2),
+                    round(auroc * 100, 2),
                     "ROC-AUC as a fraction in the paper; ImageNet-C = glass blur severity 5",
                     "per_ood_val",
                     "not stated in the seed text",

@@ -23,13 +23,16 @@ their registered display names (``ood_core.scores.display_name``), never their c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
 
 from .cache import atomic_path
 from .cache import write_text as _write_text
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 COLUMN_WIDTH = 3.25  # inches, one column of a two-column paper
 TEXT_WIDTH = 6.75  # inches, full text width
@@ -55,7 +58,7 @@ OOD_COLOR = "0.6"
 _OOD_CYCLE = [c for c in PALETTE[1:] if c != "#949494"]
 DIVERGING_CMAP = "RdBu"  # red below chance, white at chance, blue above
 
-RC = {
+RC: dict[RcKeyType, Any] = {  # keys: matplotlib's rcParams names (checked by mypy)
     "font.size": FONT_SIZE,
     "axes.titlesize": FONT_SIZE,
     "axes.labelsize": FONT_SIZE,

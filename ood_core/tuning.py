@@ -24,7 +24,7 @@ import inspect
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -198,7 +198,7 @@ def _val_aurocs(
     return tables
 
 
-def best_of(table: list[tuple[Params, float]]) -> Params:
+def best_of(table: Sequence[tuple[Mapping[str, Any], float]]) -> Params:
     """Grid point with the highest AUROC; ties -> the first in grid order."""
     if not table:
         raise ValueError("empty tuning table")

@@ -45,6 +45,7 @@ WRITTEN = [
     "notebooks/.ipynb_checkpoints/01_tsne-checkpoint.ipynb",
     ".venv/bin/python",
     ".pytest_cache/v/cache/lastfailed",
+    ".mypy_cache/3.10/cache.db",
     "tests/__pycache__/conftest.cpython-311.pyc",
     "ood_core.egg-info/PKG-INFO",
     "build/lib/ood_core/__init__.py",

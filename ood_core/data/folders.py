@@ -23,10 +23,10 @@ def _decode(path: Path, size: int, crop: int | None) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("RGB")
         if crop is None:
-            return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+            return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
         w, h = im.size
         s = size / min(w, h)
-        im = im.resize((max(crop, round(w * s)), max(crop, round(h * s))), Image.BILINEAR)
+        im = im.resize((max(crop, round(w * s)), max(crop, round(h * s))), Image.Resampling.BILINEAR)
         w, h = im.size
         left, top = (w - crop) // 2, (h - crop) // 2
         return np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8)

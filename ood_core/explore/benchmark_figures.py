@@ -157,7 +157,7 @@ def plot_compute_cost(tm: pd.DataFrame, family_of: dict[str, str]):
     ax.barh(
         [display_name(m) for m in t["method"]],
         t["seconds_per_1000"],
-        color=[fam_col.get(family_of.get(m), style.ID_COLOR) for m in t["method"]],
+        color=[fam_col.get(family_of.get(m, ""), style.ID_COLOR) for m in t["method"]],
     )
     ax.set_xscale("log")
     style.label_log_axis(ax.xaxis, t["seconds_per_1000"].min(), t["seconds_per_1000"].max())

@@ -76,7 +76,7 @@ def heatmap_table(
         return tab.loc[[m for m in methods if m in tab.index]]
     fam, rank = families(mdf), {f: i for i, f in enumerate(FAMILIES)}
     return (
-        tab.assign(_f=[rank.get(fam.get(m), len(rank)) for m in tab.index])
+        tab.assign(_f=[rank.get(fam.get(m, ""), len(rank)) for m in tab.index])
         .sort_values(["_f", "mean"], ascending=[True, False])
         .drop(columns="_f")
     )

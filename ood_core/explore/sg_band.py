@@ -78,10 +78,11 @@ def pick_cell(
 def s_g_sg(arrays: dict[str, np.ndarray], cell: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(S, ||G||^2, SG = ||grad||^2) per row at ``cell``: the registered ``grodin_s``, ``-grodin_g`` and
     ``-grodin_sg``."""
-    return tuple(
+    s, g, sg = (
         sign * registry.compute(m, arrays, **cell)
         for m, sign in (("grodin_s", 1.0), ("grodin_g", -1.0), ("grodin_sg", -1.0))
     )
+    return s, g, sg
 
 
 def use_logit(S_id: np.ndarray, s_transform: str = "auto") -> bool:
@@ -118,7 +119,7 @@ def hard_band(x_id: np.ndarray, x_ood: np.ndarray, mass: float) -> tuple[float, 
             return np.exp(-0.5 * ((grid - x.mean()) / (pad + 1e-6)) ** 2)
         return gaussian_kde(x)(grid)
 
-    trapz = getattr(np, "trapezoid", None) or np.trapz
+    trapz = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # trapz: numpy < 2.0 (removed in 2.4)
     pi, po = kde(x_id), kde(x_ood)
     pi, po = pi / trapz(pi, grid), po / trapz(po, grid)
     m = np.minimum(pi, po)

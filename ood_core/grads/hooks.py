@@ -187,7 +187,7 @@ class HookEngine:
     ) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
         """Output gradients of the plan's modules for sum_i <delta_i, f_i> (None for a module the
         loss does not reach), and d/dx of it when ``input_grad`` (else None)."""
-        if self.logits is None:
+        if self.logits is None or self.x is None:
             raise RuntimeError("call forward() first")
         delta = delta.detach().to(device=self.logits.device)
         z = self.logits
@@ -223,6 +223,8 @@ class HookEngine:
         """``sq_norms`` and, from the same backward, d/dx of sum_i <delta_i, f_i> (per sample,
         since samples are independent)."""
         gs, gx = self._backward(delta, retain_graph, True)
+        if gx is None:  # autograd.grad(allow_unused=True): the logits do not depend on the input
+            raise RuntimeError("the model's logits do not depend on its input: no input gradient")
         return self._sum_sq_norms(gs, delta.shape[0], delta.device), gx
 
     def grads_flat(

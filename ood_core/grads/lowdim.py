@@ -14,7 +14,7 @@ device; P x K must fit there (ResNet-18, K = 200: 2.2 G entries = 9 GB in float3
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeGuard
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from .deltas import DeltaFn, energy_delta
 from .hooks import HookEngine
 from .runtime import eval_mode, model_device_dtype
 from .selection import ParamSpec, last_block_prefixes, resolve_params  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from ..models import OODModel
 
 __all__ = [
     "GradStats",
@@ -54,8 +57,9 @@ def _first(item):
 HEAD_NAMES = ("head.weight", "head.bias")
 
 
-def _head_only(model: nn.Module, names: list[str]) -> bool:
-    """True when the selected parameters are the linear head's (the closed form applies)."""
+def _head_only(model: nn.Module, names: list[str]) -> TypeGuard[OODModel]:
+    """True when the selected parameters are the linear head's (the closed form applies): then
+    ``model`` has the shape of an ``OODModel`` (``features`` and a linear ``head``)."""
     return (
         bool(names)
         and set(names) <= set(HEAD_NAMES)
@@ -64,7 +68,7 @@ def _head_only(model: nn.Module, names: list[str]) -> bool:
     )
 
 
-def head_grads_closed_form(model: nn.Module, x: torch.Tensor, names: list[str], delta_fn: DeltaFn) -> torch.Tensor:
+def head_grads_closed_form(model: OODModel, x: torch.Tensor, names: list[str], delta_fn: DeltaFn) -> torch.Tensor:
     """Per-sample gradients over the head only, from one forward and no backward:
     d l / dW = delta h^T, d l / db = delta, with delta = d l / d logits (``delta_fn``) and h the
     penultimate features; columns in ``named_parameters()`` order, as ``HookEngine.grads_flat``."""
@@ -264,7 +268,7 @@ def pca_subspace(
 
     def times(m: torch.Tensor) -> torch.Tensor:  # A @ m, (N, l) float64
         m = m.to(acc)
-        ms, shift = (m, None) if stats is None else (scale[:, None] * m, mean_s @ m)
+        ms, shift = (m, None) if scale is None or mean_s is None else (scale[:, None] * m, mean_s @ m)
         rows = []
         for g in raw_chunks():
             y = g.to(acc) @ ms
@@ -293,7 +297,7 @@ def pca_subspace(
         if not ranks.is_distributed and s != q.shape[0]:
             raise RuntimeError(f"batches_factory gave {s} samples, an earlier pass {q.shape[0]}")
         ranks.all_reduce_sum_(out)
-        if stats is not None:
+        if stats is not None and scale is not None:
             out.addr_(stats[0].to(acc), q.sum(0).to(acc), alpha=-1.0).mul_(scale[:, None])
         return out
 

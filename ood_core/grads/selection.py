@@ -9,7 +9,7 @@ residual stage + head of the zoo's models, Wu et al.'s "which layers" ablation).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, Union, cast
 
 import torch.nn as nn
 
@@ -45,7 +45,7 @@ def last_block_prefixes(model: nn.Module) -> list[str]:
     if isinstance(model, zoo.TorchvisionResNet50):
         return ["body.layer4", "head"]
     if isinstance(model, zoo.WideResNet):
-        blocks = list(model.blocks)
+        blocks = cast("list[zoo.WideBasic]", list(model.blocks))  # WideResNet.blocks holds WideBasic only
         width = blocks[-1].conv2.out_channels
         last = [i for i, b in enumerate(blocks) if b.conv2.out_channels == width]
         return [f"blocks.{i}" for i in last] + ["bn", "head"]

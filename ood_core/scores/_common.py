@@ -142,6 +142,7 @@ def knn_distances(
                     torch.cat([best, top], 1), min(k, best.shape[1] + kk), dim=1, largest=False, sorted=True
                 ).values
             )
+        assert best is not None  # n >= 1: the bank loop ran
         out[i : i + q_chunk] = best
     return out.sqrt().cpu().numpy()
 

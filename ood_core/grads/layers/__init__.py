@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 
 from .base import LayerRule, UnsupportedModuleError
@@ -12,10 +14,11 @@ from .linear import LinearRule
 
 __all__ = ["RULES", "LayerRule", "UnsupportedModuleError", "rule_for"]
 
-RULES: tuple[LayerRule, ...] = (LinearRule(), Conv2dRule(), BatchNormRule())
+# Any: a rule serves the module types in its ``types``, matched at run time by ``rule_for``
+RULES: tuple[LayerRule[Any], ...] = (LinearRule(), Conv2dRule(), BatchNormRule())
 
 
-def rule_for(name: str, mod: nn.Module) -> LayerRule:
+def rule_for(name: str, mod: nn.Module) -> LayerRule[Any]:
     """The rule serving module ``name``; UnsupportedModuleError (naming it) when there is none or
     the rule refuses the module's configuration."""
     label = f"module '{name or '<root>'}' ({type(mod).__name__})"

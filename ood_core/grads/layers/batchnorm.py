@@ -16,22 +16,26 @@ from .base import UnsupportedModuleError
 
 __all__ = ["BatchNormRule"]
 
+BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d  # the module types the rule serves
 
-def _xhat(mod: nn.Module, a: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+
+def _xhat(mod: BatchNorm, a: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     """(n, C, spatial) normalised input (x - running_mean) / sqrt(running_var + eps)."""
+    running_mean, running_var = mod.running_mean, mod.running_var
+    assert running_mean is not None and running_var is not None  # BatchNormRule.check refused the module
     n, c = a.shape[0], a.shape[1]
     a = a.reshape(n, c, -1).to(dt)
-    mean = mod.running_mean.to(dt).view(1, c, 1)
-    var = mod.running_var.to(dt).view(1, c, 1)
+    mean = running_mean.to(dt).view(1, c, 1)
+    var = running_var.to(dt).view(1, c, 1)
     return (a - mean) / torch.sqrt(var + mod.eps)
 
 
 class BatchNormRule:
     """``LayerRule`` of nn.BatchNorm1d / nn.BatchNorm2d with running statistics."""
 
-    types = (nn.BatchNorm1d, nn.BatchNorm2d)
+    types: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
 
-    def check(self, mod: nn.Module, label: str) -> None:
+    def check(self, mod: BatchNorm, label: str) -> None:
         if mod.running_mean is None or mod.running_var is None:
             raise UnsupportedModuleError(
                 f"{label} has no running statistics (track_running_stats=False), so samples are not "
@@ -39,7 +43,7 @@ class BatchNormRule:
             )
 
     def sq_norm(
-        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
+        self, mod: BatchNorm, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
     ) -> torch.Tensor:
         dt = compute_dtype(g)
         n = g.shape[0]
@@ -53,7 +57,7 @@ class BatchNormRule:
         return out
 
     def write_grads(
-        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
+        self, mod: BatchNorm, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
     ) -> None:
         dt = next(iter(views.values())).dtype
         n = g.shape[0]

@@ -28,7 +28,7 @@ def unfold_patches(mod: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
         mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
         x = F.pad(x, mod._reversed_padding_repeated_twice, mode=mode)
-        padding = 0
+        padding: int | tuple[int, ...] = 0
     else:
         padding = mod.padding
     return F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=padding, stride=mod.stride)
@@ -73,16 +73,16 @@ def weight_grads_grouped(mod: nn.Conv2d, a: torch.Tensor, G: torch.Tensor, hw: S
 class Conv2dRule:
     """``LayerRule`` of nn.Conv2d with groups = 1."""
 
-    types = (nn.Conv2d,)
+    types: tuple[type[nn.Module], ...] = (nn.Conv2d,)
 
-    def check(self, mod: nn.Module, label: str) -> None:
+    def check(self, mod: nn.Conv2d, label: str) -> None:
         if mod.groups != 1:
             raise UnsupportedModuleError(
                 f"{label} has groups={mod.groups}; the hooks engine supports groups=1 only. Use method='vmap'."
             )
 
     def sq_norm(
-        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
+        self, mod: nn.Conv2d, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
     ) -> torch.Tensor:
         dt = compute_dtype(g)
         n = g.shape[0]
@@ -108,7 +108,7 @@ class Conv2dRule:
         return out
 
     def write_grads(
-        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
+        self, mod: nn.Conv2d, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
     ) -> None:
         dt = next(iter(views.values())).dtype
         n = g.shape[0]

@@ -20,13 +20,13 @@ __all__ = ["LinearRule"]
 class LinearRule:
     """``LayerRule`` of nn.Linear (every configuration is supported)."""
 
-    types = (nn.Linear,)
+    types: tuple[type[nn.Module], ...] = (nn.Linear,)
 
-    def check(self, mod: nn.Module, label: str) -> None:
+    def check(self, mod: nn.Linear, label: str) -> None:
         return None
 
     def sq_norm(
-        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
+        self, mod: nn.Linear, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, max_bytes: int
     ) -> torch.Tensor:
         dt = compute_dtype(g)
         n = g.shape[0]
@@ -47,7 +47,7 @@ class LinearRule:
         return out
 
     def write_grads(
-        self, mod: nn.Module, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
+        self, mod: nn.Linear, local: Sequence[str], a: torch.Tensor, g: torch.Tensor, views: dict[str, torch.Tensor]
     ) -> None:
         dt = next(iter(views.values())).dtype
         n = g.shape[0]
