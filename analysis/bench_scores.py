@@ -238,7 +238,8 @@ def subspace_pass_methods(model, x, k: int, chunk: int = 64):
     ``grads_flat_allw`` the per-sample gradients alone; ``lowdim_allw_Am`` + the product with a
     (P, k + 10) basis (a projection / a PCA ``A m`` pass); ``lowdim_allw_ATq`` + the accumulation of
     A^T q into a (P, k + 10) matrix (a PCA ``A^T q`` pass). pass / grads_flat = the pass's overhead."""
-    from ood_core.grads.lowdim import _iter_raw, resolve_params
+    from ood_core.grads.lowdim import resolve_params
+    from ood_core.grads.stream import iter_raw_grads
 
     names = resolve_params(model, "all")
     P = sum(dict(model.named_parameters())[n].numel() for n in names)
@@ -251,17 +252,17 @@ def subspace_pass_methods(model, x, k: int, chunk: int = 64):
     acc = torch.zeros(P, l, device=x.device)
 
     def grads_flat():
-        for _g, _ in _iter_raw(model, [x], names, energy_delta, chunk):
+        for _g, _ in iter_raw_grads(model, [x], names, energy_delta, chunk):
             pass
 
     def a_m():
-        for g, _ in _iter_raw(model, [x], names, energy_delta, chunk):
+        for g, _ in iter_raw_grads(model, [x], names, energy_delta, chunk):
             (g @ ms - shift).double()
 
     def at_q():
         acc.zero_()
         s = 0
-        for g, _ in _iter_raw(model, [x], names, energy_delta, chunk):
+        for g, _ in iter_raw_grads(model, [x], names, energy_delta, chunk):
             acc.addmm_(g.T, q[s : s + g.shape[0]])
             s += g.shape[0]
         acc.addr_(mean, q.sum(0), alpha=-1.0).mul_(scale[:, None])

@@ -2,7 +2,8 @@
 
 per_sample (public entry points) over deltas (dL/dlogits), selection (``params``), hooks (engine)
 with layers/ (one rule per layer type) and vmap (torch.func reference); perturb (ODIN step),
-grodin (ODIN/GRODIN grid), lowdim (low-dimensional gradients)."""
+grodin (ODIN/GRODIN grid; its method="vmap" in grodin_vmap), stream (per-sample gradients over a
+data iterator) and lowdim (low-dimensional gradients)."""
 
 from .deltas import ce_pred_delta, energy_delta, kl_uniform_delta
 from .grodin import grodin_grid, kl_allweights_sqnorm

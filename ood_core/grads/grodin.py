@@ -8,7 +8,8 @@ The logit gradient softmax(f/T) - onehot(yhat) and S are computed from float64 l
 S = 1 the difference cancels, and in float32 it lost up to 3e-3 relative precision.
 Cost per chunk: one forward at x serves every T (its backward for T gives both the input-gradient
 sign used for the perturbation and the eps = 0 norms, retain_graph across T); then one forward +
-one backward per (eps > 0, T) at x~, since x~ differs per (eps, T).
+one backward per (eps > 0, T) at x~, since x~ differs per (eps, T). That is ``method="hooks"`` (the
+default); ``method="vmap"`` (any model, e.g. LayerNorm / GroupNorm) runs ``grodin_vmap.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 import torch.nn as nn
 
 from .deltas import ce_pred_delta, kl_uniform_delta
+from .grodin_vmap import grid_cells_vmap
 from .hooks import DEFAULT_MAX_BYTES, HookEngine
-from .per_sample import per_sample_sq_norms
+from .per_sample import check_method, per_sample_sq_norms
 from .perturb import SPACES, apply_sign_step
 from .runtime import model_device_dtype
 from .selection import ParamSpec
@@ -42,14 +44,17 @@ def grodin_grid(
     max_bytes: int = DEFAULT_MAX_BYTES,
     amp_dtype: torch.dtype | None = None,
     points: np.ndarray | None = None,
+    method: str = "hooks",
 ) -> dict[str, np.ndarray]:
     """Returns ``{"odin_s": (nE, nT, N) float32, "grodin_sqnorm": (nE, nT, N) float32}``.
 
     ``points`` (nE, nT) bool computes only those grid cells (the others are NaN); None = every cell.
     Work per chunk: one forward at x, one backward per T that has a selected cell, one forward +
-    backward per selected (eps > 0, T). ``x`` may live on the CPU (moved chunk by chunk)."""
+    backward per selected (eps > 0, T). ``x`` may live on the CPU (moved chunk by chunk).
+    ``method``: "hooks" or "vmap" (``per_sample.METHODS``; ``max_bytes`` applies to hooks only)."""
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    check_method(method)
     Ts = [float(t) for t in Ts]
     epss = [float(e) for e in epss]
     if any(t <= 0 for t in Ts):
@@ -68,6 +73,23 @@ def grodin_grid(
     pert_at = [np.flatnonzero(mask[:, t] & ~is_zero) for t in range(nT)]
     active = [t for t in range(nT) if zero_at[t].size or pert_at[t].size]
     if n == 0 or not active:
+        return {"odin_s": odin_s, "grodin_sqnorm": sqn}
+    if method == "vmap":
+        grid_cells_vmap(
+            model,
+            x,
+            Ts,
+            epss,
+            zero_at,
+            pert_at,
+            odin_s,
+            sqn,
+            chunk=chunk,
+            space=space,
+            std=std,
+            params=params,
+            amp_dtype=amp_dtype,
+        )
         return {"odin_s": odin_s, "grodin_sqnorm": sqn}
     eng = HookEngine(model, params, max_bytes=max_bytes)
     with eng:
@@ -112,14 +134,17 @@ def kl_allweights_sqnorm(
     params: ParamSpec = "all",
     max_bytes: int = DEFAULT_MAX_BYTES,
     amp_dtype: torch.dtype | None = None,
+    method: str = "hooks",
 ) -> np.ndarray:
-    """(N,) float32: ||d/dtheta KL(u || softmax f(x))||^2 over all trainable weights (T = 1, eps = 0)."""
+    """(N,) float32: ||d/dtheta KL(u || softmax f(x))||^2 over all trainable weights (T = 1, eps = 0).
+    ``method``: "hooks" or "vmap" (``per_sample.METHODS``; vmap: at most 32 samples' gradients at once)."""
+    check_method(method)
     dev, pdt = model_device_dtype(model)
     out = []
     for s in range(0, x.shape[0], chunk):
         xc = x[s : s + chunk].to(device=dev, dtype=pdt)
         _, sq = per_sample_sq_norms(
-            model, xc, kl_uniform_delta, params=params, max_bytes=max_bytes, amp_dtype=amp_dtype
+            model, xc, kl_uniform_delta, params=params, method=method, max_bytes=max_bytes, amp_dtype=amp_dtype
         )
         out.append(sq.cpu().numpy().astype(np.float32))
     return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -8,13 +8,14 @@ scale; g~ = (g - z_bar) * scale. ``stats=None`` means normalisation "none" (g~ =
 
 Nothing here holds an N x P matrix: every function streams over a data iterator (``batches`` yields
 normalized x tensors, or (x, y, ...) tuples whose first item is x) and over chunks of per-sample
-gradients from ``HookEngine.grads_flat``. Subspace bases V (P, K) and the stats live on the model's
+gradients (``stream.py``; ``method`` = "hooks", the default, or "vmap" for models the hooks engine
+cannot handle, e.g. LayerNorm / GroupNorm). Subspace bases V (P, K) and the stats live on the model's
 device; P x K must fit there (ResNet-18, K = 200: 2.2 G entries = 9 GB in float32).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeGuard
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,18 +23,20 @@ import torch.nn as nn
 
 from ..distributed import Ranks
 from .deltas import DeltaFn, energy_delta
-from .hooks import HookEngine
-from .runtime import eval_mode, model_device_dtype
+from .runtime import model_device_dtype
 from .selection import ParamSpec, last_block_prefixes, resolve_params  # noqa: F401  (re-exported)
+from .stream import HEAD_NAMES, head_grads_closed_form, iter_raw_grads, num_selected_params
 
 if TYPE_CHECKING:
-    from ..models import OODModel
+    pass
 
 __all__ = [
+    "HEAD_NAMES",
     "GradStats",
     "class_mean_subspace",
     "fold_whitening",
     "gradient_stats",
+    "head_grads_closed_form",
     "iter_whitened_grads",
     "last_block_prefixes",
     "pca_subspace",
@@ -44,72 +47,12 @@ __all__ = [
 
 GradStats = tuple[torch.Tensor, torch.Tensor]  # (mean (P,), scale (P,))
 DEFAULT_CHUNK = 16  # samples whose full gradients are materialised at once (Wu et al.: 16 on CIFAR)
+# the functions that stream gradients take ``method`` ("hooks" | "vmap", ``per_sample.METHODS``): the
+# per-sample gradient engine for parameter sets other than the head (which has a closed form)
 
 
 # --------------------------------------------------------------------------------------------------
-# streaming per-sample gradients
-
-
-def _first(item):
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
-HEAD_NAMES = ("head.weight", "head.bias")
-
-
-def _head_only(model: nn.Module, names: list[str]) -> TypeGuard[OODModel]:
-    """True when the selected parameters are the linear head's (the closed form applies): then
-    ``model`` has the shape of an ``OODModel`` (``features`` and a linear ``head``)."""
-    return (
-        bool(names)
-        and set(names) <= set(HEAD_NAMES)
-        and isinstance(getattr(model, "head", None), nn.Linear)
-        and callable(getattr(model, "features", None))
-    )
-
-
-def head_grads_closed_form(model: OODModel, x: torch.Tensor, names: list[str], delta_fn: DeltaFn) -> torch.Tensor:
-    """Per-sample gradients over the head only, from one forward and no backward:
-    d l / dW = delta h^T, d l / db = delta, with delta = d l / d logits (``delta_fn``) and h the
-    penultimate features; columns in ``named_parameters()`` order, as ``HookEngine.grads_flat``."""
-    with torch.no_grad(), eval_mode(model):
-        h = model.features(x)
-        delta = delta_fn(model.head(h))
-        h = h.to(delta.dtype)
-        cols = {"head.weight": (delta[:, :, None] * h[:, None, :]).reshape(x.shape[0], -1), "head.bias": delta}
-        return torch.cat([cols[n] for n in names], dim=1)
-
-
-def _iter_raw(
-    model: nn.Module, batches: Iterable, names: list[str], delta_fn: DeltaFn, chunk: int, with_labels: bool = False
-) -> Iterator:
-    """Yields (G (n, P) on the model device, labels or None) for consecutive chunks of samples.
-    Head-only parameter sets use the closed form (forward only); others the hooks engine, whose G
-    is a view of one reused buffer: valid until the next chunk is asked for (consume, don't keep)."""
-    dev, pdt = model_device_dtype(model)
-    if _head_only(model, names):
-        for item in batches:
-            x = _first(item)
-            y = item[1] if with_labels else None
-            for s in range(0, x.shape[0], chunk):
-                xc = x[s : s + chunk].to(device=dev, dtype=pdt)
-                g = head_grads_closed_form(model, xc, names, delta_fn)
-                yield g, (None if y is None else torch.as_tensor(y[s : s + chunk]).to(dev))
-        return
-    eng = HookEngine(model, names)
-    buf: torch.Tensor | None = None  # one (chunk, P) buffer for every chunk: a fresh multi-GB
-    with eng:  # tensor per chunk costs more in page faults than the products
-        for item in batches:
-            x = _first(item)
-            y = item[1] if with_labels else None
-            for s in range(0, x.shape[0], chunk):
-                xc = x[s : s + chunk].to(device=dev, dtype=pdt)
-                lg = eng.forward(xc)
-                delta = delta_fn(lg.detach())
-                if buf is None or buf.dtype != delta.dtype:
-                    buf = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=dev)
-                g = eng.grads_flat(delta, out=buf[: xc.shape[0]])
-                yield g, (None if y is None else torch.as_tensor(y[s : s + chunk]).to(dev))
+# whitened per-sample gradients (streamed by stream.py)
 
 
 def whiten(g: torch.Tensor, stats: GradStats | None) -> torch.Tensor:
@@ -128,10 +71,11 @@ def iter_whitened_grads(
     *,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    method: str = "hooks",
 ) -> Iterator[torch.Tensor]:
     """Chunks (n, P) of whitened per-sample gradients, in data order."""
     names = resolve_params(model, params)
-    for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
+    for g, _ in iter_raw_grads(model, batches, names, delta_fn, chunk, method=method):
         yield whiten(g, stats)
 
 
@@ -164,6 +108,7 @@ def gradient_stats(
     *,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    method: str = "hooks",
     ranks: Ranks = Ranks(),
 ) -> GradStats:
     """NFK whitening statistics over the samples of ``batches``: ``(mean (P,), scale (P,))``.
@@ -174,7 +119,7 @@ def gradient_stats(
     ``ranks`` each holds a shard of the samples; their moments are merged in rank order."""
     names = resolve_params(model, params)
     moments = None  # (count, mean, m2), float64
-    for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
+    for g, _ in iter_raw_grads(model, batches, names, delta_fn, chunk, method=method):
         # chunk moments in the gradients' dtype, in place (g is a scratch buffer: no multi-GB
         # float64 copy per chunk, and dtype-converting reductions over dim 0 are 15x slower on the
         # CPU); the chunks are merged in float64
@@ -182,7 +127,7 @@ def gradient_stats(
         m2b = g.sub_(mb_g).square_().sum(0).to(torch.float64)
         moments = _merge_moments(moments, g.shape[0], mb_g.to(torch.float64), m2b)
     if ranks.is_distributed:
-        P = HookEngine(model, names).num_params
+        P = num_selected_params(model, names, method)
         dev = model_device_dtype(model)[0]
         zero = torch.zeros(P, dtype=torch.float64, device=dev)
         count, mean, m2 = moments if moments is not None else (0, zero, zero)
@@ -230,6 +175,7 @@ def pca_subspace(
     oversample: int = 10,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    method: str = "hooks",
     ranks: Ranks = Ranks(),
 ) -> torch.Tensor:
     """Top-k right singular vectors V (P, k) (orthonormal columns) of the whitened N x P gradient
@@ -244,7 +190,7 @@ def pca_subspace(
     A @ M is gathered (rows in rank order), A^T @ Q summed over the ranks."""
     names = resolve_params(model, params)
     dev, _ = model_device_dtype(model)
-    P = HookEngine(model, names).num_params
+    P = num_selected_params(model, names, method)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if k > P:
@@ -261,7 +207,7 @@ def pca_subspace(
     scale = None if stats is None else stats[1].to(acc)
 
     def raw_chunks():
-        return (g for g, _ in _iter_raw(model, batches_factory(), names, delta_fn, chunk))
+        return (g for g, _ in iter_raw_grads(model, batches_factory(), names, delta_fn, chunk, method=method))
 
     n_rows: list[int] = []
     offsets: list[int] = []  # this rank's first row in the gathered (N, l) products
@@ -324,6 +270,7 @@ def class_mean_subspace(
     classes: Sequence[int] | None = None,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    method: str = "hooks",
     ranks: Ranks = Ranks(),
 ) -> torch.Tensor:
     """V (P, C): column c = whitened mean gradient of the samples labelled c, scaled to unit L2 norm
@@ -333,13 +280,13 @@ def class_mean_subspace(
     names = resolve_params(model, params)
     cls = list(range(num_classes)) if classes is None else [int(c) for c in classes]
     dev, _ = model_device_dtype(model)
-    P = HookEngine(model, names).num_params
+    P = num_selected_params(model, names, method)
     acc = _acc_dtype(model, P, len(cls))
     lookup = torch.full((num_classes,), -1, dtype=torch.long, device=dev)
     lookup[torch.tensor(cls, device=dev)] = torch.arange(len(cls), device=dev)
     sums = torch.zeros(len(cls), P, dtype=acc, device=dev)
     counts = torch.zeros(len(cls), dtype=torch.float64, device=dev)
-    for g, y in _iter_raw(model, batches_with_labels, names, delta_fn, chunk, with_labels=True):
+    for g, y in iter_raw_grads(model, batches_with_labels, names, delta_fn, chunk, with_labels=True, method=method):
         y = y.long()
         if bool(((y < 0) | (y >= num_classes)).any()):
             raise ValueError(f"labels must lie in [0, {num_classes}), got {y.unique().tolist()}")
@@ -379,6 +326,7 @@ def project(
     *,
     delta_fn: DeltaFn = energy_delta,
     chunk: int = DEFAULT_CHUNK,
+    method: str = "hooks",
     folded: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> np.ndarray:
     """G_low = g~(x)^T V for every sample of ``batches``: (N, K) float32 numpy. ``folded``: the
@@ -386,7 +334,7 @@ def project(
     names = resolve_params(model, params)
     vs, shift = fold_whitening(V, stats) if folded is None else folded
     out = []
-    for g, _ in _iter_raw(model, batches, names, delta_fn, chunk):
+    for g, _ in iter_raw_grads(model, batches, names, delta_fn, chunk, method=method):
         if g.shape[1] != vs.shape[0]:
             raise ValueError(f"V has {vs.shape[0]} rows, the selected parameters number {g.shape[1]}")
         z = g.to(vs.dtype) @ vs

@@ -20,15 +20,20 @@ from .runtime import model_device_dtype
 from .selection import ParamSpec, select_param_names
 from .vmap import VMAP_DEFAULT_CHUNK, vmap_grads_flat, vmap_sq_norms
 
-__all__ = ["METHODS", "per_sample_grads_flat", "per_sample_sq_norms"]
+__all__ = ["METHODS", "check_method", "per_sample_grads_flat", "per_sample_sq_norms"]
 
 METHODS = ("hooks", "vmap")
 
 
-def _chunk_for(method: str, n: int, chunk: int | None) -> int:
-    """Samples per forward/backward: ``chunk``, or all n (hooks) / VMAP_DEFAULT_CHUNK (vmap) for None."""
+def check_method(method: str) -> None:
+    """Raises ValueError unless ``method`` is one of ``METHODS``."""
     if method not in METHODS:
         raise ValueError(f"method must be 'hooks' or 'vmap', got {method!r}")
+
+
+def _chunk_for(method: str, n: int, chunk: int | None) -> int:
+    """Samples per forward/backward: ``chunk``, or all n (hooks) / VMAP_DEFAULT_CHUNK (vmap) for None."""
+    check_method(method)
     if method == "vmap" and chunk is None:
         chunk = VMAP_DEFAULT_CHUNK
     return n if chunk is None or chunk <= 0 else int(chunk)
