@@ -23,6 +23,7 @@ import argparse
 import csv
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
             val_rows = (
                 _split(ctx, name, len(ds))[0] if mode == "selected" and name not in SPLIT_ROLES_EXCLUDED else None
             )
-            kw = dict(
+            kw: dict[str, Any] = dict(
                 input_std=pre.std,
                 odin_T=Ts,
                 odin_eps=epss,
@@ -166,7 +167,7 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
             else:
                 res = extract_arrays(model, src, ecfg, device, grodin_rows=val_rows, **kw)
                 arrays = res.arrays
-            if ranks.is_main:
+            if ranks.is_main and arrays is not None:  # rank 0 holds the joined arrays
                 save_npz(path, arrays, key=key)
                 _remove_parts(ctx, name)
             timings[name] = _timing_entry(res)
@@ -300,14 +301,14 @@ def _extract_sharded(
     got, gres = _sharded(ctx, ranks, f"{name}.valgrid", key, len(val_rows), bs, grid)
     res.seconds["grodin_grid"] = gres.seconds.get("grodin_selected", 0.0)
     res.counts["grodin_grid"], res.grid_cells = gres.n, gres.grid_cells
-    if arrays is not None:
+    if arrays is not None and got is not None:  # rank 0
         arrays.update(grid_on_rows(len(ds), val_rows, got, Ts, epss))
     return arrays, res
 
 
-def _timing_entry(res: ExtractResult) -> dict:
+def _timing_entry(res: ExtractResult) -> dict[str, Any]:
     """{component: {seconds, n (images it processed)}} plus the grid's image x cell evaluations."""
-    entry = {c: {"seconds": sec, "n": res.counts.get(c, res.n)} for c, sec in res.seconds.items()}
+    entry: dict[str, Any] = {c: {"seconds": sec, "n": res.counts.get(c, res.n)} for c, sec in res.seconds.items()}
     entry["_grid_cells"] = res.grid_cells
     return entry
 
@@ -368,7 +369,7 @@ def _fill_selected_cells(
             )
 
         got, res = _sharded(ctx, ranks, f"{name}.cells", npz_key(paths[name]) or "", len(rows), bs, cells)
-        if not ranks.is_main:
+        if not ranks.is_main or got is None:  # the other ranks computed their shard only
             continue
         a = load_npz(paths[name])
         have = full_points(a)

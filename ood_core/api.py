@@ -29,6 +29,7 @@ from .config import load_profile, merge_settings, odin_eps_grid
 from .data.sources import BatchSource, Preprocess
 from .extract_sets import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
 from .grads.layers import UnsupportedModuleError
+from .grads.per_sample import check_method
 from .grid import GRID_VALUE_KEYS
 from .inputs import InputError, as_source, check_compatible
 from .own_model import as_ood_model, check_grad_support, check_head
@@ -38,7 +39,10 @@ from .versions import versions
 
 # Wu et al.'s two subspaces (all weights), used when the settings name none: PCA of the whitened
 # training gradients (K = 50, 10 power iterations) and the class means.
-DEFAULT_SUBSPACES = {"pca": {"kind": "pca", "k": 50, "n_iter": 10}, "avg": {"kind": "class_mean"}}
+DEFAULT_SUBSPACES: dict[str, dict[str, Any]] = {
+    "pca": {"kind": "pca", "k": 50, "n_iter": 10},
+    "avg": {"kind": "class_mean"},
+}
 GRADIENT_INPUTS = (*GRID_VALUE_KEYS, "kl_allw_sqnorm")  # arrays that need all-weights per-sample gradients
 
 Config = str | Path | Mapping[str, Any] | None
@@ -50,7 +54,7 @@ def study_settings(config: Config = None) -> dict[str, Any]:
     a mapping = overrides of the defaults (same strict key and type checks as a profile file)."""
     if isinstance(config, (str, Path)):
         return load_profile(str(config))
-    overrides = dict(config or {})
+    overrides: dict[str, Any] = dict(config) if isinstance(config, Mapping) else {}
     cfg = merge_settings(overrides, "config=" if config is not None else "ood_core.api defaults")
     if "subspaces" not in (overrides.get("lowdim") or {}):
         cfg["lowdim"]["subspaces"] = {k: dict(v) for k, v in DEFAULT_SUBSPACES.items()}
@@ -125,6 +129,7 @@ def evaluate(
     held_out: str | None = None,
     model_name: str | None = None,
     strict: bool = True,
+    grad_method: str = "hooks",
 ) -> Evaluation:
     """Every (or the given) OOD method of the study on ``model``, tuned and scored as the study does.
 
@@ -147,6 +152,9 @@ def evaluate(
             ``benchmark`` section (protocols: ``ood_core.tuning.PROTOCOLS``).
         model_name: the ``model`` column (default: the class name). strict: False = a method that
             fails is skipped (listed in ``.skipped``) instead of raising.
+        grad_method: how per-sample gradients are computed: ``"hooks"`` (one batched backward; the
+            layers with a rule: Linear, Conv2d with groups=1, BatchNorm) or ``"vmap"`` (torch.func:
+            any layer, e.g. LayerNorm / GroupNorm, slower).
 
     Returns:
         An :class:`Evaluation` (``.metrics`` DataFrame, ``.scores``, ``.arrays``, ...).
@@ -155,7 +163,7 @@ def evaluate(
         OwnModelError: the model has no usable linear head. InputError: data of an unsupported type,
         NaN / inf inputs, sets of different shapes, ID labels outside 0..C-1. UnsupportedModuleError:
         a requested all-weights gradient method on a layer the hooks engine cannot handle (it names
-        the layer). ConfigError: bad settings. KeyError: an unknown method name.
+        the layer; ``grad_method="vmap"`` handles it). ConfigError: bad settings. KeyError: an unknown method name.
     """
     t0 = time.perf_counter()
     cfg = study_settings(config)
@@ -178,7 +186,8 @@ def evaluate(
     check_head(net, probe)
     if cfg["extract"]["eps_space"] == "pixel" and pre is None:
         raise InputError("extract.eps_space 'pixel' needs preprocess= (the std the inputs were normalised with)")
-    names, skipped = _methods(net, methods if methods is not None else bench["methods"], cfg)
+    check_method(grad_method)
+    names, skipped = _methods(net, methods if methods is not None else bench["methods"], grad_method)
     needs = arrays_needed(names)
     sets = extract_sets(
         net,
@@ -188,6 +197,7 @@ def evaluate(
         num_classes=int(net.head.out_features),
         device=device,
         input_std=None if pre is None else pre.std,
+        grad_method=grad_method,
     )
     W, b = net.head_weights()
     head_arrays = {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()}
@@ -234,18 +244,17 @@ def _needs_all_weight_gradients(method: str) -> bool:
     return any(k in GRADIENT_INPUTS or k.startswith(LOWDIM_PREFIX) for k in spec.needs)
 
 
-def _methods(
-    net: torch.nn.Module, methods: Sequence[str] | None, cfg: Mapping[str, Any]
-) -> tuple[list[str], list[dict]]:
+def _methods(net: torch.nn.Module, methods: Sequence[str] | None, grad_method: str) -> tuple[list[str], list[dict]]:
     """The methods to run and the skipped ones (method, family, reason): the given ones (an unsupported
     layer for a requested gradient method raises), else every registered method the model allows."""
     for m in methods or ():
         registry.get(m)  # unknown names fail loudly, listing the known ones
-    try:
-        check_grad_support(net, "all")
-        unsupported = None
-    except UnsupportedModuleError as e:
-        unsupported = e
+    unsupported: UnsupportedModuleError | None = None
+    if grad_method == "hooks":  # vmap handles every layer
+        try:
+            check_grad_support(net, "all")
+        except UnsupportedModuleError as e:
+            unsupported = e
     if methods is not None:
         if unsupported is not None and any(_needs_all_weight_gradients(m) for m in methods):
             raise unsupported

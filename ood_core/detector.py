@@ -22,6 +22,7 @@ from .config import ConfigError
 from .data.sources import Preprocess
 from .extract import Subspace, extract_arrays
 from .extract_sets import LOWDIM_PREFIX, extract_settings
+from .grads.per_sample import check_method
 from .inputs import as_source
 from .own_model import as_ood_model, check_head
 from .scores import registry
@@ -37,7 +38,8 @@ class Detector:
             ``head`` / ``features``).
         config: the settings (:func:`ood_core.api.study_settings`): batch sizes, the low-dim subspaces.
         preprocess: how uint8 images become inputs (``Preprocess`` or a mapping of its fields).
-        device: where the model runs.
+        device: where the model runs. grad_method: ``"hooks"`` or ``"vmap"`` (any layer type; see
+            :func:`ood_core.api.evaluate`).
         **params: the method's parameters (default: its registered defaults, ``.params``); a grid
             method takes one ``T`` and one ``eps``.
     """
@@ -52,6 +54,7 @@ class Detector:
         head: str | torch.nn.Linear | None = None,
         features: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: str | torch.device = "cpu",
+        grad_method: str = "hooks",
         **params: Any,
     ):
         self.spec = registry.get(method)
@@ -68,6 +71,8 @@ class Detector:
         self.extract_cfg = extract_settings(self.cfg["extract"], self.needs)
         self.pre = as_preprocess(preprocess, self.cfg, config)
         self.device = torch.device(device)
+        check_method(grad_method)
+        self.grad_method = grad_method
         self.model = as_ood_model(model, head=head, features=features).eval().to(self.device)
         W, b = self.model.head_weights()
         self._head = {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()}
@@ -95,6 +100,7 @@ class Detector:
             is_ood=is_ood,
             with_grodin=is_ood,
             desc=f"{self.method}: {name}",
+            grad_method=self.grad_method,
         )
         return {**res.arrays, **self._head}
 
@@ -115,6 +121,7 @@ class Detector:
                 num_classes=int(self.model.head.out_features),
                 seed=int(self.cfg["seed"]),
                 device=self.device,
+                grad_method=self.grad_method,
             )
             self.subspaces = [sub]
         if self.spec.fit is not None:

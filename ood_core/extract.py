@@ -89,13 +89,16 @@ def extract_arrays(
     with_grodin: bool = True,
     grodin_rows: np.ndarray | None = None,
     desc: str = "extract",
+    grad_method: str = "hooks",
 ) -> ExtractResult:
     """Run the extraction pass of ``cfg`` (the profile's ``extract`` section) over ``data``.
 
     ``input_std``: the per-channel std the inputs were normalised with (ODIN's eps in pixel space,
     ``cfg["eps_space"] == "pixel"``). ``y`` holds the source's labels, -1 everywhere when ``is_ood``.
     ``grodin_rows``: compute the ODIN/GRODIN grid on these rows only (NaN elsewhere; the other rows'
-    cells come from :func:`grid_cells_pass`); None = every row."""
+    cells come from :func:`grid_cells_pass`); None = every row. ``grad_method``: how per-sample
+    gradients are computed, ``"hooks"`` (one batched backward; Linear, Conv2d, BatchNorm layers) or
+    ``"vmap"`` (torch.func, any layer, slower)."""
     from .grads import grodin_grid, kl_allweights_sqnorm
     from .grads.lowdim import fold_whitening, project
 
@@ -124,7 +127,14 @@ def extract_arrays(
         if use_grodin and grodin_rows is None:
             t = time.perf_counter()
             g = grodin_grid(
-                model, xb, odin_T, odin_eps, chunk=int(cfg["grad_chunk"]), space=cfg["eps_space"], std=input_std
+                model,
+                xb,
+                odin_T,
+                odin_eps,
+                chunk=int(cfg["grad_chunk"]),
+                space=cfg["eps_space"],
+                std=input_std,
+                method=grad_method,
             )
             _sync(device)
             seconds["grodin_grid"] += time.perf_counter() - t
@@ -132,13 +142,15 @@ def extract_arrays(
                 parts[key].append(np.asarray(g[key], dtype=np.float32))
         if cfg["kl_allweights"]:
             t = time.perf_counter()
-            kl = kl_allweights_sqnorm(model, xb)
+            kl = kl_allweights_sqnorm(model, xb, method=grad_method)
             _sync(device)
             seconds["kl_allweights"] += time.perf_counter() - t
             parts["kl_allw_sqnorm"].append(np.asarray(kl, dtype=np.float32))
         for group, fold in zip(groups, folds):  # one per-sample gradient pass per parameter set
             t = time.perf_counter()
-            z = project(model, [xb], fold[0], None, group[0].params, chunk=lowdim_chunk, folded=fold)
+            z = project(
+                model, [xb], fold[0], None, group[0].params, chunk=lowdim_chunk, folded=fold, method=grad_method
+            )
             _sync(device)
             dt = (time.perf_counter() - t) / len(group)
             col = 0
@@ -168,6 +180,7 @@ def extract_arrays(
             odin_eps=odin_eps,
             points=np.ones((len(odin_eps), len(odin_T)), bool),
             desc=f"{desc} grid",
+            grad_method=grad_method,
         )
         arrays.update(grid_on_rows(len(data), rows, rows_grid.arrays, odin_T, odin_eps))
         seconds["grodin_grid"] = rows_grid.seconds["grodin_selected"]
@@ -200,6 +213,7 @@ def grid_cells_pass(
     odin_eps: list[float],
     points: np.ndarray,
     desc: str = "grid cells",
+    grad_method: str = "hooks",
 ) -> ExtractResult:
     """ODIN/GRODIN values of the ``points`` cells ((n_eps, n_T) bool) for every image of ``data``
     (a subset of rows, batched in full chunks); the other cells are NaN. Timed as ``grodin_selected``."""
@@ -224,6 +238,7 @@ def grid_cells_pass(
             space=cfg["eps_space"],
             std=input_std,
             points=points,
+            method=grad_method,
         )
         for key in GRID_VALUE_KEYS:
             parts[key].append(g[key])

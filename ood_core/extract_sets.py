@@ -23,6 +23,7 @@ from .data.splits import set_split
 from .extract import Subspace, extract_arrays, grid_cells_pass
 from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS, full_points
 from .grid_selection import select_test_points
+from .models import OODModel
 from .scores import registry
 from .subspaces import fit_subspace
 from .tuning import Split
@@ -59,7 +60,7 @@ class ExtractedSets:
 
 
 def extract_sets(
-    model: torch.nn.Module,
+    model: OODModel,
     sources: Mapping[str, BatchSource],
     cfg: Mapping[str, Any],
     *,
@@ -67,11 +68,13 @@ def extract_sets(
     num_classes: int,
     device: torch.device,
     input_std: Sequence[float] | None = None,
+    grad_method: str = "hooks",
 ) -> ExtractedSets:
     """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order).
 
     ``cfg`` is a profile-shaped settings dict (sections ``extract``, ``lowdim``, ``data.val``,
-    ``seed``); ``needs`` the array names to compute (:func:`arrays_needed`). The low-dim subspaces of
+    ``seed``); ``needs`` the array names to compute (:func:`arrays_needed`); ``grad_method`` how
+    per-sample gradients are computed (``"hooks"`` or ``"vmap"``, :func:`~ood_core.extract.extract_arrays`). The low-dim subspaces of
     ``cfg['lowdim']['subspaces']`` are fitted on ``train`` when a ``lowdim_*`` array is needed."""
     for role in (TRAIN, ID_TEST):
         if role not in sources:
@@ -98,6 +101,7 @@ def extract_sets(
                 seed=int(cfg["seed"]),
                 device=device,
                 stats_memo=stats_memo,
+                grad_method=grad_method,
             )
             sub.V = sub.V.to(device)
             sub.stats = None if sub.stats is None else tuple(s.to(device) for s in sub.stats)
@@ -123,15 +127,16 @@ def extract_sets(
             with_grodin=scored,
             grodin_rows=splits[name].val if scored and mode == "selected" else None,
             desc=name,
+            grad_method=grad_method,
         )
         arrays[name], seconds[name] = res.arrays, dict(res.seconds)
     if mode == "selected" and ecfg["grodin"]:
-        _fill_selected_cells(model, sources, arrays, splits, ecfg, device, input_std, Ts, epss)
+        _fill_selected_cells(model, sources, arrays, splits, ecfg, device, input_std, Ts, epss, grad_method)
     return ExtractedSets(arrays, splits, subspaces, seconds)
 
 
 def _fill_selected_cells(
-    model: torch.nn.Module,
+    model: OODModel,
     sources: Mapping[str, BatchSource],
     arrays: dict[str, dict[str, np.ndarray]],
     splits: dict[str, Split],
@@ -140,6 +145,7 @@ def _fill_selected_cells(
     input_std: Sequence[float] | None,
     Ts: list[float],
     epss: list[float],
+    grad_method: str,
 ) -> None:
     """The grid cells chosen on the validation rows (:func:`select_test_points`), computed on the
     test rows of every scored set (in place)."""
@@ -162,6 +168,7 @@ def _fill_selected_cells(
             odin_eps=epss,
             points=todo,
             desc=f"{name} cells",
+            grad_method=grad_method,
         ).arrays
         for key in GRID_VALUE_KEYS:
             for e, t in np.argwhere(todo):

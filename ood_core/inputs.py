@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Iterator, Sized, Union, cast
 
 import numpy as np
 import torch
@@ -110,22 +110,30 @@ class TensorSource:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """y (N,) int64, -1 where no label was given (``__post_init__`` fills it)."""
+        if self.y is None:
+            raise RuntimeError(f"set '{self.name}': labels not initialised")
+        return self.y
+
     def batches(
         self, batch_size: int, device: torch.device | str | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for s in range(0, len(self), batch_size):
             x = self.x[s : s + batch_size].to(device)
             _check_finite(self.name, x, self.rowmap, s)
-            yield x, self.y[s : s + batch_size].to(x.device)
+            yield x, self.labels[s : s + batch_size].to(x.device)
 
     def take(self, rows: np.ndarray) -> TensorSource:
         rows = np.asarray(rows, dtype=np.int64)
         idx = torch.from_numpy(rows).to(self.x.device)
-        return TensorSource(self.name, self.x[idx], self.y[idx.to(self.y.device)], _rows_of(self.rowmap, rows))
+        y = self.labels
+        return TensorSource(self.name, self.x[idx], y[idx.to(y.device)], _rows_of(self.rowmap, rows))
 
     def rows(self, start: int, stop: int) -> TensorSource:
         sl = slice(start, stop)
-        return TensorSource(self.name, self.x[sl], self.y[sl], _rows_of(self.rowmap, sl))
+        return TensorSource(self.name, self.x[sl], self.labels[sl], _rows_of(self.rowmap, sl))
 
 
 def _split_batch(name: str, batch: Any) -> tuple[Any, Any]:
@@ -156,14 +164,14 @@ class DatasetSource:
                 "(with __len__ and __getitem__) or the tensors"
             )
         try:
-            n = len(self.dataset)
+            n = len(cast(Sized, self.dataset))
         except TypeError:
             raise InputError(f"set '{self.name}': the Dataset has no len(); a map-style Dataset is needed") from None
         if n == 0:
             raise InputError(f"set '{self.name}': empty (0 rows)")
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))
 
     def batches(
         self, batch_size: int, device: torch.device | str | None = None

@@ -17,7 +17,7 @@ A head without bias is supported: ``head_weights()`` returns b = 0 (logits = W h
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, TypeGuard
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,10 @@ def _strip(module: nn.Module, path: str) -> nn.Module:
     child, _, rest = path.partition(".")
     new = copy.copy(module)
     new.__dict__["_modules"] = module._modules.copy()
-    new._modules[child] = _strip(module._modules[child], rest)
+    sub = module._modules[child]
+    if sub is None:
+        raise OwnModelError(f"module path '{path}' passes through an empty slot '{child}'")
+    new._modules[child] = _strip(sub, rest)
     return new
 
 
@@ -73,10 +76,14 @@ class LinearHeadModel(OODModel):
     def __init__(self, model: nn.Module, head_name: str, *, features: Features | None = None, found: bool = False):
         super().__init__()
         head = model.get_submodule(head_name)
+        if not isinstance(head, nn.Linear):
+            raise OwnModelError(f"'{head_name}' is a {type(head).__name__}, not an nn.Linear")
         self.body = _strip(model, head_name)
         self.head = head
         self.head_name = head_name
         self.head_found = found  # True: the head is the model's last nn.Linear (automatic route)
+        self.original: nn.Module
+        self.features_fn: Features | None
         object.__setattr__(self, "original", model)  # plain attributes: not registered as submodules
         object.__setattr__(self, "features_fn", features)
         self.train(model.training)
@@ -100,7 +107,7 @@ class LinearHeadModel(OODModel):
         return f"head_name={self.head_name!r}"
 
 
-def _is_ood_model(model: nn.Module) -> bool:
+def _is_ood_model(model: nn.Module) -> TypeGuard[OODModel]:
     """An ``OODModel``, or duck-typed: callable ``features`` and ``head_weights``, ``head`` an nn.Linear."""
     if isinstance(model, OODModel):
         return True
@@ -129,9 +136,10 @@ def _head_name(model: nn.Module, head: str | nn.Module | None) -> str:
             raise OwnModelError(f"head='{head}' names no module of {cls} ({known})")
         name = head
     elif isinstance(head, nn.Module):
-        name = _name_of(model, head)
-        if name is None:
+        found = _name_of(model, head)
+        if found is None:
             raise OwnModelError(f"head= ({type(head).__name__}) is not a submodule of {cls}; pass the full classifier")
+        name = found
         mod = head
     else:
         raise OwnModelError(f"head= must be a module name (str) or an nn.Linear, got {type(head).__name__}")
@@ -204,9 +212,9 @@ def check_head(model: OODModel, x: torch.Tensor) -> None:
             )
         out = model.head(h)
     if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
-        got = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
+        ref_got = tuple(ref.shape) if isinstance(ref, torch.Tensor) else type(ref).__name__
         raise OwnModelError(
-            f"model(x) gave {got} but head(features(x)) gives {tuple(out.shape)} (the {head}); "
+            f"model(x) gave {ref_got} but head(features(x)) gives {tuple(out.shape)} (the {head}); "
             "the model must return the logits tensor (N, K)"
         )
     if not torch.allclose(ref, out, rtol=RTOL, atol=ATOL):

@@ -53,11 +53,12 @@ def fit_subspace(
     device: torch.device,
     stats_memo: dict[str, Any] | None = None,
     ranks: Ranks = Ranks(),
+    grad_method: str = "hooks",
 ) -> Subspace:
     """Subspace ``name`` of ``spec`` fitted on ``train`` (every rank streams its shard of whole batches).
 
     ``lowdim`` is the profile's ``lowdim`` section; ``n_samples`` there keeps a seeded random subset
-    of the training rows (``seed``). Returns V (P, K) with the whitening statistics it was fitted with."""
+    of the training rows (``seed``). ``grad_method``: ``"hooks"`` or ``"vmap"`` (any layer type). Returns V (P, K) with the whitening statistics it was fitted with."""
     from .grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
     check_subspace_spec(name, spec)
@@ -86,11 +87,14 @@ def fit_subspace(
     elif repr(params) in memo:  # the same parameters' whitening statistics: one pass serves all
         stats = memo[repr(params)]
     else:
-        stats = memo[repr(params)] = gradient_stats(model, batches(), params, chunk=chunk, ranks=ranks)
-    if spec["kind"] == "pca":
-        V = pca_subspace(
-            model, batches, int(spec["k"]), int(spec.get("n_iter", 10)), stats, seed, params, chunk=chunk, ranks=ranks
+        stats = memo[repr(params)] = gradient_stats(
+            model, batches(), params, chunk=chunk, method=grad_method, ranks=ranks
         )
+    if spec["kind"] == "pca":
+        k, n_iter = int(spec["k"]), int(spec.get("n_iter", 10))
+        V = pca_subspace(model, batches, k, n_iter, stats, seed, params, chunk=chunk, method=grad_method, ranks=ranks)
     else:
-        V = class_mean_subspace(model, batches(), num_classes, stats, params, chunk=chunk, ranks=ranks)
+        V = class_mean_subspace(
+            model, batches(), num_classes, stats, params, chunk=chunk, method=grad_method, ranks=ranks
+        )
     return Subspace(name, V, stats, params)

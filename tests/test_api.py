@@ -187,6 +187,23 @@ def test_unsupported_layer_names_it_or_is_skipped_by_default():
     assert "grodin_g" in skipped and "msp" not in skipped and "msp" in set(ev.metrics["method"])
 
 
+def test_grad_method_vmap_matches_hooks_and_handles_any_layer():
+    model = _toy_model()
+    tr, te, o = _toy_data(32, 0), _toy_data(32, 1), _toy_data(32, 2, shift=2.0)[0]
+    methods = ["grodin_g", "gradnorm_allweights", "lowdim_knn"]
+    kw = dict(train=tr, id_test=te, ood={"o": o}, methods=methods, config=FAST)
+    hooks, vmap = evaluate(model, **kw), evaluate(model, grad_method="vmap", **kw)
+    for key in ("grodin_sqnorm", "kl_allw_sqnorm", "lowdim_pca"):
+        np.testing.assert_allclose(vmap.arrays["o"][key], hooks.arrays["o"][key], rtol=2e-4, atol=1e-6)
+    assert list(vmap.metrics["method"]) == methods
+    torch.manual_seed(0)
+    ln_model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    ev = evaluate(ln_model, grad_method="vmap", **kw)
+    assert list(ev.metrics["method"]) == methods and not ev.skipped
+
+
 def test_settings_reject_unknown_keys():
     from ood_core.config import ConfigError
 

@@ -26,7 +26,10 @@ from .transforms import iter_batches, to_tensor
 class BatchSource(Protocol):
     """Rows of model inputs, read in batches in a fixed order (module docstring)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The set's name (error messages, progress bars)."""
+        ...
 
     def __len__(self) -> int: ...
 

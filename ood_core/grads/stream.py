@@ -9,7 +9,7 @@ engine, one reused buffer) or "vmap" (torch.func, any model; ``per_sample_grads_
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, TypeGuard
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,9 @@ from .deltas import DeltaFn
 from .hooks import HookEngine
 from .per_sample import check_method, per_sample_grads_flat
 from .runtime import eval_mode, model_device_dtype
+
+if TYPE_CHECKING:
+    from ..models import OODModel
 
 __all__ = ["HEAD_NAMES", "head_grads_closed_form", "iter_raw_grads", "num_selected_params"]
 
@@ -28,8 +31,9 @@ def _first(item):
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def _head_only(model: nn.Module, names: list[str]) -> bool:
-    """True when the selected parameters are the linear head's (the closed form applies)."""
+def _head_only(model: nn.Module, names: list[str]) -> TypeGuard[OODModel]:
+    """True when the selected parameters are the linear head's (the closed form applies): then
+    ``model`` has the shape of an ``OODModel`` (``features`` and a linear ``head``)."""
     return (
         bool(names)
         and set(names) <= set(HEAD_NAMES)
@@ -38,7 +42,7 @@ def _head_only(model: nn.Module, names: list[str]) -> bool:
     )
 
 
-def head_grads_closed_form(model: nn.Module, x: torch.Tensor, names: list[str], delta_fn: DeltaFn) -> torch.Tensor:
+def head_grads_closed_form(model: OODModel, x: torch.Tensor, names: list[str], delta_fn: DeltaFn) -> torch.Tensor:
     """Per-sample gradients over the head only, from one forward and no backward:
     d l / dW = delta h^T, d l / db = delta, with delta = d l / d logits (``delta_fn``) and h the
     penultimate features; columns in ``named_parameters()`` order, as ``HookEngine.grads_flat``."""
