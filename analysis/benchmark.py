@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 
 from ood_core import tables
 from ood_core.analysis_cache import AnalysisCache
-from ood_core.benchmark import BenchmarkData, Scorer, missing_arrays, run_methods
+from ood_core.benchmark import BenchmarkData, Scorer, missing_arrays, run_methods, tune_method
 from ood_core.cache import write_text
 from ood_core.cuts import profile_cuts
 from ood_core.grid import point_available
@@ -48,7 +48,7 @@ from ood_core.grid_selection import choose_settings
 from ood_core.reference_compare import write_reference_md
 from ood_core.scores import registry  # importing the package registers every score
 from ood_core.table_csv import json_default, write_csv, write_metrics_csv
-from ood_core.tuning import PROTOCOLS, FitCache, tune
+from ood_core.tuning import PROTOCOLS, FitCache
 
 log = logging.getLogger("analysis.benchmark")
 
@@ -219,16 +219,7 @@ def _sweep_odin(m, spec, data: BenchmarkData, scorer: Scorer, tr, grid, fits: Fi
     if tr.protocol == "per_ood_val" and tr.tables:
         tables_val = tr.tables
     else:  # the set's own validation part (a tuning pass: guarded slicing in tune)
-        tables_val = tune(
-            m,
-            protocol="per_ood_val",
-            id_arrays=data.arrays[data.id_name],
-            id_split=data.splits[data.id_name],
-            ood_arrays={o: data.arrays[o] for o in data.ood_names},
-            ood_splits={o: data.splits[o] for o in data.ood_names},
-            fitted_state_fn=fits.state_fn(m),
-            grid=grid,
-        ).tables
+        tables_val = tune_method(m, data, fits, grid, "per_ood_val").tables
     out = []
     for o in data.ood_names:
         for point, auc_val in tables_val[o]:

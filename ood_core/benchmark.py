@@ -25,7 +25,7 @@ from . import metrics
 from .analysis_cache import AnalysisCache
 from .scores import registry  # importing the package registers every score
 from .table_csv import json_default
-from .tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, tune
+from .tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, params_key, tune
 
 log = logging.getLogger("ood_core.benchmark")
 
@@ -103,7 +103,7 @@ class Scorer:
         self._cache: dict[tuple, np.ndarray] = {}
 
     def test(self, dataset: str, params: Mapping[str, Any]) -> np.ndarray:
-        key = (dataset, _params_key(params))
+        key = (dataset, params_key(params))
         if key not in self._cache:
             state = self.fits.get(self.name, **params)
             self._cache[key] = registry.compute(self.name, self._test[dataset], state, **params)
@@ -111,19 +111,6 @@ class Scorer:
 
     def test_auroc(self, ood: str, params: Mapping[str, Any]) -> float:
         return metrics.auroc(self.test(self.data.id_name, params), self.test(ood, params))
-
-
-def _params_key(params: Mapping[str, Any]) -> tuple:
-    """A hashable, order-free key of a parameter dict; values keep their type (1 and 1.0 differ)."""
-
-    def freeze(v: Any) -> Any:
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return ("seq", tuple(freeze(x) for x in v))
-        if isinstance(v, Mapping):
-            return ("map", _params_key(v))
-        return (type(v).__name__, v)
-
-    return tuple(sorted((k, freeze(v)) for k, v in params.items()))
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,9 +209,16 @@ def pick_held_out(held_out: str | None, data: BenchmarkData) -> str:
     return held_out
 
 
-def _run_method(m, spec, data: BenchmarkData, fits: FitCache, protocol, held_out, bootstrap_n, seed) -> MethodResult:
-    grid = effective_grid(spec, data.meta, data.arrays[data.id_name])
-    tr = tune(
+def tune_method(
+    m: str,
+    data: BenchmarkData,
+    fits: FitCache,
+    grid: Mapping[str, list[Any]],
+    protocol: str,
+    held_out: str | None = None,
+) -> TuneResult:
+    """:func:`ood_core.tuning.tune` of method ``m`` over ``grid`` on the validation parts of ``data``."""
+    return tune(
         m,
         protocol=protocol,
         id_arrays=data.arrays[data.id_name],
@@ -235,6 +229,11 @@ def _run_method(m, spec, data: BenchmarkData, fits: FitCache, protocol, held_out
         grid=grid,
         held_out=held_out,
     )
+
+
+def _run_method(m, spec, data: BenchmarkData, fits: FitCache, protocol, held_out, bootstrap_n, seed) -> MethodResult:
+    grid = effective_grid(spec, data.meta, data.arrays[data.id_name])
+    tr = tune_method(m, data, fits, grid, protocol, held_out)
     scorer = Scorer(m, data, fits)
     rows, per_set = [], {}
     scores: dict[str, dict[str, np.ndarray]] = {data.id_name: {}, **{o: {} for o in data.ood_names}}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -134,10 +133,21 @@ def _fit_param_names(fit_fn: Callable | None) -> tuple[str, ...] | None:
     return tuple(p.name for p in ps[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def _freeze(v: Any) -> str:
-    if isinstance(v, np.generic):
-        v = v.item()
-    return json.dumps(v, sort_keys=True, default=str)
+def params_key(params: Mapping[str, Any]) -> tuple:
+    """A hashable, order-free key of a parameter dict (the memo key of fits and scores). Values keep
+    their type (1, 1.0 and True differ); a numpy scalar counts as the Python number it holds, and
+    lists, tuples and arrays of the same items are the same sequence."""
+
+    def freeze(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return ("seq", tuple(freeze(x) for x in v))
+        if isinstance(v, Mapping):
+            return ("map", params_key(v))
+        return (type(v).__name__, v)
+
+    return tuple(sorted((k, freeze(v)) for k, v in params.items()))
 
 
 class FitCache:
@@ -154,8 +164,7 @@ class FitCache:
         spec = registry.get(name)
         full = {**spec.defaults, **params}
         used = _fit_param_names(spec.fit)
-        items = sorted((k, _freeze(v)) for k, v in full.items() if used is None or k in used)
-        return (name, tuple(items))
+        return (name, params_key({k: v for k, v in full.items() if used is None or k in used}))
 
     def get(self, name: str, **params: Any) -> Any:
         if registry.get(name).fit is None:

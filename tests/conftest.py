@@ -39,3 +39,15 @@ def score_registry_left_as_found():
     yield
     left = sorted(set(registry.names()) ^ set(before))
     assert not left, f"this test module left the score registry changed: {left}; use registry.temporary_scores()"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny graphs: intra-op threading only adds spin-wait overhead (x50 on a loaded 2-core box).
+    A module uses it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -26,13 +26,7 @@ TS, EPSS = [1.0, 10.0], [0.0, 0.01, 0.02]
 MASK = np.array([[True, False], [False, True], [True, True]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny graphs: intra-op threading only adds spin-wait overhead on a loaded CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ConvBNNet(nn.Module):

@@ -14,12 +14,7 @@ from ood_core.own_model import LinearHeadModel, OwnModelError, as_ood_model, che
 RTOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _seeded(model: nn.Module, seed: int = 0) -> nn.Module:

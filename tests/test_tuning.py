@@ -270,3 +270,15 @@ def test_choose_settings_picks_the_validation_best_cell_of_each_setting():
         "both": (0.002, 10.0),
     }
     assert anchor_values([0.001, 0.002], [2.0, 5.0]) == (0.001, 2.0)  # no 0 / 1 on the grid: the smallest
+
+
+def test_params_key_is_order_free_and_keeps_value_types():
+    import numpy as np
+
+    from ood_core.tuning import params_key
+
+    assert params_key({"T": 1.0, "eps": 0.0}) == params_key({"eps": 0.0, "T": 1.0})
+    assert params_key({"T": np.float64(2.0)}) == params_key({"T": 2.0})
+    assert params_key({"k": [1, 2]}) == params_key({"k": (1, 2)}) == params_key({"k": np.array([1, 2])})
+    assert len({params_key({"k": v}) for v in (1, 1.0, True, "1", None)}) == 5
+    hash(params_key({"m": {"a": [1, {"b": 2}]}}))
