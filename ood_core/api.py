@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .benchmark import BenchmarkData, run_methods
+from .cache import write_json
 from .config import load_profile, merge_settings, odin_eps_grid
 from .data.sources import BatchSource, Preprocess
 from .extract_sets import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
@@ -34,7 +35,8 @@ from .grid import GRID_VALUE_KEYS
 from .inputs import InputError, as_source, check_compatible
 from .own_model import as_ood_model, check_grad_support, check_head
 from .scores import registry
-from .table_csv import metrics_frame
+from .table_csv import metrics_frame, write_csv
+from .tables import write_metrics_tables
 from .versions import versions
 
 # Wu et al.'s two subspaces (all weights), used when the settings name none: PCA of the whitened
@@ -102,6 +104,21 @@ class Evaluation:
     settings: dict[str, Any]
     versions: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the metric rows behind .metrics
+    info: dict[str, Any] = field(default_factory=dict)  # the tables' caption facts (model, protocol, n_id)
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write the study's tables for this evaluation to ``out_dir``: metrics.csv / .md / .tex (the
+        pipeline's writers: bold best, ± std), chosen_hyperparams.json, skipped.csv, and run.json (settings,
+        seed, versions, seconds). Returns the paths written (each atomically)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = write_metrics_tables(self.rows, out, self.info)
+        paths.append(write_csv(self.skipped, out / "skipped.csv", ["method", "family", "reason"]))
+        paths.append(write_json(out / "chosen_hyperparams.json", {"methods": self.chosen, **self.info}))
+        run = {"settings": self.settings, "seed": self.settings.get("seed"), "versions": self.versions}
+        paths.append(write_json(out / "run.json", {**run, "seconds": self.seconds}))
+        return paths
 
     def id_and_ood_scores(self, method: str, ood_set: str) -> tuple[np.ndarray, np.ndarray]:
         """(ID test scores, OOD test scores) of ``method`` at the parameters chosen for ``ood_set``."""
@@ -226,7 +243,18 @@ def evaluate(
         seed=int(cfg["seed"]),
         strict=strict,
     )
+    protocol_used = protocol or bench["protocol"]
+    info = {
+        "model": data.meta["model"],
+        "id_accuracy": data.meta["id_accuracy"],
+        "protocol": protocol_used if res.held_out is None else f"{protocol_used} (held-out: {res.held_out})",
+        "n_id": int(sets.splits[ID_TEST].test.size),
+        "bootstrap_n": int(bench["bootstrap"] if bootstrap_n is None else bootstrap_n),
+        "title": f"own model / {data.meta['model']}",
+    }
     return Evaluation(
+        rows=res.rows,
+        info=info,
         metrics=metrics_frame(res.rows),
         scores=res.scores,
         test_rows={name: split.test for name, split in sets.splits.items()},

@@ -121,7 +121,7 @@ FAST = {
 }
 
 
-def test_evaluate_on_a_plain_torch_model_and_tensors():
+def test_evaluate_on_a_plain_torch_model_and_tensors(tmp_path):
     model = _toy_model()
     ev = evaluate(
         model,
@@ -135,6 +135,10 @@ def test_evaluate_on_a_plain_torch_model_and_tensors():
     assert ev.metrics["auroc"].between(0, 1).all()
     assert ev.metrics["model"].iloc[0] == "Sequential"
     assert len(ev.test_rows["shifted"]) == len(ev.scores["shifted"]["msp"])
+    written = {p.name for p in ev.save(tmp_path / "tables")}
+    assert {"metrics.csv", "metrics.md", "metrics.tex", "chosen_hyperparams.json", "run.json"} <= written
+    _assert_same_rows(ev.metrics, pd.read_csv(tmp_path / "tables" / "metrics.csv"))
+    assert "Energy" in (tmp_path / "tables" / "metrics.md").read_text()
 
 
 def test_detector_scores_equal_the_registry_on_extracted_arrays():
