@@ -23,6 +23,7 @@ from .data.splits import set_split
 from .extract import Subspace, extract_arrays, grid_cells_pass
 from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS, full_points
 from .grid_selection import select_test_points
+from .inputs import InputError
 from .models import OODModel
 from .scores import registry
 from .subspaces import fit_subspace
@@ -46,6 +47,16 @@ def extract_settings(extract: Mapping[str, Any], needs: set[str]) -> dict[str, A
     out["grodin"] = bool(extract["grodin"]) and bool(needs & set(GRID_VALUE_KEYS))
     out["kl_allweights"] = bool(extract["kl_allweights"]) and "kl_allw_sqnorm" in needs
     return out
+
+
+def check_class_labels(name: str, y: np.ndarray, num_classes: int) -> None:
+    """Raise ``InputError`` unless every label of ID set ``name`` is a class of the model (0..C-1)."""
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        raise InputError(
+            f"set '{name}': ID data needs class labels 0..{num_classes - 1} (the model's head has {num_classes} "
+            f"outputs); row {int(bad[0])} has {int(y[bad[0]])} ({bad.size} row(s) outside; -1 = no label given)"
+        )
 
 
 @dataclass
@@ -130,6 +141,8 @@ def extract_sets(
             grad_method=grad_method,
         )
         arrays[name], seconds[name] = res.arrays, dict(res.seconds)
+        if name in (TRAIN, ID_TEST):
+            check_class_labels(name, res.arrays["y"], num_classes)
     if mode == "selected" and ecfg["grodin"]:
         _fill_selected_cells(model, sources, arrays, splits, ecfg, device, input_std, Ts, epss, grad_method)
     return ExtractedSets(arrays, splits, subspaces, seconds)

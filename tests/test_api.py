@@ -172,6 +172,10 @@ def test_evaluate_errors_name_the_problem():
         evaluate(model, train=tr, id_test=te, ood={"nan_set": x_nan}, methods=["msp"], config=FAST)
     with pytest.raises(InputError):
         evaluate(model, train=tr, id_test=te, ood={"small": torch.zeros(4, 1, 6, 6)}, methods=["msp"], config=FAST)
+    with pytest.raises(InputError, match="set 'train'.*row 0"):
+        evaluate(model, train=tr[0], id_test=te, ood={"o": te[0]}, methods=["msp"], config=FAST)  # no labels
+    with pytest.raises(InputError, match="set 'id_test'.*0..2"):
+        evaluate(model, train=tr, id_test=(te[0], te[1] + 3), ood={"o": te[0]}, methods=["msp"], config=FAST)
     with pytest.raises(KeyError, match="no_such_method"):
         evaluate(model, train=tr, id_test=te, ood={"o": te[0]}, methods=["no_such_method"], config=FAST)
 
