@@ -218,3 +218,11 @@ def test_settings_reject_unknown_keys():
     with pytest.raises(ConfigError, match="extrct"):
         study_settings({"extrct": {}})
     assert study_settings(None)["lowdim"]["subspaces"]  # the API's default subspaces
+
+
+def test_top_level_names_are_the_api():
+    import ood_core
+
+    assert ood_core.evaluate is evaluate and ood_core.Detector is Detector
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ood_core.no_such_name
