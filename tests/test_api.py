@@ -141,6 +141,17 @@ def test_evaluate_on_a_plain_torch_model_and_tensors(tmp_path):
     assert "Energy" in (tmp_path / "tables" / "metrics.md").read_text()
 
 
+def test_evaluate_takes_the_tuning_protocol():
+    model = _toy_model()
+    tr, te = _toy_data(32, 0), _toy_data(32, 1)
+    ood = {"a": _toy_data(24, 2, shift=1.0)[0], "b": _toy_data(24, 3, shift=2.0)[0]}
+    ev = evaluate(model, train=tr, id_test=te, ood=ood, methods=["energy", "odin"], config=FAST,
+                  protocol="held_out_ood", held_out="a")  # fmt: skip
+    assert set(ev.metrics["protocol"]) == {"held_out_ood"}
+    assert ev.chosen["odin"]["per_set"]["b"]["tuned_on"] == "a"
+    assert ev.info["protocol"] == "held_out_ood (held-out: a)"
+
+
 def test_detector_scores_equal_the_registry_on_extracted_arrays():
     model = _toy_model()
     x_train, y_train = _toy_data(48, 0)
