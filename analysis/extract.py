@@ -29,11 +29,20 @@ import numpy as np
 import torch
 
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
-from ood_core.config import ConfigError, odin_eps_grid
+from ood_core.config import odin_grid
 from ood_core.data.sources import BatchSource, PreprocessedImages
 from ood_core.data.splits import set_split
 from ood_core.distributed import Ranks, init_ranks, shutdown
-from ood_core.extract import ExtractResult, Preprocess, Subspace, extract_arrays, grid_cells_pass, grid_on_rows
+from ood_core.extract import (
+    ExtractResult,
+    Preprocess,
+    Subspace,
+    extract_arrays,
+    grid_cells_pass,
+    grid_on_rows,
+    head_arrays,
+)
+from ood_core.extract_sets import grid_test_points
 from ood_core.grid import FULL_POINTS_KEY, GRID_AXIS_KEYS, GRID_VALUE_KEYS, full_points
 from ood_core.grid_selection import select_test_points
 from ood_core.subspaces import check_subspace_spec, fit_subspace, subspace_params
@@ -44,7 +53,6 @@ from .datasets import all_specs, load_named, spec_key
 from .train import load_model
 
 SPLIT_ROLES_EXCLUDED = ("train",)
-GRODIN_TEST_POINTS = ("grid", "selected")  # extract.grodin_test_points (ood_core/grid_selection.py)
 
 
 def _subspace(
@@ -129,10 +137,8 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
             subspaces.append(sub)
             sub_keys[name] = k
     ecfg = ctx.cfg["extract"]
-    Ts, epss = [float(t) for t in ecfg["odin_T"]], odin_eps_grid(ctx.cfg)
-    mode = ecfg["grodin_test_points"]
-    if mode not in GRODIN_TEST_POINTS:
-        raise ConfigError(f"extract.grodin_test_points must be one of {GRODIN_TEST_POINTS}, got {mode!r}")
+    Ts, epss = odin_grid(ctx.cfg)
+    mode = grid_test_points(ecfg)
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
     timings: dict[str, dict] = {}
     splits: dict[str, np.ndarray] = {}
@@ -183,8 +189,7 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
         _fill_selected_cells(ctx, model, specs, splits, Ts, epss, pre, memo, timings, ranks)
     if not ranks.is_main:
         return out
-    W, b = model.head_weights()
-    save_npz(out / "head.npz", {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()})
+    save_npz(out / "head.npz", head_arrays(model))
     save_npz(out / "splits.npz", splits)
     test_arrays = load_npz(out / "arrays" / "id_test.npz")
     id_acc = float((test_arrays["logits"].argmax(1) == test_arrays["y"]).mean())

@@ -26,8 +26,9 @@ import torch
 
 from .benchmark import BenchmarkData, run_methods
 from .cache import write_json
-from .config import load_profile, merge_settings, odin_eps_grid
+from .config import load_profile, merge_settings, odin_grid
 from .data.sources import BatchSource, Preprocess
+from .extract import head_arrays
 from .extract_sets import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
 from .grads.layers import UnsupportedModuleError
 from .grads.per_sample import check_method
@@ -216,21 +217,21 @@ def evaluate(
         input_std=None if pre is None else pre.std,
         grad_method=grad_method,
     )
-    W, b = net.head_weights()
-    head_arrays = {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()}
+    odin_T, odin_eps = odin_grid(cfg)
+    w_b = head_arrays(net)  # W, b beside every set's arrays: what the scores receive
     test = sets.arrays[ID_TEST]
     data = BenchmarkData(
         meta={
             "model": model_name or type(model).__name__,
             "id_accuracy": float((test["logits"].argmax(1) == test["y"]).mean()),
             "num_classes": int(net.head.out_features),
-            "grid": {"odin_T": [float(t) for t in cfg["extract"]["odin_T"]], "odin_eps": odin_eps_grid(cfg)},
+            "grid": {"odin_T": odin_T, "odin_eps": odin_eps},
             "lowdim_subspaces": [s.name for s in sets.subspaces],
         },
         train_name=TRAIN,
         id_name=ID_TEST,
         groups={name: (groups or {}).get(name, "ood") for name in ood},
-        arrays={name: {**a, **head_arrays} for name, a in sets.arrays.items()},
+        arrays={name: {**a, **w_b} for name, a in sets.arrays.items()},
         splits=sets.splits,
     )
     t1 = time.perf_counter()

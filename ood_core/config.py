@@ -278,6 +278,11 @@ def merge_settings(overrides: dict | None, source: str, base: dict | None = None
     return _merge(DEFAULTS if base is None else base, dict(overrides or {}), (), source)
 
 
+def odin_grid(cfg: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    """The ODIN / GRODIN grid of the profile: (T values, eps values), floats."""
+    return [float(t) for t in cfg["extract"]["odin_T"]], odin_eps_grid(cfg)
+
+
 def odin_eps_grid(cfg: Mapping[str, Any]) -> list[float]:
     """The eps grid of the profile as a list (linspace start..stop, num points)."""
     import numpy as np

@@ -19,8 +19,8 @@ import torch
 
 from .api import Config, as_preprocess, study_settings
 from .config import ConfigError
-from .data.sources import Preprocess
-from .extract import Subspace, extract_arrays
+from .data.sources import BatchSource, Preprocess
+from .extract import Subspace, extract_arrays, head_arrays
 from .extract_sets import LOWDIM_PREFIX, extract_settings
 from .grads.per_sample import check_method
 from .inputs import as_source
@@ -74,8 +74,7 @@ class Detector:
         check_method(grad_method)
         self.grad_method = grad_method
         self.model = as_ood_model(model, head=head, features=features).eval().to(self.device)
-        W, b = self.model.head_weights()
-        self._head = {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()}
+        self._head = head_arrays(self.model)
         self.subspaces: list[Subspace] = []
         self.state: Any = None
         self.fitted = False
@@ -83,10 +82,7 @@ class Detector:
     def __repr__(self) -> str:
         return f"Detector({self.method!r}, params={self.params}, fitted={self.fitted})"
 
-    def _arrays(self, data: Any, name: str, *, is_ood: bool) -> dict[str, np.ndarray]:
-        source = as_source(data, name=name, preprocess=self.pre)
-        probe, _ = next(iter(source.batches(2, self.device)))
-        check_head(self.model, probe)
+    def _arrays(self, source: BatchSource, *, is_ood: bool) -> dict[str, np.ndarray]:
         res = extract_arrays(
             self.model,
             source,
@@ -99,7 +95,7 @@ class Detector:
             lowdim_chunk=int(self.cfg["lowdim"]["chunk"]),
             is_ood=is_ood,
             with_grodin=is_ood,
-            desc=f"{self.method}: {name}",
+            desc=f"{self.method}: {source.name}",
             grad_method=self.grad_method,
         )
         return {**res.arrays, **self._head}
@@ -107,6 +103,9 @@ class Detector:
     def fit(self, train: Any) -> Detector:
         """Fit the method's training statistics (and its low-dim subspace) on ID training data with
         labels 0..C-1 (the types :func:`ood_core.api.evaluate` accepts). Returns ``self``."""
+        source = as_source(train, name="train", preprocess=self.pre)
+        probe, _ = next(iter(source.batches(2, self.device)))
+        check_head(self.model, probe)  # once: the model does not change between fit and score
         lowdim = sorted(k[len(LOWDIM_PREFIX) :] for k in self.needs if k.startswith(LOWDIM_PREFIX))
         if lowdim:
             specs = self.cfg["lowdim"]["subspaces"]
@@ -114,7 +113,7 @@ class Detector:
                 raise ConfigError(f"{self.method}: subspace '{lowdim[0]}' is not in lowdim.subspaces ({sorted(specs)})")
             sub = fit_subspace(
                 self.model,
-                as_source(train, name="train", preprocess=self.pre),
+                source,
                 lowdim[0],
                 specs[lowdim[0]],
                 self.cfg["lowdim"],
@@ -125,7 +124,7 @@ class Detector:
             )
             self.subspaces = [sub]
         if self.spec.fit is not None:
-            self.state = registry.fit(self.method, self._arrays(train, "train", is_ood=False), **self.params)
+            self.state = registry.fit(self.method, self._arrays(source, is_ood=False), **self.params)
         self.fitted = True
         return self
 
@@ -134,7 +133,8 @@ class Detector:
         :func:`ood_core.api.evaluate` accepts), higher = more in-distribution."""
         if not self.fitted:
             raise RuntimeError(f"Detector({self.method!r}): call .fit(train) before .score()")
-        return registry.compute(self.method, self._arrays(data, "input", is_ood=True), self.state, **self.params)
+        source = as_source(data, name="input", preprocess=self.pre)
+        return registry.compute(self.method, self._arrays(source, is_ood=True), self.state, **self.params)
 
     def predict(self, data: Any) -> np.ndarray:
         """Outlier scores, pytorch-ood's sign: ``-score(data)``, higher = more OOD."""

@@ -69,9 +69,35 @@ def group_subspaces(subspaces: Sequence[Subspace]) -> list[list[Subspace]]:
     return groups
 
 
+def head_arrays(model: OODModel) -> dict[str, np.ndarray]:
+    """The head's ``W`` (C, D) and ``b`` (C,) as float32 numpy (``head.npz``; beside every set's arrays
+    in what the scores receive)."""
+    W, b = model.head_weights()
+    return {"W": W.float().cpu().numpy(), "b": b.float().cpu().numpy()}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _grid_of_batch(
+    model: OODModel,
+    xb: torch.Tensor,
+    cfg: Mapping[str, Any],
+    odin_T: list[float],
+    odin_eps: list[float],
+    input_std: Sequence[float] | None,
+    grad_method: str,
+    points: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`~ood_core.grads.grodin_grid` of one batch under the ``extract`` settings ``cfg``."""
+    from .grads import grodin_grid
+
+    chunk, space = int(cfg["grad_chunk"]), cfg["eps_space"]
+    return grodin_grid(
+        model, xb, odin_T, odin_eps, chunk=chunk, space=space, std=input_std, points=points, method=grad_method
+    )
 
 
 def extract_arrays(
@@ -99,7 +125,7 @@ def extract_arrays(
     cells come from :func:`grid_cells_pass`); None = every row. ``grad_method``: how per-sample
     gradients are computed, ``"hooks"`` (one batched backward; Linear, Conv2d, BatchNorm layers) or
     ``"vmap"`` (torch.func, any layer, slower)."""
-    from .grads import grodin_grid, kl_allweights_sqnorm
+    from .grads import kl_allweights_sqnorm
     from .grads.lowdim import fold_whitening, project
 
     model.eval().to(device)
@@ -126,16 +152,7 @@ def extract_arrays(
         parts["logits"].append(logits.float().cpu().numpy())
         if use_grodin and grodin_rows is None:
             t = time.perf_counter()
-            g = grodin_grid(
-                model,
-                xb,
-                odin_T,
-                odin_eps,
-                chunk=int(cfg["grad_chunk"]),
-                space=cfg["eps_space"],
-                std=input_std,
-                method=grad_method,
-            )
+            g = _grid_of_batch(model, xb, cfg, odin_T, odin_eps, input_std, grad_method)
             _sync(device)
             seconds["grodin_grid"] += time.perf_counter() - t
             for key in GRID_VALUE_KEYS:
@@ -203,7 +220,7 @@ def grid_on_rows(
 
 
 def grid_cells_pass(
-    model: torch.nn.Module,
+    model: OODModel,
     data: BatchSource,
     cfg: Mapping[str, Any],
     device: torch.device,
@@ -217,8 +234,6 @@ def grid_cells_pass(
 ) -> ExtractResult:
     """ODIN/GRODIN values of the ``points`` cells ((n_eps, n_T) bool) for every image of ``data``
     (a subset of rows, batched in full chunks); the other cells are NaN. Timed as ``grodin_selected``."""
-    from .grads import grodin_grid
-
     model.eval().to(device)
     bs = int(cfg["batch_size"])
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -229,17 +244,7 @@ def grid_cells_pass(
         desc=desc,
         leave=False,
     ):
-        g = grodin_grid(
-            model,
-            xb,
-            odin_T,
-            odin_eps,
-            chunk=int(cfg["grad_chunk"]),
-            space=cfg["eps_space"],
-            std=input_std,
-            points=points,
-            method=grad_method,
-        )
+        g = _grid_of_batch(model, xb, cfg, odin_T, odin_eps, input_std, grad_method, points)
         for key in GRID_VALUE_KEYS:
             parts[key].append(g[key])
     _sync(device)

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .config import ConfigError, odin_eps_grid
+from .config import ConfigError, odin_grid
 from .data.sources import BatchSource
 from .data.splits import set_split
 from .extract import Subspace, extract_arrays, grid_cells_pass
@@ -32,6 +32,15 @@ from .tuning import Split
 TRAIN, ID_TEST = "train", "id_test"  # the names of the two ID sets (the OOD sets take the user's names)
 GRODIN_TEST_POINTS = ("grid", "selected")
 LOWDIM_PREFIX = "lowdim_"
+
+
+def grid_test_points(extract: Mapping[str, Any]) -> str:
+    """``extract.grodin_test_points``, checked: "grid" (every cell on every row) or "selected" (the
+    cells chosen on validation rows, on the other rows; ``ood_core.grid_selection``)."""
+    mode = extract["grodin_test_points"]
+    if mode not in GRODIN_TEST_POINTS:
+        raise ConfigError(f"extract.grodin_test_points must be one of {GRODIN_TEST_POINTS}, got {mode!r}")
+    return mode
 
 
 def arrays_needed(methods: Iterable[str]) -> set[str]:
@@ -91,10 +100,8 @@ def extract_sets(
         if role not in sources:
             raise ValueError(f"extract_sets: no '{role}' set among {list(sources)}")
     ecfg = extract_settings(cfg["extract"], needs)
-    mode = ecfg["grodin_test_points"]
-    if mode not in GRODIN_TEST_POINTS:
-        raise ConfigError(f"extract.grodin_test_points must be one of {GRODIN_TEST_POINTS}, got {mode!r}")
-    Ts, epss = [float(t) for t in ecfg["odin_T"]], odin_eps_grid(dict(cfg))
+    mode = grid_test_points(ecfg)
+    Ts, epss = odin_grid(cfg)
     lcfg, val = cfg["lowdim"], cfg["data"]["val"]
     subspaces: list[Subspace] = []
     seconds: dict[str, dict[str, float]] = {}
