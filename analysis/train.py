@@ -250,7 +250,12 @@ def main(argv: list[str] | None = None) -> None:
     p = add_common_args(
         argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     )
-    run(make_context(p.parse_args(argv)))
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's seed)")
+    args = p.parse_args(argv)
+    ctx = make_context(args)
+    if args.seed is not None:
+        ctx.cfg["seed"] = args.seed
+    run(ctx)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 30,
         "batch_size": 128,
         "lr": 0.1,
+        "schedule": "cosine",  # or "onecycle" (ood_core.train.learning_rate)
+        "warmup_epochs": 0,
         "momentum": 0.9,
         "nesterov": True,
         "weight_decay": 5e-4,
@@ -108,6 +110,7 @@ NULLABLE: dict[tuple[str, ...], tuple[type, ...]] = {
     ("benchmark", "methods"): (list,),
 }
 ALSO_ALLOWED: dict[tuple[str, ...], tuple[type, ...]] = {
+    ("train", "warmup_epochs"): (float,),
     ("lowdim", "params"): (list,),
     ("extract", "odin_eps"): (list, dict),
 }

@@ -1,4 +1,4 @@
-"""Training loop: SGD (momentum, nesterov), cosine learning rate, weight decay, optional label
+"""Training loop: SGD (momentum, nesterov), cosine or one-cycle learning rate, weight decay, optional label
 smoothing. The whole uint8 training set is held on the device and augmented there (random crop with
 4-pixel padding + horizontal flip, per batch, vectorised), so a GPU epoch has no data-loader stalls.
 bf16 autocast (weights and optimizer stay float32) and channels_last when the profile asks, on CUDA
@@ -79,8 +79,8 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` in place. x_*: already-normalized float tensors (N,C,H,W); y_*: int64.
 
-    ``cfg`` is the profile's ``train`` section. The learning rate follows a per-step cosine from
-    ``lr`` to 0 over ``epochs``. Returns the final test accuracy and a per-epoch history.
+    ``cfg`` is the profile's ``train`` section. The learning rate follows ``learning_rate`` per step
+    (``schedule``: cosine from ``lr`` to 0, or a linear one-cycle). Returns the final test accuracy and a per-epoch history.
     ``on_epoch_end(epoch, model, optimizer, rng_state)`` may save a partial checkpoint; resuming with
     its optimizer and ``rng_state`` (the shuffling / augmentation generator) continues the same run.
     ``history``: the per-epoch rows of the epochs before ``start_epoch`` (a resumed run); this list
@@ -120,7 +120,7 @@ def train_model(
         for step in range(steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
             xb = augment(x_train[idx], gen).contiguous(memory_format=mem_format)
-            lr = 0.5 * cfg["lr"] * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
+            lr = learning_rate(cfg, epoch * steps_per_epoch + step, total, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -146,6 +146,28 @@ def train_model(
     acc = accuracy(model, x_test, y_test)
     history.append({"epoch": epochs, "test_accuracy": acc})
     return TrainResult(acc, time.perf_counter() - t0, history)
+
+
+SCHEDULES = ("cosine", "onecycle")
+
+
+def learning_rate(cfg: dict, step: int, total: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total``.
+
+    ``schedule: cosine``: ``lr * (1 + cos(pi * step / total)) / 2``, from ``lr`` to 0.
+    ``schedule: onecycle`` (Smith & Topin 2019, piecewise linear as in Page's fast CIFAR-10 runs):
+    linear from 0 to ``lr`` over ``warmup_epochs``, then linear to 0 at the last step.
+    """
+    peak = float(cfg["lr"])
+    schedule = cfg.get("schedule", "cosine")
+    if schedule == "cosine":
+        return 0.5 * peak * (1 + math.cos(math.pi * step / total))
+    if schedule == "onecycle":
+        warm = max(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch, 1.0)
+        if step < warm:
+            return peak * (step + 1) / warm
+        return peak * max(total - step, 0) / max(total - warm, 1.0)
+    raise ValueError(f"train.schedule must be one of {SCHEDULES}, got '{schedule}'")
 
 
 def _sgd(model: nn.Module, cfg: dict, device: torch.device) -> torch.optim.Optimizer:
