@@ -1,8 +1,9 @@
 """One batched pass per (model, dataset): every per-sample array the scores need.
 
-For each batch the model runs once for (h, logits); the gradient quantities that truly need the
-network (ODIN/GRODIN on the eps x T grid, the all-weights KL gradient norm, Wu et al.'s low-dim
-projections) are computed on the same batch, so the data is read once. Output keys follow
+For each batch, with the hooks engine, one forward per chunk gives (h, logits) and the recorded
+layer inputs from which a KL backward and an energy backward give the all-weights KL gradient norm
+and Wu et al.'s low-dim projections on every subspace (``grads/main_pass.py``); the ODIN/GRODIN
+eps x T grid perturbs the inputs and runs on the same batch, so the data is read once. Output keys follow
 docs/architecture.md. Timings per component are returned beside the arrays.
 """
 
@@ -127,6 +128,7 @@ def extract_arrays(
     ``"vmap"`` (torch.func, any layer, slower)."""
     from .grads import kl_allweights_sqnorm
     from .grads.lowdim import fold_whitening, project
+    from .grads.main_pass import FoldedBasis, main_pass
 
     model.eval().to(device)
     odin_T, odin_eps = odin_T or [], odin_eps or []  # None: no ODIN/GRODIN grid
@@ -140,16 +142,44 @@ def extract_arrays(
     n_grid = len(odin_T) * len(odin_eps)
     counts: dict[str, int] = {}
     labels: list[np.ndarray] = []
+    fused = grad_method == "hooks" and (bool(cfg["kl_allweights"]) or bool(groups))
+    bases = [FoldedBasis(f"group{i}", g[0].params, *fold) for i, (g, fold) in enumerate(zip(groups, folds))]
+    n_subs = sum(len(g) for g in groups)
     for xb, yb in tqdm(data.batches(bs, device), total=-(-len(data) // bs), desc=desc, leave=False):
         labels.append(yb.cpu().numpy())
-        t = time.perf_counter()
-        with torch.no_grad():
-            h = model.features(xb)
-            logits = model.head(h)
-        _sync(device)
-        seconds["forward"] += time.perf_counter() - t
-        parts["h"].append(h.float().cpu().numpy())
-        parts["logits"].append(logits.float().cpu().numpy())
+        if fused:  # one forward, a KL backward and an energy backward per chunk serve all of these
+            mp = main_pass(
+                model,
+                xb,
+                kl_params="all" if cfg["kl_allweights"] else None,
+                bases=bases,
+                chunk=lowdim_chunk if groups else int(cfg["grad_chunk"]),
+            )
+            seconds["forward"] += mp.seconds["forward"]
+            parts["h"].append(np.asarray(mp.h, dtype=np.float32))
+            parts["logits"].append(np.asarray(mp.logits, dtype=np.float32))
+            if mp.kl_sqnorm is not None:
+                seconds["kl_allweights"] += mp.seconds["kl_backward"]
+                parts["kl_allw_sqnorm"].append(np.asarray(mp.kl_sqnorm, dtype=np.float32))
+            for i, group in enumerate(groups):  # the shared energy backward is split over the subspaces
+                z = mp.projections[f"group{i}"]
+                shared = mp.seconds["energy_backward"] / n_subs
+                own = mp.seconds[f"project_group{i}"] / len(group)
+                col = 0
+                for sub in group:
+                    k = sub.V.shape[1]
+                    seconds[f"lowdim_{sub.name}"] += shared + own
+                    parts[f"lowdim_{sub.name}"].append(np.asarray(z[:, col : col + k], dtype=np.float32))
+                    col += k
+        else:
+            t = time.perf_counter()
+            with torch.no_grad():
+                h = model.features(xb)
+                logits = model.head(h)
+            _sync(device)
+            seconds["forward"] += time.perf_counter() - t
+            parts["h"].append(h.float().cpu().numpy())
+            parts["logits"].append(logits.float().cpu().numpy())
         if use_grodin and grodin_rows is None:
             t = time.perf_counter()
             g = _grid_of_batch(model, xb, cfg, odin_T, odin_eps, input_std, grad_method)
@@ -157,6 +187,8 @@ def extract_arrays(
             seconds["grodin_grid"] += time.perf_counter() - t
             for key in GRID_VALUE_KEYS:
                 parts[key].append(np.asarray(g[key], dtype=np.float32))
+        if fused:
+            continue
         if cfg["kl_allweights"]:
             t = time.perf_counter()
             kl = kl_allweights_sqnorm(model, xb, method=grad_method)

@@ -1,0 +1,92 @@
+"""ood_core.grads.main_pass against the separate passes and a brute-force float64 autograd loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_grads import MODELS, _build, _energy_loss, _kl_loss, _loop_grads, _rel
+
+from ood_core.grads import kl_allweights_sqnorm, project, resolve_params
+from ood_core.grads.lowdim import fold_whitening
+from ood_core.grads.main_pass import FoldedBasis, main_pass
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RTOL = 1e-6
+
+
+def _basis(model, params, k, seed):
+    gen = torch.Generator().manual_seed(seed)
+    P = sum(dict(model.named_parameters())[n].numel() for n in resolve_params(model, params))
+    V = torch.randn(P, k, generator=gen, dtype=torch.float64)
+    stats = (
+        torch.randn(P, generator=gen, dtype=torch.float64),
+        0.5 + torch.rand(P, generator=gen, dtype=torch.float64),
+    )
+    return V, stats
+
+
+def _subset(model):
+    """The last two parameter tensors of the model (a stand-in for 'last block'), as names."""
+    return [n for n, _ in model.named_parameters()][-3:]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_main_pass_matches_loop(name):
+    model, x = _build(name)
+    sub = _subset(model)
+    V_all, st_all = _basis(model, "all", 3, 1)
+    V_sub, st_sub = _basis(model, sub, 2, 2)
+    bases = [
+        FoldedBasis("all", "all", *fold_whitening(V_all, st_all)),
+        FoldedBasis("sub", sub, *fold_whitening(V_sub, st_sub)),
+        FoldedBasis("raw", sub, V_sub, None),
+    ]
+    res = main_pass(model, x, kl_params="all", bases=bases, chunk=3)
+    with torch.no_grad():
+        h = model.features(x)
+        logits = model.head(h)
+    assert _rel(res.h, h) < RTOL and _rel(res.logits, logits) < RTOL
+    g_kl = _loop_grads(model, x, _kl_loss)
+    assert _rel(res.kl_sqnorm, g_kl.pow(2).sum(1)) < RTOL
+    g_e = _loop_grads(model, x, _energy_loss)
+    want_all = ((g_e - st_all[0]) * st_all[1]) @ V_all
+    assert _rel(res.projections["all"], want_all) < RTOL
+    g_sub = _loop_grads(model, x, _energy_loss, names=sub)
+    assert _rel(res.projections["sub"], ((g_sub - st_sub[0]) * st_sub[1]) @ V_sub) < RTOL
+    assert _rel(res.projections["raw"], g_sub @ V_sub) < RTOL
+    assert set(res.seconds) == {
+        "forward",
+        "kl_backward",
+        "energy_backward",
+        "project_all",
+        "project_sub",
+        "project_raw",
+    }
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_main_pass_equals_separate_passes(name):
+    """The fused pass gives what kl_allweights_sqnorm and project give one after the other."""
+    model, x = _build(name)
+    V, st = _basis(model, "all", 4, 3)
+    res = main_pass(model, x, bases=[FoldedBasis("pca", "all", *fold_whitening(V, st))], chunk=4)
+    np.testing.assert_allclose(res.kl_sqnorm, kl_allweights_sqnorm(model, x), rtol=1e-5)
+    np.testing.assert_allclose(res.projections["pca"], project(model, [x], V, st, "all", chunk=4), rtol=1e-5, atol=1e-6)
+
+
+def test_main_pass_without_kl_uses_the_bases_parameters():
+    model, x = _build("small_cnn")
+    sub = _subset(model)
+    V, st = _basis(model, sub, 2, 4)
+    res = main_pass(model, x, kl_params=None, bases=[FoldedBasis("sub", sub, *fold_whitening(V, st))])
+    assert res.kl_sqnorm is None
+    g = _loop_grads(model, x, _energy_loss, names=sub)
+    assert _rel(res.projections["sub"], ((g - st[0]) * st[1]) @ V) < RTOL
+
+
+def test_main_pass_bad_basis_rows_named():
+    model, x = _build("small_cnn")
+    with pytest.raises(ValueError, match="basis 'b' has 5 rows"):
+        main_pass(model, x, bases=[FoldedBasis("b", "all", torch.zeros(5, 2, dtype=torch.float64), None)])
