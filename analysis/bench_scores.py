@@ -7,9 +7,17 @@ Methods (per batch size unless marked *loop*):
   lowdim_last_closed   forward + closed-form per-sample head gradients, whitened, projected on K=200
   grodin_allw_hooks    all-weights GRODIN ||grad CE(f, yhat)||^2 per sample, hooks engine (eps=0, T=1)
   grodin_allw_vmap     the same via torch.func vmap(grad)
+  grads_flat_allw      all-weights per-sample energy gradients into a reused (64, P) buffer
+  lowdim_allw_Am / _ATq  + the product with / accumulation into a (P, K + 10) basis (a PCA pass)
+  subspace_fit_pca     a whole PCA subspace fit (K, 2 power iterations) over the batch's rows
+  subspace_fit_grads   the per-sample gradients that fit streams alone (2 + 2 n_iter passes)
+  main_pass_fused      the extraction's main pass: h, logits, all-weights KL norm, projections on an
+                       all-weights and a last-block basis from one forward per chunk
+  main_pass_separate   the same quantities from a forward and three separate gradient passes
   loop_gradnorm_last   *loop*, batch 1: torch.autograd.grad per image, last-layer GradNorm
   loop_grodin_allw     *loop*, batch 1: torch.autograd.grad per image, all-weights GRODIN
-Speed-up: lastlayer_closed vs loop_gradnorm_last; grodin_allw_* vs loop_grodin_allw.
+Speed-up: lastlayer_closed vs loop_gradnorm_last; grodin_allw_* vs loop_grodin_allw. With
+--interleave, "speed vs fwd+bwd" = t_fwd_bwd / t_method per repetition, then the median.
 
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the peak resident-set growth over
 the pre-run level, sampled every ms from /proc/self/statm (resource.ru_maxrss growth elsewhere).
@@ -115,6 +123,30 @@ def measure(fn: Callable[[], None], n_images: int, dev: torch.device, warmup: in
         peak = probe.bytes / 2**20
         kind = "rss_growth"
     return n_images / statistics.median(times), peak, kind
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], None]], n_images: int, dev: torch.device, warmup: int, repeats: int
+) -> dict[str, tuple[float, float]]:
+    """{name: (images/s as the median over repetitions, median over repetitions of t_fwd_bwd / t_name)};
+    each repetition runs every method once, in turn, so a change of load hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(dev)
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times[name].append(time.perf_counter() - t0)
+    ref = times.get("fwd_bwd")
+    out = {}
+    for name, ts in times.items():
+        ratio = statistics.median(r / t for r, t in zip(ref, ts)) if ref else float("nan")
+        out[name] = (n_images / statistics.median(ts), ratio)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,9 +258,11 @@ def methods_for(model, x, dev, bf16):
         "grodin_allw_hooks": hooks,
         "grodin_allw_vmap": vmap,
         **subspace_pass_methods(model, x, k=LOWDIM_BENCH_K),
+        **main_pass_methods(model, x, k=LOWDIM_BENCH_K),
     }
 
 
+SUBSPACE_BENCH_ITERS = 2  # power iterations of the timed PCA fit (the cifar10 profile's n_iter)
 LOWDIM_BENCH_K = 50  # columns of the random whitened basis in the subspace rows (the cifar10 profile's K)
 
 
@@ -267,7 +301,55 @@ def subspace_pass_methods(model, x, k: int, chunk: int = 64):
             s += g.shape[0]
         acc.addr_(mean, q.sum(0), alpha=-1.0).mul_(scale[:, None])
 
-    return {"grads_flat_allw": grads_flat, "lowdim_allw_Am": a_m, "lowdim_allw_ATq": at_q}
+    def fit_pca():
+        from ood_core.grads.lowdim import pca_subspace
+
+        pca_subspace(model, lambda: [x], k, n_iter=SUBSPACE_BENCH_ITERS, stats=(mean, scale), chunk=chunk)
+
+    def fit_grads():  # the per-sample gradients a fit streams: 2 + 2 n_iter passes over the rows
+        for _ in range(2 + 2 * SUBSPACE_BENCH_ITERS):
+            grads_flat()
+
+    return {
+        "grads_flat_allw": grads_flat,
+        "lowdim_allw_Am": a_m,
+        "lowdim_allw_ATq": at_q,
+        "subspace_fit_pca": fit_pca,
+        "subspace_fit_grads": fit_grads,
+    }
+
+
+def main_pass_methods(model, x, k: int, chunk: int = 64):
+    """The extraction's main pass as the cifar10 profile runs it: h and logits, the all-weights KL
+    norm, and the projections on an all-weights basis (PCA K + class means C columns) and a
+    last-block basis (K), whitening folded in. ``main_pass_fused``: one forward and two backward
+    passes per chunk (``grads/main_pass.py``); ``main_pass_separate``: a no-grad forward, then
+    ``kl_allweights_sqnorm`` and one ``project`` per parameter set, each with its own forward."""
+    from ood_core.grads import kl_allweights_sqnorm, project
+    from ood_core.grads.lowdim import fold_whitening, resolve_params
+    from ood_core.grads.main_pass import FoldedBasis, main_pass
+
+    gen = torch.Generator().manual_seed(2)
+    folds = {}
+    for name, params, cols in (("all", "all", k + 10), ("last_block", "last_block", k)):
+        P = sum(dict(model.named_parameters())[n].numel() for n in resolve_params(model, params))
+        V = torch.randn(P, cols, generator=gen).to(x.device)
+        stats = (torch.randn(P, generator=gen).to(x.device), (torch.rand(P, generator=gen) + 0.5).to(x.device))
+        folds[name] = (params, fold_whitening(V, stats))
+    bases = [FoldedBasis(n, p, *f) for n, (p, f) in folds.items()]
+    workspace: dict = {}  # the gradient buffer, kept across batches as the extraction keeps it
+
+    def fused():
+        main_pass(model, x, kl_params="all", bases=bases, chunk=chunk, workspace=workspace)
+
+    def separate():
+        with torch.no_grad():
+            model(x)
+        kl_allweights_sqnorm(model, x, chunk=chunk)
+        for params, f in folds.values():
+            project(model, [x], f[0], None, params, chunk=chunk, folded=f)
+
+    return {"main_pass_fused": fused, "main_pass_separate": separate}
 
 
 def loops_for(model, x, dev, bf16):
@@ -341,6 +423,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--loop-images", type=int, default=64)
     ap.add_argument("--methods", default="all", help="comma-separated subset of method names")
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the methods of a batch size in turn within each repetition (ratios to fwd_bwd taken per "
+        "repetition, then the median: robust to load that drifts); no peak memory",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--channels-last", action="store_true", help="model and batches in channels_last memory format")
@@ -401,9 +489,13 @@ def main(argv=None) -> int:
 
     for bs in batch_sizes:
         x = _layout(torch.randn(bs, *shape, generator=gen).to(dev), args.channels_last)
-        for name, fn in methods_for(model, x, dev, bf16).items():
-            if wanted is not None and name not in wanted:
-                continue
+        fns = {n: f for n, f in methods_for(model, x, dev, bf16).items() if wanted is None or n in wanted}
+        if args.interleave:
+            for name, (ips, ratio) in measure_interleaved(fns, bs, dev, args.warmup, args.repeats).items():
+                record(bs, name, ips, float("nan"), "not_measured")
+                rows[-1]["speed_vs_fwd_bwd"] = ratio
+            continue
+        for name, fn in fns.items():
             try:
                 ips, peak, kind = measure(fn, bs, dev, args.warmup, args.repeats)
             except torch.cuda.OutOfMemoryError:  # pragma: no cover - device dependent
@@ -443,6 +535,7 @@ def main(argv=None) -> int:
     for r in rows:
         ref = LOOP_REF.get(r["method"])
         r["speedup_vs_loop"] = r["images_per_s"] / loop_ips[ref] if ref in loop_ips else float("nan")
+        r.setdefault("speed_vs_fwd_bwd", float("nan"))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -458,6 +551,7 @@ def main(argv=None) -> int:
         "peak_mb",
         "mem_kind",
         "speedup_vs_loop",
+        "speed_vs_fwd_bwd",
     ]
     with open(out / "bench_scores.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -468,7 +562,8 @@ def main(argv=None) -> int:
         f"# Gradient-score throughput: {args.model}, {args.dtype}, {common['memory_format']}",
         "",
         f"Device: {common['device']} ({dev.type}); torch {torch.__version__}; threads "
-        f"{torch.get_num_threads()}; median of {args.repeats} after {args.warmup} warm-up; "
+        f"{torch.get_num_threads()}; median of {args.repeats} after {args.warmup} warm-up"
+        f"{' (interleaved: every method once per repetition; ratios per repetition, then the median)' if args.interleave else ''}; "
         f"loops over {args.loop_images} images at batch size 1; hooks vs vmap max rel. diff {agree:.1e}, "
         f"hooks vs the per-image autograd loop {agree_loop:.1e} (fp32, {xa.shape[0]} images).",
         "Peak memory: "
@@ -478,12 +573,18 @@ def main(argv=None) -> int:
             else "resident-set growth over the pre-run level (CPU)."
         ),
         "",
-        "| batch | method | images/s | peak MB | speed-up vs loop |",
-        "|---:|---|---:|---:|---:|",
+        "| batch | method | images/s | peak MB | speed-up vs loop | speed vs fwd+bwd | time / fwd+bwd |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         sp = "" if np.isnan(r["speedup_vs_loop"]) else f"{r['speedup_vs_loop']:.1f}x"
-        md.append(f"| {r['batch_size']} | {r['method']} | {r['images_per_s']:.1f} | {r['peak_mb']:.1f} | {sp} |")
+        rel = r["speed_vs_fwd_bwd"]
+        rel_s = "" if np.isnan(rel) else f"{rel:.2f}x | {1 / rel:.2f}"
+        md.append(
+            f"| {r['batch_size']} | {r['method']} | {r['images_per_s']:.1f} | {r['peak_mb']:.1f} | {sp} | "
+            + (rel_s or " | ")
+            + " |"
+        )
     if skipped:
         md += ["", "Skipped: " + "; ".join(skipped)]
     if profiles:

@@ -90,3 +90,46 @@ def test_main_pass_bad_basis_rows_named():
     model, x = _build("small_cnn")
     with pytest.raises(ValueError, match="basis 'b' has 5 rows"):
         main_pass(model, x, bases=[FoldedBasis("b", "all", torch.zeros(5, 2, dtype=torch.float64), None)])
+
+
+# --------------------------------------------------------------------------------------------------
+# the subspace fit's orthonormalisation and random start
+
+
+@pytest.mark.parametrize("dtype, cond", [(torch.float32, 1e3), (torch.float32, 1e6), (torch.float64, 1e12)])
+def test_orthonormalize_matches_qr_on_ill_conditioned_input(dtype, cond, monkeypatch):
+    from ood_core.grads import lowdim
+
+    monkeypatch.setattr(lowdim, "ORTH_BLOCK_ROWS", 97)  # several blocks, a ragged last one
+    gen = torch.Generator().manual_seed(0)
+    m, l = 1000, 12
+    u = torch.linalg.qr(torch.randn(m, l, generator=gen, dtype=torch.float64))[0]
+    w = torch.linalg.qr(torch.randn(l, l, generator=gen, dtype=torch.float64))[0]
+    a = (u * torch.logspace(0, -np.log10(cond), l, dtype=torch.float64)) @ w.T
+    a = a.to(dtype)
+    q = lowdim.orthonormalize(a)
+    ref = torch.linalg.qr(a.double())[0]
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    eye = torch.eye(l, dtype=torch.float64)
+    assert float((q.double().T @ q.double() - eye).abs().max()) < tol
+    # the same span: the projectors agree
+    assert float((q.double() @ q.double().T - ref @ ref.T).abs().max()) < (10 * tol if cond < 1e5 else 1e-2)
+
+
+def test_orthonormalize_falls_back_to_qr_when_rank_deficient():
+    from ood_core.grads.lowdim import orthonormalize
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(400, 6, generator=gen, dtype=torch.float64)
+    a[:, 5] = a[:, 0]  # rank 5
+    q = orthonormalize(a)
+    np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-10)
+
+
+def test_random_start_is_one_draw_in_blocks(monkeypatch):
+    from ood_core.grads import lowdim
+
+    monkeypatch.setattr(lowdim, "ORTH_BLOCK_ROWS", 40)
+    got = lowdim._random_start(203, 7, 5, torch.float32, torch.device("cpu"))
+    want = torch.randn(203, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64).float()
+    assert torch.equal(got, want)

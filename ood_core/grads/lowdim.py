@@ -158,9 +158,61 @@ def _acc_dtype(model: nn.Module, P: int, k: int, budget: int = 2**30) -> torch.d
     return torch.float32
 
 
-def _orth(a: torch.Tensor) -> torch.Tensor:
-    q, _ = torch.linalg.qr(a, mode="reduced")
+ORTH_BLOCK_ROWS = 1 << 18  # rows per block of the blocked Gram and triangular products (memory-bound)
+ORTH_TOL = 1e-4  # largest |Q^T Q - I| entry accepted after the Cholesky steps (float32 data)
+
+
+def _gram64(a: torch.Tensor) -> torch.Tensor:
+    """a^T a accumulated in float64 over row blocks (no float64 copy of a)."""
+    g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
+    for s in range(0, a.shape[0], ORTH_BLOCK_ROWS):
+        blk = a[s : s + ORTH_BLOCK_ROWS].to(torch.float64)
+        g.addmm_(blk.T, blk)
+    return g
+
+
+def orthonormalize(a: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis Q (m, l) of the columns of a tall ``a`` (m >= l), same span as
+    ``torch.linalg.qr(a).Q``: Cholesky-QR2 (Fukaya et al. 2014) with the l x l Gram matrix
+    accumulated in float64, Q = a R^-1 written block by block; two steps, a third when the second
+    leaves |Q^T Q - I| > ORTH_TOL. Falls back to Householder QR when the Gram matrix is not
+    numerically positive definite (rank-deficient or too ill-conditioned ``a``) or for short ``a``.
+    One full-size (m, l) copy instead of QR's workspace; memory-bound, so faster at ResNet scale."""
+    m, l = a.shape
+    if m < 4 * l or not a.is_floating_point():
+        return torch.linalg.qr(a, mode="reduced")[0]
+    q = a.clone()
+    for step in range(3):
+        g = _gram64(q)
+        if step > 0:
+            off = (g - torch.eye(l, dtype=g.dtype, device=g.device)).abs().max()
+            if float(off) <= (ORTH_TOL if q.dtype != torch.float64 else 1e-12):
+                return q
+        chol, info = torch.linalg.cholesky_ex(g)
+        if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+            return torch.linalg.qr(a, mode="reduced")[0]
+        eye = torch.eye(l, dtype=torch.float64, device=g.device)
+        r_inv = torch.linalg.solve_triangular(chol.T, eye, upper=True).to(q.dtype)
+        for s in range(0, m, ORTH_BLOCK_ROWS):
+            blk = q[s : s + ORTH_BLOCK_ROWS]
+            blk.copy_(blk @ r_inv)
     return q
+
+
+def _orth(a: torch.Tensor) -> torch.Tensor:
+    return orthonormalize(a)
+
+
+def _random_start(P: int, l: int, seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Omega (P, l): standard normal draws of a float64 CPU generator seeded ``seed``, drawn in row
+    blocks (the same stream as one (P, l) draw) and cast block by block: no (P, l) float64 copy."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    out = torch.empty(P, l, dtype=dtype, device=device)
+    rows = max(16, (ORTH_BLOCK_ROWS // 16) * 16)
+    for s in range(0, P, rows):
+        n = min(rows, P - s)
+        out[s : s + n] = torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    return out
 
 
 def pca_subspace(
@@ -197,8 +249,7 @@ def pca_subspace(
         raise ValueError(f"k = {k} exceeds the number of parameters P = {P}")
     l = min(P, k + max(0, int(oversample)))
     acc = _acc_dtype(model, P, l)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    omega = torch.randn(P, l, generator=gen, dtype=torch.float64).to(device=dev, dtype=acc)
+    omega = _random_start(P, l, seed, acc, dev)
 
     # The whitening is folded into the small factors, never applied to the (chunk, P) gradients:
     #   A m   = G (s * m) - 1 <mean * s, m>          A^T q = s * (G^T q - mean (1^T q))
@@ -254,7 +305,8 @@ def pca_subspace(
         z = _orth(t_times(q))
         q = _orth(times(z))
     bt = t_times(q)  # (P, l) = (Q^T A)^T
-    q2, r2 = torch.linalg.qr(bt, mode="reduced")
+    q2 = _orth(bt)
+    r2 = q2.T @ bt  # bt = q2 r2
     ur, _, _ = torch.linalg.svd(r2.to(torch.float64), full_matrices=False)
     v = q2 @ ur[:, :k].to(q2.dtype)
     return v.to(_out_dtype(model))

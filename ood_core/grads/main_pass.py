@@ -95,12 +95,15 @@ def main_pass(
     bases: Sequence[FoldedBasis] = (),
     chunk: int = 64,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    workspace: dict | None = None,
 ) -> MainPassResult:
     """h, logits, the KL gradient's squared norms over ``kl_params`` (None: not computed) and the
     projections ``g~ V`` of the energy gradient on every basis of ``bases``, for the images ``x``,
     from one forward and at most two backward passes per ``chunk`` images. ``model`` must have a
     ``head`` module (its input is h). The projections' parameters must lie within ``kl_params``
-    when both are given; without ``kl_params`` the engine covers the union of the bases'."""
+    when both are given; without ``kl_params`` the engine covers the union of the bases'.
+    ``workspace``: a dict the caller keeps across calls; the (chunk, P) gradient buffer lives in it,
+    so a multi-GB buffer is allocated (and page-faulted) once per extraction, not once per call."""
     dev, pdt = model_device_dtype(model)
     basis_names = [resolve_params(model, b.params) for b in bases]
     if kl_params is not None:
@@ -123,7 +126,7 @@ def main_pass(
     handle = model.head.register_forward_hook(lambda mod, inp, out: head_in.append(inp[0].detach()))
     logits_all, kl_all = [], []
     proj_all: dict[str, list[np.ndarray]] = {b.name: [] for b in bases}
-    buf: torch.Tensor | None = None
+    ws = {} if workspace is None else workspace
     try:
         with eng:
             for s in range(0, x.shape[0], chunk):
@@ -146,8 +149,10 @@ def main_pass(
                     continue
                 t = time.perf_counter()
                 delta = energy_delta(lg.detach())
-                if buf is None or buf.dtype != delta.dtype or buf.shape[0] < xc.shape[0]:
-                    buf = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=dev)
+                buf = ws.get("grads")
+                if buf is None or buf.dtype != delta.dtype or buf.shape[0] < xc.shape[0] or buf.shape[1] != eng.num_params:
+                    ws.pop("grads", None)
+                    buf = ws["grads"] = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=dev)
                 g = eng.grads_flat(delta, out=buf[: xc.shape[0]])
                 _sync(dev)
                 seconds["energy_backward"] += time.perf_counter() - t
