@@ -119,10 +119,6 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     out = ctx.analysis_dir
     model, meta_ck = load_model(ctx)
     device = ctx.device()
-    # cached arrays are float32 arithmetic: no TF32 on a GPU (cuDNN allows it by default; on an H100
-    # it put the all-weights norms 5.4e-4 from the per-image autograd loop, vs 1.1e-7 on the CPU)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     model.to(device)
     model_sha = meta_ck["sha256"]
     memo: dict = {}

@@ -116,6 +116,28 @@ ALSO_ALLOWED: dict[tuple[str, ...], tuple[type, ...]] = {
 }
 
 
+# Lower bounds of numeric keys: path -> (bound, inclusive). A value outside is one error line.
+LOWER_BOUNDS: dict[tuple[str, ...], tuple[float, bool]] = {
+    ("train", "epochs"): (1, True),
+    ("train", "batch_size"): (1, True),
+    ("train", "lr"): (0, False),
+    ("train", "momentum"): (0, True),
+    ("train", "weight_decay"): (0, True),
+    ("train", "label_smoothing"): (0, True),
+    ("train", "warmup_epochs"): (0, True),
+    ("train", "checkpoint_every"): (0, True),
+    ("train", "eval_every"): (0, True),
+    ("extract", "batch_size"): (1, True),
+    ("extract", "grad_chunk"): (1, True),
+    ("lowdim", "batch_size"): (1, True),
+    ("lowdim", "chunk"): (1, True),
+    ("lowdim", "n_samples"): (1, True),
+    ("benchmark", "bootstrap"): (0, True),
+}
+# Keys that take one of a few words.
+CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {("train", "schedule"): ("cosine", "onecycle")}
+
+
 class ConfigError(ValueError):
     """A profile file that cannot be used as written."""
 
@@ -190,6 +212,14 @@ def check_type(value: Any, path: tuple[str, ...], source: str) -> None:
         want = " or ".join(_TYPE_WORDS.get(k, k.__name__) for k in kinds)
         want += " or null" if default is None else f" (default: {json.dumps(default)})"
         raise ConfigError(f"{source}: '{where}' must be {want}, got {_describe(value)}")
+    bound = LOWER_BOUNDS.get(path)
+    if bound is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, inclusive = bound
+        if value < low or (value == low and not inclusive):
+            rel = ">=" if inclusive else ">"
+            raise ConfigError(f"{source}: '{where}' must be {rel} {low:g}, got {_describe(value)}")
+    if path in CHOICES and value not in CHOICES[path]:
+        raise ConfigError(f"{source}: '{where}' must be one of {', '.join(CHOICES[path])}, got {_describe(value)}")
     elem = _element_kind(default) if isinstance(default, list) and isinstance(value, list) else None
     if elem is None:
         return

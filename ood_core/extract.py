@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.sources import BatchSource, Preprocess  # noqa: F401  (Preprocess re-exported: the pipeline's import path)
+from .grads.runtime import exact_float32
 from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ def _grid_of_batch(
     )
 
 
+@exact_float32()  # every caller (stage, API, Detector) gets the same float32 arrays
 def extract_arrays(
     model: OODModel,
     data: BatchSource,
@@ -145,6 +147,7 @@ def extract_arrays(
     fused = grad_method == "hooks" and (bool(cfg["kl_allweights"]) or bool(groups))
     bases = [FoldedBasis(f"group{i}", g[0].params, *fold) for i, (g, fold) in enumerate(zip(groups, folds))]
     n_subs = sum(len(g) for g in groups)
+    workspace: dict = {}  # the main pass' (chunk, P) gradient buffer, allocated once for all batches
     for xb, yb in tqdm(data.batches(bs, device), total=-(-len(data) // bs), desc=desc, leave=False):
         labels.append(yb.cpu().numpy())
         if fused:  # one forward, a KL backward and an energy backward per chunk serve all of these
@@ -154,6 +157,7 @@ def extract_arrays(
                 kl_params="all" if cfg["kl_allweights"] else None,
                 bases=bases,
                 chunk=lowdim_chunk if groups else int(cfg["grad_chunk"]),
+                workspace=workspace,
             )
             seconds["forward"] += mp.seconds["forward"]
             parts["h"].append(np.asarray(mp.h, dtype=np.float32))
@@ -251,6 +255,7 @@ def grid_on_rows(
     return out
 
 
+@exact_float32()  # every caller (stage, API, Detector) gets the same float32 arrays
 def grid_cells_pass(
     model: OODModel,
     data: BatchSource,

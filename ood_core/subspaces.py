@@ -19,6 +19,7 @@ from .config import ConfigError
 from .data.sources import BatchSource
 from .distributed import Ranks
 from .extract import Subspace
+from .grads.runtime import exact_float32
 
 SUBSPACE_KINDS = ("pca", "class_mean")
 SUBSPACE_KEYS = ("kind", "k", "n_iter", "params")
@@ -41,6 +42,7 @@ def subspace_params(spec: Mapping[str, Any], lowdim: Mapping[str, Any]) -> Any:
     return spec.get("params", lowdim["params"])
 
 
+@exact_float32()
 def fit_subspace(
     model: torch.nn.Module,
     train: BatchSource,

@@ -51,3 +51,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# Modules that run the pipeline stages, notebooks, installs or type checks end to end (subprocesses,
+# minutes each): CI's full suite runs them, ``./run_tests.sh --quick`` leaves them out.
+END_TO_END_MODULES = {
+    "test_pipeline",
+    "test_distributed",
+    "test_notebooks",
+    "test_cli_errors",
+    "test_from_cache",
+    "test_packaging",
+    "test_readme_examples",
+    "test_typecheck",
+    "test_api",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks every test of an ``END_TO_END_MODULES`` module ``e2e`` (``-m "not e2e"`` skips them)."""
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in END_TO_END_MODULES:
+            item.add_marker(pytest.mark.e2e)

@@ -147,3 +147,23 @@ def test_nan_in_logits_or_features_is_a_clear_error():
     W, b = np.eye(2), np.zeros(2)
     with pytest.raises(FloatingPointError, match=r"score 'gradnorm': input array 'h' has 1 non-finite"):
         scores.compute("gradnorm", {"logits": np.zeros((2, 2)), "h": h, "W": W, "b": b})
+
+
+@pytest.mark.parametrize(
+    "section, key, value, said",
+    [
+        ("train", "epochs", 0, "'train.epochs' must be >= 1, got the number 0"),
+        ("train", "epochs", -3, "'train.epochs' must be >= 1"),
+        ("train", "batch_size", 0, "'train.batch_size' must be >= 1"),
+        ("train", "lr", -0.05, "'train.lr' must be > 0"),
+        ("train", "schedule", "step", "'train.schedule' must be one of cosine, onecycle"),
+        ("extract", "batch_size", 0, "'extract.batch_size' must be >= 1"),
+        ("lowdim", "chunk", 0, "'lowdim.chunk' must be >= 1"),
+    ],
+)
+def test_out_of_range_values_are_one_line_naming_the_key(section, key, value, said):
+    from ood_core.config import ConfigError, merge_settings
+
+    with pytest.raises(ConfigError) as e:
+        merge_settings({section: {key: value}}, "profile.yaml")
+    assert said in str(e.value) and "\n" not in str(e.value)

@@ -257,8 +257,15 @@ def pca_subspace(
     mean_s = None if stats is None else (stats[0].to(acc) * stats[1].to(acc))
     scale = None if stats is None else stats[1].to(acc)
 
+    workspace: dict = {}  # the gradient buffer, shared by the 2 + 2 n_iter passes
+
     def raw_chunks():
-        return (g for g, _ in iter_raw_grads(model, batches_factory(), names, delta_fn, chunk, method=method))
+        return (
+            g
+            for g, _ in iter_raw_grads(
+                model, batches_factory(), names, delta_fn, chunk, method=method, workspace=workspace
+            )
+        )
 
     n_rows: list[int] = []
     offsets: list[int] = []  # this rank's first row in the gathered (N, l) products

@@ -150,7 +150,12 @@ def main_pass(
                 t = time.perf_counter()
                 delta = energy_delta(lg.detach())
                 buf = ws.get("grads")
-                if buf is None or buf.dtype != delta.dtype or buf.shape[0] < xc.shape[0] or buf.shape[1] != eng.num_params:
+                if (
+                    buf is None
+                    or buf.dtype != delta.dtype
+                    or buf.shape[0] < xc.shape[0]
+                    or buf.shape[1] != eng.num_params
+                ):
                     ws.pop("grads", None)
                     buf = ws["grads"] = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=dev)
                 g = eng.grads_flat(delta, out=buf[: xc.shape[0]])

@@ -84,11 +84,13 @@ def iter_raw_grads(
     with_labels: bool = False,
     *,
     method: str = "hooks",
+    workspace: dict | None = None,
 ) -> Iterator:
     """Yields (G (n, P) on the model device, labels or None) for consecutive chunks of samples.
     Head-only parameter sets use the closed form (forward only); others the hooks engine, whose G
     is a view of one reused buffer: valid until the next chunk is asked for (consume, don't keep),
-    or with ``method="vmap"`` torch.func (a fresh G per chunk)."""
+    or with ``method="vmap"`` torch.func (a fresh G per chunk). ``workspace``: a dict kept by a caller
+    that streams several passes (a PCA fit): the buffer is allocated (and page-faulted) once."""
     check_method(method)
     if _head_only(model, names):
         for xc, yc in _chunks(batches, chunk, model, with_labels):
@@ -100,11 +102,13 @@ def iter_raw_grads(
             yield g, yc
         return
     eng = HookEngine(model, names)
-    buf: torch.Tensor | None = None  # one (chunk, P) buffer for every chunk: a fresh multi-GB
-    with eng:  # tensor per chunk costs more in page faults than the products
+    ws = {} if workspace is None else workspace  # one (chunk, P) buffer for every chunk: a fresh
+    with eng:  # multi-GB tensor per chunk costs more in page faults than the products
         for xc, yc in _chunks(batches, chunk, model, with_labels):
             lg = eng.forward(xc)
             delta = delta_fn(lg.detach())
-            if buf is None or buf.dtype != delta.dtype:
-                buf = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=xc.device)
+            buf = ws.get("grads")
+            if buf is None or buf.dtype != delta.dtype or buf.shape[0] < xc.shape[0] or buf.shape[1] != eng.num_params:
+                ws.pop("grads", None)
+                buf = ws["grads"] = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=xc.device)
             yield eng.grads_flat(delta, out=buf[: xc.shape[0]]), yc
