@@ -1,10 +1,13 @@
 """Turn a profile's dataset specs into ``ImageSet``s.
 
-A spec is ``{kind: ..., <loader options>}`` plus four keys handled here: ``path`` (relative to the
+A spec is ``{kind: ..., <loader options>}`` plus five keys handled here: ``path`` (relative to the
 data root, becomes the loader's root), ``group`` (near / far / covariate: used by the tables only),
-``base`` (for ``kind: corrupted``: the name of another configured set, usually ``id_test``) and
-``rows`` (keep a seeded random subset of that many images, in their original order: a named cut of
-a CPU-sized profile; the subset depends on the profile's ``seed`` and the set's name only).
+``base`` (for ``kind: corrupted``: the name of another configured set, usually ``id_test``), ``rows``
+(keep a seeded random subset of that many images, in their original order: a named cut of a CPU-sized
+profile; the subset depends on the profile's ``seed`` and the set's name only) and ``openood_split``
+(keep the rows of one of OpenOOD v1.5's CIFAR-10 benchmark lists, e.g. ``test_cifar10``, ``val_cifar10``,
+``test_tin``, ``val_tin``, ``test_mnist``, in list order, found by file name or official order: see
+``ood_core.data.openood_splits``). ``rows`` and ``openood_split`` exclude each other.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from ood_core.cache import hash_config
-from ood_core.config import ConfigError
-from ood_core.data import SHARED_DATA_MANIFEST, ImageSet, load_dataset, verify_files
+from ood_core.config import ConfigError, check_row_selection
+from ood_core.data import SHARED_DATA_MANIFEST, DatasetError, ImageSet, load_dataset, openood_splits, verify_files
+from ood_core.data.base import fail
 
 from .common import Context
 
@@ -57,10 +61,16 @@ def load_named(ctx: Context, name: str, _memo: dict[str, ImageSet] | None = None
         verify_files({root.name: SHARED_DATA_MANIFEST[root.name]}, root.parent)
     if "base" in opts:
         opts["base"] = load_named(ctx, opts.pop("base"), memo)
-    rows = opts.pop("rows", None)
+    check_row_selection(opts, f"data.{name}")
+    rows, openood = opts.pop("rows", None), opts.pop("openood_split", None)
     ds = load_dataset(kind, root, name=name, **opts)
     if rows is not None:
         ds = ds.take(subsample_rows(len(ds), rows, int(ctx.cfg["seed"]), name, f"data.{name}.rows"))
+    if openood is not None:
+        try:
+            ds = openood_splits.select(kind, root, opts, ds, openood)
+        except DatasetError as e:
+            raise fail(name, root, str(e)) from None
     memo[name] = ds
     return ds
 

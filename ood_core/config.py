@@ -300,9 +300,26 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict[str, 
     for name, spec in {"train": cfg["data"]["train"], "id_test": cfg["data"]["id_test"], **cfg["data"]["ood"]}.items():
         if not isinstance(spec, dict) or "kind" not in spec:
             raise ConfigError(f"{path}: dataset '{name}' needs a 'kind' (e.g. npz, cifar10, digits, image_folder)")
+        check_row_selection(spec, f"{path}: data.{name}")
     if not cfg["data"]["ood"]:
         raise ConfigError(f"{path}: 'data.ood' lists no OOD set")
     return cfg
+
+
+def check_row_selection(spec: Mapping[str, Any], where: str) -> None:
+    """Raise ``ConfigError`` if a dataset spec gives ``openood_split`` (an OpenOOD list such as
+    ``test_cifar10``) with another row selection (``rows``: a seeded subset, ``subset``: the loader's
+    subset), or not as a string. The list name itself is checked when the set is loaded."""
+    split = spec.get("openood_split")
+    if split is None:
+        return
+    if not isinstance(split, str):
+        raise ConfigError(
+            f"{where}.openood_split must be an OpenOOD list name such as test_cifar10, got {_describe(split)}"
+        )
+    other = [k for k in ("rows", "subset") if spec.get(k) is not None]
+    if other:
+        raise ConfigError(f"{where}: 'openood_split' and '{other[0]}' both select rows; give one of them")
 
 
 def merge_settings(overrides: dict | None, source: str, base: dict | None = None) -> dict[str, Any]:

@@ -43,6 +43,9 @@ def test_wheel_ships_the_profiles_and_an_installed_copy_knows_them(tmp_path):
     assert profiles and "demo.yaml" in profiles
     missing = [p for p in profiles if f"analysis/configs/{p}" not in names]
     assert not missing, f"the wheel lacks the profiles {missing}"
+    lists = sorted(p.name for p in (REPO / "ood_core" / "data" / "openood_v1_5").iterdir())
+    missing = [p for p in lists if f"ood_core/data/openood_v1_5/{p}" not in names]
+    assert "test_cifar10.txt.gz" in lists and not missing, f"the wheel lacks the OpenOOD lists {missing}"
     assert top_level == {"analysis", "ood_core"}, top_level
     assert not [n for n in names if n.startswith(("tests/", "notebooks/", "figures/", "cache/"))]
 

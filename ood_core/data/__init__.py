@@ -5,6 +5,7 @@
 
 Kinds: npz, cifar10, cifar100, svhn, mnist, fashion_mnist, kmnist, image_folder, imagenet_c,
 digits, gaussian_noise_images, uniform_noise_images, corrupted (see ``DATASETS``).
+OpenOOD v1.5's CIFAR-10 benchmark lists, mapped to rows by identifiers: ``openood_splits``.
 """
 
 # isort: off
