@@ -130,6 +130,34 @@ def test_random_start_is_one_draw_in_blocks(monkeypatch):
     from ood_core.grads import lowdim
 
     monkeypatch.setattr(lowdim, "ORTH_BLOCK_ROWS", 40)
-    got = lowdim._random_start(203, 7, 5, torch.float32, torch.device("cpu"))
-    want = torch.randn(203, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64).float()
-    assert torch.equal(got, want)
+    for dtype in (torch.float32, torch.float64):
+        got = lowdim._random_start(203, 7, 5, dtype, torch.device("cpu"))
+        assert torch.equal(got, torch.randn(203, 7, generator=torch.Generator().manual_seed(5), dtype=dtype))
+
+
+def test_pca_subspace_float32_route_matches_float64():
+    """The float32 PCA fit (Gram-based final SVD, Cholesky-QR2) spans the float64 fit's subspace."""
+    from ood_core.grads import pca_subspace
+
+    model, x = _build("small_cnn")
+    V64 = pca_subspace(model, lambda: [x], 3, n_iter=4, seed=0)
+    m32 = model.float()
+    V32 = pca_subspace(m32, lambda: [x.float()], 3, n_iter=4, seed=0)
+    assert V32.dtype == torch.float32
+    np.testing.assert_allclose(V32.double().T @ V32.double(), np.eye(3), atol=1e-4)
+    np.testing.assert_allclose(V32.double() @ V32.double().T, V64 @ V64.T, atol=1e-3)
+
+
+@pytest.mark.parametrize("rank_deficient", [False, True])
+def test_orthonormalize_returns_r_with_a_equal_qr(rank_deficient):
+    from ood_core.grads.lowdim import orthonormalize
+
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(300, 5, generator=gen, dtype=torch.float64)
+    if rank_deficient:
+        a[:, 4] = a[:, 1]
+    keep = a.clone()
+    q, r = orthonormalize(a, overwrite=True, return_r=True)
+    assert q.data_ptr() == a.data_ptr() or rank_deficient  # worked in a's memory
+    np.testing.assert_allclose(q @ r, keep, atol=1e-10)
+    assert torch.equal(r, torch.triu(r))

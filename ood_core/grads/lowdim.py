@@ -15,7 +15,7 @@ device; P x K must fit there (ResNet-18, K = 200: 2.2 G entries = 9 GB in float3
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -171,47 +171,73 @@ def _gram64(a: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def orthonormalize(a: torch.Tensor) -> torch.Tensor:
+GRAM32_MAX_COND = 1e3  # float32 Cholesky-QR is accurate for cond(a) below ~eps^-1/2; a safe margin
+
+
+def _first_gram(a: torch.Tensor) -> torch.Tensor:
+    """a^T a (float64) for the first Cholesky step: a float32 product when a is well conditioned
+    (cond(a) < GRAM32_MAX_COND by the eigenvalues of that product), else accumulated in float64."""
+    if a.dtype == torch.float64:
+        return _gram64(a)
+    g = (a.T @ a).to(torch.float64)
+    ev = torch.linalg.eigvalsh(g)
+    if float(ev[0]) > float(ev[-1]) / GRAM32_MAX_COND**2:
+        return g
+    return _gram64(a)
+
+
+def orthonormalize(a: torch.Tensor, *, overwrite: bool = False, return_r: bool = False) -> Any:
     """Orthonormal basis Q (m, l) of the columns of a tall ``a`` (m >= l), same span as
-    ``torch.linalg.qr(a).Q``: Cholesky-QR2 (Fukaya et al. 2014) with the l x l Gram matrix
-    accumulated in float64, Q = a R^-1 written block by block; two steps, a third when the second
-    leaves |Q^T Q - I| > ORTH_TOL. Falls back to Householder QR when the Gram matrix is not
-    numerically positive definite (rank-deficient or too ill-conditioned ``a``) or for short ``a``.
-    One full-size (m, l) copy instead of QR's workspace; memory-bound, so faster at ResNet scale."""
+    ``torch.linalg.qr(a).Q``: Cholesky-QR2 (Fukaya et al. 2014). Step 1 takes the l x l Gram matrix
+    in float64 arithmetic when ``a`` is ill-conditioned (float32 ``a`` with cond up to ~1e7 survives),
+    step 2 that of the nearly orthonormal result in a's dtype; Q = a R^-1 is written block by block
+    (one small scratch block), and a third step runs when |Q^T Q - I| > ORTH_TOL after the second.
+    Householder QR when the Gram matrix is not numerically positive definite (rank-deficient ``a``)
+    or for short ``a``. ``overwrite``: work in ``a``'s memory (no (m, l) copy; ``a`` is then Q).
+    ``return_r``: return ``(Q, R)`` with a = Q R, R (l, l) float64 upper triangular."""
     m, l = a.shape
     if m < 4 * l or not a.is_floating_point():
-        return torch.linalg.qr(a, mode="reduced")[0]
-    q = a.clone()
+        q, r = torch.linalg.qr(a, mode="reduced")
+        return (q, r.to(torch.float64)) if return_r else q
+    tol = ORTH_TOL if a.dtype != torch.float64 else 1e-12
+    eye = torch.eye(l, dtype=torch.float64, device=a.device)
+    r_acc = eye.clone()  # a = q r_acc throughout
+    q = a if overwrite else a.clone()
+    tmp = torch.empty(min(ORTH_BLOCK_ROWS, m), l, dtype=q.dtype, device=q.device)
     for step in range(3):
-        g = _gram64(q)
-        if step > 0:
-            off = (g - torch.eye(l, dtype=g.dtype, device=g.device)).abs().max()
-            if float(off) <= (ORTH_TOL if q.dtype != torch.float64 else 1e-12):
-                return q
+        g = _first_gram(q) if step == 0 else (q.T @ q).to(torch.float64)
+        if step == 2 and float((g - eye).abs().max()) <= tol:
+            break
         chol, info = torch.linalg.cholesky_ex(g)
         if int(info) != 0 or not bool(torch.isfinite(chol).all()):
-            return torch.linalg.qr(a, mode="reduced")[0]
-        eye = torch.eye(l, dtype=torch.float64, device=g.device)
+            q, r = torch.linalg.qr(q, mode="reduced")  # q still spans a's columns
+            r_acc = r.to(torch.float64) @ r_acc
+            break
         r_inv = torch.linalg.solve_triangular(chol.T, eye, upper=True).to(q.dtype)
         for s in range(0, m, ORTH_BLOCK_ROWS):
             blk = q[s : s + ORTH_BLOCK_ROWS]
-            blk.copy_(blk @ r_inv)
-    return q
+            out = tmp[: blk.shape[0]]
+            torch.matmul(blk, r_inv, out=out)
+            blk.copy_(out)
+        r_acc = chol.T @ r_acc
+    return (q, r_acc) if return_r else q
 
 
-def _orth(a: torch.Tensor) -> torch.Tensor:
-    return orthonormalize(a)
+def _orth(a: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    return orthonormalize(a, overwrite=overwrite)
 
 
 def _random_start(P: int, l: int, seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Omega (P, l): standard normal draws of a float64 CPU generator seeded ``seed``, drawn in row
-    blocks (the same stream as one (P, l) draw) and cast block by block: no (P, l) float64 copy."""
+    """Omega (P, l): standard normal draws of a CPU generator seeded ``seed``, in float32 (float64
+    for a float64 ``dtype``), drawn in row blocks: the same stream as one (P, l) draw, no full-size
+    float64 copy."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    draw = torch.float64 if dtype == torch.float64 else torch.float32
     out = torch.empty(P, l, dtype=dtype, device=device)
     rows = max(16, (ORTH_BLOCK_ROWS // 16) * 16)
     for s in range(0, P, rows):
         n = min(rows, P - s)
-        out[s : s + n] = torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        out[s : s + n] = torch.randn(n, l, generator=gen, dtype=draw).to(device=device, dtype=dtype)
     return out
 
 
@@ -270,9 +296,11 @@ def pca_subspace(
     n_rows: list[int] = []
     offsets: list[int] = []  # this rank's first row in the gathered (N, l) products
 
-    def times(m: torch.Tensor) -> torch.Tensor:  # A @ m, (N, l) float64
+    def times(m: torch.Tensor) -> torch.Tensor:  # A @ m, (N, l) float64; m (a temporary) is scaled in place
         m = m.to(acc)
-        ms, shift = (m, None) if scale is None or mean_s is None else (scale[:, None] * m, mean_s @ m)
+        ms, shift = (m, None) if scale is None or mean_s is None else (None, mean_s @ m)
+        if ms is None:
+            ms = m.mul_(scale[:, None])
         rows = []
         for g in raw_chunks():
             y = g.to(acc) @ ms
@@ -290,8 +318,12 @@ def pca_subspace(
         n_rows.append(y.shape[0])
         return y
 
+    at_q: list[torch.Tensor] = []  # one (P, l) buffer for every A^T q: its last result is dead by then
+
     def t_times(q: torch.Tensor) -> torch.Tensor:  # A^T @ q, (P, l)
-        out = torch.zeros(P, q.shape[1], dtype=acc, device=dev)
+        if not at_q:
+            at_q.append(torch.empty(P, q.shape[1], dtype=acc, device=dev))
+        out = at_q[0].zero_()
         first = offsets[0] if offsets else 0
         s = first
         for g in raw_chunks():
@@ -306,15 +338,15 @@ def pca_subspace(
         return out
 
     q = _orth(times(omega))
+    del omega
     if q.shape[1] < k:
         raise ValueError(f"k = {k} exceeds the number of samples N = {q.shape[0]}")
     for _ in range(int(n_iter)):
-        z = _orth(t_times(q))
+        z = _orth(t_times(q), overwrite=True)
         q = _orth(times(z))
-    bt = t_times(q)  # (P, l) = (Q^T A)^T
-    q2 = _orth(bt)
-    r2 = q2.T @ bt  # bt = q2 r2
-    ur, _, _ = torch.linalg.svd(r2.to(torch.float64), full_matrices=False)
+    bt = t_times(q)  # (P, l) = B^T, B = Q^T A
+    q2, r2 = orthonormalize(bt, overwrite=True, return_r=True)  # B^T = Q2 R2: SVD(R2) = U S W^T
+    ur, _, _ = torch.linalg.svd(r2, full_matrices=False)
     v = q2 @ ur[:, :k].to(q2.dtype)
     return v.to(_out_dtype(model))
 
