@@ -315,6 +315,30 @@ def _inputs_digest(analysis_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _stored_stamp(path: Path) -> str | None:
+    """The stamp a finished benchmark wrote (None when absent or unreadable)."""
+    try:
+        return json.loads(path.read_text()).get("stamp")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def outputs_problem(analysis_dir: Path, fig_dir: Path) -> str | None:
+    """Why the benchmark's last outputs cannot be reused: ``metrics.csv`` missing, or a
+    ``scores/<set>.npz`` of the ID or an OOD set missing or damaged (failed CRC check)."""
+    from ood_core.analysis_cache import AnalysisCache
+    from ood_core.cache import zip_problem
+
+    if not (fig_dir / "metrics.csv").is_file():
+        return "metrics.csv is missing"
+    cache = AnalysisCache(analysis_dir)
+    for name in [cache.id_name, *cache.ood_names]:
+        why = zip_problem(cache.scores_path(name))
+        if why:
+            return f"scores/{name}.npz " + ("is missing" if why == "missing" else f"is damaged ({why})")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     from ood_core.cache import hash_config, write_json
 
@@ -346,14 +370,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         _inputs_digest(ctx.analysis_dir), _code_digest(), methods, protocol, boot, held_out, ctx.cfg["seed"], cuts
     )
     stamp_file = ctx.fig_dir / ".benchmark_stamp.json"
-    if (
-        not ctx.force
-        and stamp_file.is_file()
-        and (ctx.fig_dir / "metrics.csv").is_file()
-        and json.loads(stamp_file.read_text()).get("stamp") == stamp
-    ):
-        print(f"[benchmark] cached: {ctx.fig_dir / 'metrics.csv'}")
-        return ctx.fig_dir / "metrics.csv"
+    if not ctx.force and _stored_stamp(stamp_file) == stamp:
+        why = outputs_problem(ctx.analysis_dir, ctx.fig_dir)
+        if why is None:
+            print(f"[benchmark] cached: {ctx.fig_dir / 'metrics.csv'}")
+            return ctx.fig_dir / "metrics.csv"
+        print(f"[benchmark] recomputing: {why}")
     t0 = time.perf_counter()
     out = run_benchmark(
         analysis_dir=ctx.analysis_dir,

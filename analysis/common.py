@@ -233,12 +233,15 @@ def user_error(e: BaseException) -> str | None:
     """The one-line message for an expected error (config, CLI, data, analysis cache, checkpoint,
     disk), else None."""
     from ood_core.analysis_cache import AnalysisCacheError
+    from ood_core.cache import DamagedFileError
     from ood_core.checkpoint import CheckpointError
     from ood_core.config import ConfigError
     from ood_core.data import DatasetError
 
     if isinstance(e, (DatasetError, ConfigError, CheckpointError, AnalysisCacheError)):
         return str(e)
+    if isinstance(e, DamagedFileError):
+        return f"{e}; run the stage that wrote it again (./run_all.sh rebuilds a damaged cached file)"
     if isinstance(e, FileNotFoundError):
         return f"{e.filename}: file not found" if e.filename else str(e)
     if isinstance(e, OSError) and e.errno in DISK_ERRNOS:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz, write_json
+from ood_core.cache import atomic_path, cached_npz, hash_config, load_npz, npz_key, save_npz, write_json, zip_problem
 from ood_core.config import odin_grid
 from ood_core.data.sources import BatchSource, PreprocessedImages
 from ood_core.data.splits import set_split
@@ -66,7 +66,10 @@ def _subspace(
     common = {"params": params, **{k: lcfg[k] for k in ("normalisation", "n_samples")}}
     key = hash_config(model_sha, common, spec, spec_key(ctx.cfg, "train"), ctx.cfg["seed"])
     path = ctx.lowdim_dir / f"{name}.pt"
-    if path.is_file() and not ctx.force:
+    damage = None if ctx.force else zip_problem(path)
+    if damage not in (None, "missing"):
+        print(f"[extract] recomputing subspace '{name}': lowdim/{path.name} is damaged ({damage})")
+    elif path.is_file() and not ctx.force:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") == key:
             stats = (blob["mean"], blob["scale"]) if "mean" in blob else None
@@ -142,10 +145,15 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     for name in specs:
         key = hash_config(model_sha, spec_key(ctx.cfg, name), ecfg, Ts, epss, sub_keys)
         path = out / "arrays" / f"{name}.npz"
-        if path.is_file() and not ctx.force and npz_key(path) == key:
+        cached, why = (None, "") if ctx.force else cached_npz(path, key)
+        if cached is not None:
             print(f"[extract] cached: {name}")
-            n = len(load_npz(path)["y"])
+            n = len(cached["y"])
+            del cached  # the set's arrays are not kept while the next one loads
         else:
+            line = recompute_line(name, why, finished=(out / "meta.json").is_file())
+            if line:
+                print(line)
             ds = load_named(ctx, name, memo)
             is_ood = name not in ("train", "id_test")
             if not is_ood:
@@ -222,6 +230,15 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     return out
 
 
+def recompute_line(name: str, why: str, finished: bool) -> str | None:
+    """The line saying why set ``name`` is extracted though ``arrays/<name>.npz`` was looked for
+    (``why``: from ``cached_npz``); None on a first run (no ``meta.json`` yet) or under --force."""
+    if not why or (why == "is missing" and not finished):
+        return None
+    verb = "computing" if why == "is missing" else "recomputing"
+    return f"[extract] {verb} {name}: arrays/{name}.npz {why}"
+
+
 def _on_rank(ranks: Ranks) -> str:
     return f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
 
@@ -259,8 +276,9 @@ def _sharded(
     part = parts / f"{tag}.rank{ranks.rank}of{ranks.world}.npz"
     pkey = hash_config(key, tag, ranks.rank, ranks.world)
     pos = ranks.batch_shard(n, batch_size)
-    if part.is_file() and npz_key(part) == pkey:
-        res = ExtractResult(load_npz(part), n=len(pos))
+    kept, _ = cached_npz(part, pkey)
+    if kept is not None:
+        res = ExtractResult(kept, n=len(pos))
     else:
         res = compute(pos) if len(pos) else ExtractResult({}, n=0)
         save_npz(part, res.arrays, key=pkey)

@@ -3,13 +3,16 @@
     python -m analysis.run --profile demo            # what ./run_all.sh calls
     python -m analysis.run --profile cifar10 --from-cache figures/cifar10/cache
 
-Each stage runs as its own process with its output shown and copied to
-``<cache>/logs/<stage>.log``. The run stops at the first failing stage, naming it and its log; an
+Each stage runs as its own process with its output shown and appended to
+``<cache>/logs/<stage>.log`` as it comes (one dated header line per run, so ``tail -f`` follows it).
+The run stops at the first failing stage, naming it and its log; an
 expected error is the stage's one ``error: ...`` line (``--debug`` shows tracebacks).
 A stage whose inputs (config, code, upstream files) and outputs are unchanged since it last
 succeeded is skipped and reported as cached (``analysis/stamps.py``); an interrupted run resumes
 where it stopped. ``--force`` recomputes everything. ``--from-cache DIR`` skips train/extract and
 regenerates tables and figures from a committed analysis cache (no GPU, no data needed).
+A stage whose output is missing or damaged (a failed CRC check) runs again, saying which file.
+One run at a time per cache directory: a second one waits for the first (``<cache>/.lock``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
+
+from ood_core.cache import cache_lock
 
 from . import stamps
 from .common import CHILD_ENV, CODE_LIST_ENV, EXIT_USER_ERROR, REPO, Context, add_common_args, main_guard, make_context
@@ -50,7 +55,7 @@ def stage_command(stage: str, args: argparse.Namespace, analysis_dir: str | None
 
 
 def _pump(src: io.BufferedReader, dst: BinaryIO, log: BinaryIO, lock: threading.Lock, quiet: threading.Event) -> None:
-    """Copy a child's stream to ``dst`` (unless ``quiet``) and to the log, chunk by chunk."""
+    """Copy a child's stream to ``dst`` (unless ``quiet``) and to the log (unbuffered), chunk by chunk."""
     for chunk in iter(lambda: src.read1(1 << 14), b""):
         if not quiet.is_set():
             try:
@@ -74,13 +79,19 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def log_header(cmd: list[str]) -> bytes:
+    """The line that opens one run's part of a stage log: date, time and command."""
+    return f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n".encode()
+
+
 def run_stage(stage: str, cmd: list[str], log: Path, code_list: Path | None = None) -> int:
     """Run one stage, passing its stdout and stderr through unchanged (progress bars keep their
-    carriage returns) to this process's stdout and stderr and to ``log``; the stage lists the
-    source files it ran in ``code_list``."""
+    carriage returns) to this process's stdout and stderr and to ``log`` (appended to, unbuffered:
+    each chunk is in the file as soon as the stage prints it); the stage lists the source files it
+    ran in ``code_list``."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as f:
-        f.write(f"$ {' '.join(cmd)}\n".encode())
+    with open(log, "ab", buffering=0) as f:
+        f.write(log_header(cmd))
         env = {**os.environ, CHILD_ENV: str(os.getpid()), **({CODE_LIST_ENV: str(code_list)} if code_list else {})}
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         lock, quiet = threading.Lock(), threading.Event()
@@ -124,12 +135,15 @@ def plan(args: argparse.Namespace, ctx: Context) -> tuple[list[str], str | None]
 
 def run_or_skip(stage: str, ctx: Context, cmd: list[str]) -> int | None:
     """Run ``stage`` unless its stamp says it is current; None when skipped, else its exit code."""
-    if not ctx.force and stamps.is_current(stage, ctx, cmd):
+    why = None if ctx.force else stamps.stale_reason(stage, ctx, cmd)
+    if why is None and not ctx.force:
         print(
             f"== stage {stage}: cached (inputs and outputs unchanged since its last run; --force reruns it) ==",
             flush=True,
         )
         return None
+    if why and why != stamps.NO_RECORD:
+        print(f"[run] running {stage} again: {why}", flush=True)
     print(f"== stage {stage} ==", flush=True)
     previous = stamps.read_stamp(stage, ctx)
     stamps.forget(stage, ctx)
@@ -173,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     ctx = make_context(args)
+    with cache_lock(ctx.cache_dir):
+        return run_all(args, ctx)
+
+
+def run_all(args: argparse.Namespace, ctx: Context) -> int:
+    """Every planned stage in turn (run or skipped as cached); the exit code of the first failure."""
     stages, analysis_dir = plan(args, ctx)
     note = cpu_estimate_line(ctx.cfg, ctx.device_name, stages)
     if note:

@@ -12,7 +12,10 @@ A stamp ``<cache>/stamps/<stage>.json`` is written after a stage succeeds. It ho
 * ``outputs``: every file the stage wrote or rewrote (found by comparing ``snapshot``-s of its output
   folders, ``output_roots``, before and after it ran), each with its size and mtime.
 
-A stage is current when inputs and code hash the same and every output is still there, untouched.
+A stage is current when inputs and code hash the same and every output is still there, untouched
+and intact: the files it must leave (``expected_outputs``, whether this run wrote them or reused
+them) are there, no output's size or mtime changed, and every zip archive among them (npz, torch
+``.pt``) passes its CRC-32 check (``ood_core.cache.zip_problem``).
 Files a stage wrote itself are never counted among its own inputs (the notebooks read and write
 ``figures/<profile>/``). The stages keep their own finer caches: a stage that is not current still
 reuses whatever of its work is unchanged.
@@ -28,13 +31,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ood_core.cache import hash_config, npz_key, write_json
+from ood_core.cache import hash_config, npz_key, write_json, zip_problem
 
 from .common import REPO, Context
 
 # Source files a stage depends on beyond the modules its own process loads (globs, repository-relative).
 EXTRA_CODE: dict[str, tuple[str, ...]] = {"notebooks": ("notebooks/*.ipynb", "ood_core/**/*.py")}
 HASH_BYTES_LIMIT = 64 << 20  # larger files are fingerprinted by size + mtime, not read
+NO_RECORD = "no record of a finished run"  # stale_reason of a stage that never finished
+ZIP_SUFFIXES = (".npz", ".pt")  # outputs that are zip archives, their members' CRC-32 checked
 
 Snapshot = dict[str, list[int]]  # absolute path -> [size, mtime_ns]
 
@@ -217,16 +222,73 @@ def read_stamp(stage: str, ctx: Context) -> dict[str, Any]:
         return {}
 
 
-def is_current(stage: str, ctx: Context, cmd: list[str]) -> bool:
-    """True if ``stage`` ran with these inputs and its outputs are still as it left them."""
+def expected_outputs(stage: str, ctx: Context) -> list[Path]:
+    """The files a finished stage leaves behind, written by this run or reused from an earlier one."""
+    if stage == "train":
+        return [] if ctx.cfg["model"]["checkpoint"] else [ctx.model_dir / "model.pt"]
+    if stage == "extract":
+        from .datasets import all_specs
+
+        a = ctx.analysis_dir
+        return [
+            a / "meta.json",
+            a / "head.npz",
+            a / "splits.npz",
+            *(a / "arrays" / f"{n}.npz" for n in all_specs(ctx.cfg)),
+        ]
+    if stage == "benchmark":
+        return [ctx.fig_dir / "metrics.csv"]
+    return []
+
+
+def short_name(path: Path, ctx: Context) -> str:
+    """``path`` relative to the analysis, cache or figures folder holding it (else as given)."""
+    for root in (ctx.analysis_dir, ctx.cache_dir, ctx.fig_dir):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return str(path)
+
+
+def _missing_or_changed(stage: str, ctx: Context, outputs: Snapshot) -> str | None:
+    """An output not there, or not as the stage left it (size, mtime): one phrase naming it."""
+    for p in sorted({Path(p) for p in outputs} | set(expected_outputs(stage, ctx))):
+        st = _stat(p)
+        if st is None:
+            return f"{short_name(p, ctx)} is missing"
+        if str(p) in outputs and st != outputs[str(p)]:
+            return f"{short_name(p, ctx)} changed since the stage wrote it"
+    return None
+
+
+def _damaged(stage: str, ctx: Context, outputs: Snapshot) -> str | None:
+    """A zip archive among the outputs that fails its CRC check: one phrase naming it."""
+    for p in sorted({Path(p) for p in outputs} | set(expected_outputs(stage, ctx))):
+        if p.suffix in ZIP_SUFFIXES and (why := zip_problem(p)):
+            return f"{short_name(p, ctx)} is damaged ({why})"
+    return None
+
+
+def stale_reason(stage: str, ctx: Context, cmd: list[str]) -> str | None:
+    """None if ``stage`` ran with these inputs and its outputs are still as it left them, intact;
+    else why not (an output's problem names the file). Cheap checks first, the CRC read last."""
     stamp = read_stamp(stage, ctx)
+    if not stamp:
+        return NO_RECORD
     outputs: Snapshot = stamp.get("outputs", {})
     code = stamp.get("code", {})
-    if not stamp or any(_stat(Path(p)) != v for p, v in outputs.items()):
-        return False
+    why = _missing_or_changed(stage, ctx, outputs)
+    if why:
+        return why
     if stage_code(stage, code) != code:
-        return False
-    return stamp.get("inputs") == inputs_digest(stage, ctx, cmd, outputs)
+        return "its code changed"
+    if stamp.get("inputs") != inputs_digest(stage, ctx, cmd, outputs):
+        return "its inputs changed"
+    return _damaged(stage, ctx, outputs)
+
+
+def is_current(stage: str, ctx: Context, cmd: list[str]) -> bool:
+    """True if ``stage`` ran with these inputs and its outputs are still as it left them, intact."""
+    return stale_reason(stage, ctx, cmd) is None
 
 
 def forget(stage: str, ctx: Context) -> None:
@@ -238,11 +300,13 @@ def record(
     stage: str, ctx: Context, cmd: list[str], before: Snapshot, previous: dict[str, Any], loaded: list[str]
 ) -> Path:
     """Write the stamp of a stage that just succeeded: what it wrote (this run's new or changed files,
-    plus those of its previous stamp still present), the digest of what it read and the hashes of
-    the source files it ran (``loaded``: those its process listed)."""
+    plus those of its previous stamp still present, plus its ``expected_outputs`` it reused), the
+    digest of what it read and the hashes of the source files it ran (``loaded``: those its process
+    listed)."""
     after = snapshot(output_roots(stage, ctx))
     outputs = {p: v for p, v in previous.get("outputs", {}).items() if p in after}
-    outputs.update({p: after[p] for p in outputs})
+    outputs.update({str(p): v for p in expected_outputs(stage, ctx) if (v := _stat(p)) is not None})
+    outputs.update({p: after[p] for p in outputs if p in after})
     outputs.update(written(before, after))
     stamp = {
         "stage": stage,

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .cache import load_npz, save_npz
+from .cache import DamagedFileError, load_npz, save_npz
 from .grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
 from .table_render import markdown_grid
 
@@ -62,10 +62,15 @@ def _missing(path: Path, what: str) -> FileNotFoundError:
 
 
 def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    """Every array of an npz (the cache-key field left out); a missing file names its producer."""
+    """Every array of an npz (the cache-key field left out, every member's CRC checked); a missing
+    file names its producer, a damaged one (AnalysisCacheError) the command that rebuilds it."""
     if not path.is_file():
         raise _missing(path, what)
-    return load_npz(path)
+    try:
+        return load_npz(path)
+    except DamagedFileError as e:
+        producer = PRODUCERS.get(what, "the pipeline stage that wrote it")
+        raise AnalysisCacheError(f"{e}; rebuild it by rerunning {producer}, or ./run_all.sh") from None
 
 
 class AnalysisCache:

@@ -259,3 +259,43 @@ def test_score_cli_reads_arrays_and_head_through_the_cache(adir, tmp_path):
                 str(out),
             ]
         )
+
+
+def _damage(path: Path, how: str) -> None:
+    """300 random bytes over the middle of a file, or its last 100 bytes cut off (mtime kept)."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        if how == "overwrite":
+            f.seek(st.st_size // 2)
+            f.write(np.random.default_rng(0).bytes(300))
+        else:
+            f.truncate(st.st_size - 100)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("how", ["overwrite", "truncate"])
+def test_damaged_arrays_file_is_one_line_naming_it_and_its_rebuild_command(adir, how):
+    from analysis.common import user_error
+
+    path = adir / "arrays" / f"{ID_TEST}.npz"
+    _damage(path, how)
+    with pytest.raises(AnalysisCacheError) as e:
+        AnalysisCache(adir).arrays(ID_TEST)
+    line = _one_line(e.value)
+    assert str(path) in line and "is damaged" in line and "python -m analysis.extract" in line, line
+    assert user_error(e.value) == str(e.value)
+
+
+def test_benchmark_outputs_with_a_damaged_or_missing_scores_file_are_not_reused(tmp_path):
+    from analysis.benchmark import outputs_problem
+
+    adir, fdir = make_tiny_analysis_cache(tmp_path / "t")
+    assert outputs_problem(adir, fdir) is None
+    _damage(adir / "scores" / f"{NEAR}.npz", "truncate")
+    assert outputs_problem(adir, fdir) == (
+        f"scores/{NEAR}.npz is damaged (truncated or overwritten: no zip directory at its end)"
+    )
+    (adir / "scores" / f"{NEAR}.npz").unlink()
+    assert outputs_problem(adir, fdir) == f"scores/{NEAR}.npz is missing"
+    (fdir / "metrics.csv").unlink()
+    assert outputs_problem(adir, fdir) == "metrics.csv is missing"

@@ -167,3 +167,173 @@ def test_out_of_range_values_are_one_line_naming_the_key(section, key, value, sa
     with pytest.raises(ConfigError) as e:
         merge_settings({section: {key: value}}, "profile.yaml")
     assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def _overwrite_keeping_mtime(path: Path, at: int | None = None) -> None:
+    """300 random bytes over a file (at ``at``, default its middle); its size and mtime stay."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2 if at is None else at)
+        f.write(np.random.default_rng(0).bytes(300))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _some_arrays() -> dict[str, np.ndarray]:
+    return {"h": np.random.default_rng(1).standard_normal((500, 16)).astype(np.float32), "y": np.arange(500)}
+
+
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        ("overwrite", "is damaged (bad CRC in h.npy)"),
+        ("header", "is damaged (overwritten: bad member header in h.npy)"),
+        ("truncate", "is damaged (truncated or overwritten: no zip directory at its end)"),
+        ("delete", "is missing"),
+    ],
+)
+def test_cached_npz_refuses_a_damaged_or_missing_file_saying_why(tmp_path, compress, damage, why):
+    from ood_core.cache import DamagedFileError, cached_npz, zip_problem
+
+    p = save_npz(tmp_path / "a.npz", _some_arrays(), key="k1", compress=compress)
+    arrays, reason = cached_npz(p, "k1")
+    assert reason == "" and arrays is not None and arrays["y"].tolist() == list(range(500))
+    assert cached_npz(p, "k2") == (None, "was made from other inputs")
+    if damage == "overwrite":
+        _overwrite_keeping_mtime(p)
+    elif damage == "header":
+        _overwrite_keeping_mtime(p, at=0)
+    elif damage == "truncate":
+        os.truncate(p, p.stat().st_size - 100)
+    else:
+        p.unlink()
+    assert cached_npz(p, "k1") == (None, why)
+    assert zip_problem(p) == why.removeprefix("is damaged (").removesuffix(")").replace("is missing", "missing")
+    with pytest.raises(FileNotFoundError if damage == "delete" else DamagedFileError):
+        load_npz(p)
+
+
+def test_load_npz_checks_every_members_crc(tmp_path):
+    from ood_core.cache import DamagedFileError
+
+    p = save_npz(tmp_path / "a.npz", _some_arrays(), key="k", compress=False)
+    _overwrite_keeping_mtime(p)
+    assert npz_key(p) == "k"  # the key member alone still reads
+    with pytest.raises(DamagedFileError, match=r"a\.npz is damaged \(bad CRC in h\.npy\)"):
+        load_npz(p)
+
+
+def _stamps_context(tmp_path: Path):
+    """A Context of the demo profile in tmp_path, with every file the extract stage must leave."""
+    from analysis.common import Context
+    from analysis.datasets import all_specs
+
+    cfg = load_profile("demo")
+    ctx = Context(
+        cfg=cfg,
+        profile="demo",
+        cache_dir=tmp_path / "cache",
+        analysis_dir=tmp_path / "cache" / "analysis",
+        fig_dir=tmp_path / "fig",
+        data_root=tmp_path / "data",
+        device_name="cpu",
+        force=False,
+    )
+    a = ctx.analysis_dir
+    (a / "arrays").mkdir(parents=True)
+    (a / "meta.json").write_text("{}")
+    for f in ("head.npz", "splits.npz", *(f"arrays/{n}.npz" for n in all_specs(cfg))):
+        save_npz(a / f, _some_arrays(), key="k")
+    return ctx
+
+
+@pytest.mark.parametrize("damage", ["overwrite", "delete", "reused"])
+def test_stamp_does_not_call_a_stage_with_a_damaged_or_missing_output_cached(tmp_path, damage):
+    from analysis import stamps
+
+    ctx = _stamps_context(tmp_path)
+    cmd = ["extract"]
+    target = ctx.analysis_dir / "arrays" / "train.npz"
+    # "reused": the stage reused the file (it was there before and is unchanged), so it is not among
+    # what this run wrote; it must still count as an output
+    before = stamps.snapshot(stamps.output_roots("extract", ctx))
+    before = {p: v for p, v in before.items() if damage == "reused" or p != str(target)}
+    stamps.record("extract", ctx, cmd, before, {}, loaded=[])
+    assert stamps.stale_reason("extract", ctx, cmd) is None
+    if damage == "overwrite":
+        _overwrite_keeping_mtime(target)
+        assert stamps.stale_reason("extract", ctx, cmd) == "arrays/train.npz is damaged (bad CRC in h.npy)"
+    else:
+        target.unlink()
+        assert stamps.stale_reason("extract", ctx, cmd) == "arrays/train.npz is missing"
+    assert not stamps.is_current("extract", ctx, cmd)
+
+
+def test_recompute_line_names_the_file_and_why():
+    from analysis.extract import recompute_line
+
+    assert recompute_line("svhn", "is damaged (bad CRC in h.npy)", finished=True) == (
+        "[extract] recomputing svhn: arrays/svhn.npz is damaged (bad CRC in h.npy)"
+    )
+    assert recompute_line("svhn", "is missing", finished=True) == "[extract] computing svhn: arrays/svhn.npz is missing"
+    assert recompute_line("svhn", "is missing", finished=False) is None  # a first run says nothing
+    assert recompute_line("svhn", "", finished=True) is None  # --force
+
+
+def test_stage_log_is_appended_with_a_dated_header_and_written_at_once(tmp_path):
+    import re
+    import sys
+    import threading
+    import time
+
+    from analysis.run import run_stage
+
+    log, go = tmp_path / "logs" / "s.log", tmp_path / "go"
+    # prints a line, then waits for `go`: the line must be in the log while the stage still runs
+    code = f"import os, time\nprint('first', flush=True)\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)"
+    t = threading.Thread(target=run_stage, args=("s", [sys.executable, "-c", code], log))
+    t.start()
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and "first" not in (log.read_text() if log.is_file() else ""):
+            time.sleep(0.05)
+        assert "first" in log.read_text(), "the stage's output must reach its log while it runs"
+    finally:
+        go.touch()
+        t.join(timeout=30)
+    assert run_stage("s", [sys.executable, "-c", "print('second')"], log) == 0
+    text = log.read_text()
+    headers = re.findall(r"^===== \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \$ .+$", text, re.M)
+    assert len(headers) == 2 and text.index("first") < text.index("second"), text
+
+
+def test_second_run_on_a_cache_dir_waits_for_the_lock_and_says_so(tmp_path):
+    import io
+    import threading
+    import time
+
+    from ood_core.cache import cache_lock
+
+    events: list[str] = []
+    held, out = threading.Event(), io.StringIO()
+
+    def first():
+        with cache_lock(tmp_path):
+            events.append("first in")
+            held.set()
+            time.sleep(0.5)
+            events.append("first out")
+
+    def second():
+        held.wait(10)
+        with cache_lock(tmp_path, out=out):
+            events.append("second in")
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert events == ["first in", "first out", "second in"]
+    said = out.getvalue().strip().splitlines()
+    assert len(said) == 1 and "in use by another run" in said[0] and "waiting" in said[0], said

@@ -302,3 +302,35 @@ def test_selected_grid_cells_equal_the_full_grid(tmp_path):
     before = arrays_path.stat().st_mtime_ns
     extract.main(stage_args(tmp_path / "selected" / "tiny.yaml", tmp_path / "selected"))  # cache hit: no rewrite
     assert arrays_path.stat().st_mtime_ns == before
+
+
+def test_damaged_truncated_or_deleted_arrays_are_recomputed_saying_why(tmp_path, capsys):
+    from analysis import extract, train
+    from ood_core.cache import cached_npz, npz_key
+
+    args = stage_args(tiny_profile(tmp_path), tmp_path)
+    train.main(args)
+    extract.main(args)
+    path = tmp_path / "cache" / "analysis" / "arrays" / "digits_5to9.npz"
+    key = npz_key(path)
+    damages = {
+        "overwrite": (lambda: _overwrite(path), "recomputing digits_5to9: arrays/digits_5to9.npz is damaged (bad CRC"),
+        "truncate": (lambda: os.truncate(path, path.stat().st_size // 2), "recomputing digits_5to9: arrays/"),
+        "delete": (path.unlink, "[extract] computing digits_5to9: arrays/digits_5to9.npz is missing"),
+    }
+    for damage, (do, said) in damages.items():
+        do()
+        capsys.readouterr()
+        extract.main(args)
+        out = capsys.readouterr().out
+        assert said in out and "[extract] cached: id_test" in out, (damage, out)
+        assert cached_npz(path, str(key))[0] is not None, f"{damage}: the file must be rebuilt intact"
+
+
+def _overwrite(path: Path) -> None:
+    """300 random bytes over the middle of ``path``, its mtime kept."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        f.write(np.random.default_rng(0).bytes(300))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
