@@ -298,8 +298,10 @@ def pca_subspace(
 
     def times(m: torch.Tensor) -> torch.Tensor:  # A @ m, (N, l) float64; m (a temporary) is scaled in place
         m = m.to(acc)
-        ms, shift = (m, None) if scale is None or mean_s is None else (None, mean_s @ m)
-        if ms is None:
+        if scale is None or mean_s is None:
+            ms, shift = m, None
+        else:
+            shift = mean_s @ m  # before m is scaled in place
             ms = m.mul_(scale[:, None])
         rows = []
         for g in raw_chunks():

@@ -123,7 +123,10 @@ def main_pass(
     seconds.update({f"project_{b.name}": 0.0 for b in bases})
     hs: list[torch.Tensor] = []
     head_in: list[torch.Tensor] = []
-    handle = model.head.register_forward_hook(lambda mod, inp, out: head_in.append(inp[0].detach()))
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(f"main_pass: {type(model).__name__} has no 'head' module (its input is h)")
+    handle = head.register_forward_hook(lambda mod, inp, out: head_in.append(inp[0].detach()))
     logits_all, kl_all = [], []
     proj_all: dict[str, list[np.ndarray]] = {b.name: [] for b in bases}
     ws = {} if workspace is None else workspace

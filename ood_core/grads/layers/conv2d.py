@@ -24,14 +24,21 @@ GROUPED_MIN_POSITIONS = 256  # output positions from which oneDNN's grouped weig
 
 
 def unfold_patches(mod: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """(n, Cin*kh*kw, L) patches exactly as Conv2d sees them."""
+    """(n, Cin*kh*kw, L) patches exactly as Conv2d sees them (``F.unfold``'s layout: channel, then
+    kernel row, then kernel column), built from strided views of the padded batch and one copy:
+    the same ops whatever the batch size (``F.unfold``'s im2col loops over the samples)."""
     if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
         mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
         x = F.pad(x, mod._reversed_padding_repeated_twice, mode=mode)
-        padding: int | tuple[int, ...] = 0
-    else:
-        padding = mod.padding
-    return F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=padding, stride=mod.stride)
+    elif any(mod.padding):
+        ph, pw = mod.padding
+        x = F.pad(x, (pw, pw, ph, ph))
+    (kh, kw), (sh, sw), (dh, dw) = mod.kernel_size, mod.stride, mod.dilation
+    n, c = x.shape[:2]
+    p = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)  # (n, c, oh, ow, kh', kw')
+    p = p[..., ::dh, ::dw]  # (n, c, oh, ow, kh, kw)
+    oh, ow = p.shape[2], p.shape[3]
+    return p.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
 
 
 def grouped_route_ok(mod: nn.Conv2d, a: torch.Tensor, L: int) -> bool:
