@@ -251,11 +251,40 @@ def main(argv: list[str] | None = None) -> None:
         argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     )
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the profile's seed)")
+    p.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="DIR",
+        help="a folder holding a partial checkpoint (partial.pt, partial.pt.json, partial_opt.pt) of this "
+        "profile and seed, e.g. one committed under checkpoints/partial/: copied into the cache, then resumed",
+    )
     args = p.parse_args(argv)
     ctx = make_context(args)
     if args.seed is not None:
         ctx.cfg["seed"] = args.seed
+    if args.resume_from:
+        seed_partial(Path(args.resume_from), ctx.model_dir)
     run(ctx)
+
+
+PARTIAL_FILES = ("partial.pt", "partial.pt.json", "partial_opt.pt")
+
+
+def seed_partial(src: Path, model_dir: Path) -> None:
+    """Copy a partial checkpoint from ``src`` into ``model_dir`` unless one is there already (the
+    train stage then resumes from it when its cache key matches, else starts again and says so)."""
+    missing = [f for f in PARTIAL_FILES if not (src / f).is_file()]
+    if missing:
+        raise SystemExit(f"--resume-from {src}: missing {', '.join(missing)}")
+    if (model_dir / "partial.pt").is_file():
+        print(f"[train] {model_dir / 'partial.pt'} exists; --resume-from {src} not copied")
+        return
+    import shutil
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for f in PARTIAL_FILES:
+        shutil.copy2(src / f, model_dir / f)
+    print(f"[train] partial checkpoint copied from {src}")
 
 
 if __name__ == "__main__":

@@ -290,6 +290,7 @@ def test_registry_covers_families():
         "rmds",
         "nnguide",
         "gradnorm",
+        "gradnorm_last_l2",
         "exgrad",
         "rg",
         "grodin_sg_lastlayer",

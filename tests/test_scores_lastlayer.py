@@ -55,6 +55,20 @@ def _rel(a, b):
     return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))
 
 
+def test_gradnorm_last_l2_vs_autograd(net):
+    """The head-only (W and b) L2 norm of the KL-to-uniform gradient, as gradnorm_allweights takes it
+    over every layer."""
+    body, head, x, arrays = net
+    h = torch.as_tensor(arrays["h"])
+    u = torch.full((C,), 1.0 / C, dtype=torch.float64)
+    kl = lambda f: (u * (u.log() - F.log_softmax(f, 0))).sum()  # noqa: E731
+    brute = []
+    for i in range(N):
+        gW, gb = _head_grads(head, h[i], kl)
+        brute.append(float(torch.sqrt(gW.pow(2).sum() + gb.pow(2).sum())))
+    assert _rel(S.compute("gradnorm_last_l2", arrays), brute) <= RTOL
+
+
 @pytest.mark.parametrize("T", TEMPS)
 def test_gradnorm_vs_autograd(net, T):
     body, head, x, arrays = net

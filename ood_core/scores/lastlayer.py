@@ -52,6 +52,25 @@ def gradnorm(arrays: Arrays, state: Any = None, *, T: float = 1.0) -> np.ndarray
 
 
 @register(
+    "gradnorm_last_l2",
+    family="gradient",
+    display="GradNorm (last layer, L2)",
+    needs=("h", "logits"),
+    paper="Huang, Geng, Li, NeurIPS 2021 (control row: GradNorm (all weights, L2) over the head only)",
+)
+def gradnorm_last_l2(arrays: Arrays, state: Any = None) -> np.ndarray:
+    """The L2 norm of the KL-to-uniform gradient over the head's weight AND bias:
+    s = ||d KL(u || softmax f) / d(W, b)||_2 = ||p - u||_2 sqrt(||h||_2^2 + 1), higher = ID.
+    "GradNorm (all weights, L2)" restricted to the last layer: the same loss, norm and orientation,
+    so the two rows differ only in the layers (GradNorm itself differs from this in the norm, L1,
+    and leaves out the bias)."""
+    h = as_2d(arrays["h"], "h")
+    p = softmax(arrays["logits"])
+    C = p.shape[1]
+    return np.linalg.norm(p - 1.0 / C, axis=1) * np.sqrt((h * h).sum(axis=1) + 1.0)
+
+
+@register(
     "exgrad", family="gradient", display="ExGrad", needs=("h", "logits"), paper="Igoe, Chung, Char, Schneider 2022"
 )
 def exgrad(arrays: Arrays, state: Any = None) -> np.ndarray:
