@@ -72,11 +72,12 @@ def test_ash_and_scale_formulas(p):
         np.testing.assert_allclose(S.compute(name, te, percentile=p), w, rtol=1e-10, atol=0, err_msg=name)
 
 
-def test_ash_percentile_keeping_nothing_is_an_error():
+def test_ash_percentile_keeping_nothing_keeps_the_largest():
     _, te = _setup()
     assert FR.n_kept(6, 90.0) == 1 and FR.n_kept(6, 75.0) == 2  # 4.5 rounds half to even, as the authors'
-    with pytest.raises(ValueError, match="keeps no activation"):
-        S.compute("ash_s", te, percentile=95.0)  # D = 6: k = 6 - round(5.7) = 0
+    assert FR.n_kept(6, 95.0) == 1  # the authors' k = 6 - round(5.7) = 0: one kept instead
+    np.testing.assert_array_equal(FR.top_mask(te["h"], 95.0), FR.top_mask(te["h"], 90.0))
+    assert np.all(np.isfinite(S.compute("ash_s", te, percentile=95.0)))
 
 
 def test_ash_zero_features_and_ties():

@@ -46,15 +46,13 @@ def head_energy(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- ASH / SCALE
 def n_kept(D: int, percentile: float) -> int:
-    """Activations kept per sample at ``percentile``: k = D - round(D * p / 100) (the authors' code,
-    numpy's round half to even); an error when k < 1."""
+    """Activations kept per sample at ``percentile``: k = max(1, D - round(D * p / 100)) (the authors'
+    code, numpy's round half to even). Deviation: the authors' formula keeps none when
+    D < 100 / (100 - p) (e.g. D = 4 at p = 90), which leaves ASH undefined; we keep the largest one."""
     p = float(percentile)
     if not 0.0 <= p <= 100.0:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    k = int(D - int(np.round(D * p / 100.0)))
-    if k < 1:
-        raise ValueError(f"percentile {percentile} keeps no activation of D={D} (k = D - round(D p / 100) = {k})")
-    return k
+    return max(1, int(D - int(np.round(D * p / 100.0))))
 
 
 def top_mask(h: np.ndarray, percentile: float) -> np.ndarray:
