@@ -196,14 +196,22 @@ def _val_aurocs(
     fitted_state_fn: Callable[..., Any],
     grid: Mapping[str, list[Any]],
 ) -> dict[str, list[tuple[Params, float]]]:
-    """AUROC of every grid point for every OOD set (ID-val scores computed once per point)."""
+    """AUROC of every grid point for every OOD set (ID-val scores computed once per point); points
+    the score is undefined at for these inputs (``registry.NotApplicable``) are left out."""
     tables: dict[str, list[tuple[Params, float]]] = {o: [] for o in val_oods}
+    skipped: list[str] = []
     for point in grid_points(grid):
-        state = fitted_state_fn(**point)
+        try:
+            state = fitted_state_fn(**point)
+        except registry.NotApplicable as e:
+            skipped.append(str(e))
+            continue
         s_id = registry.compute(score_name, val_id, state, **point)
         for o, arr in val_oods.items():
             s_o = registry.compute(score_name, arr, state, **point)
             tables[o].append((point, metrics.auroc(s_id, s_o)))
+    if skipped and not any(tables.values()):
+        raise registry.NotApplicable(f"{score_name}: no grid point applies ({skipped[0]})")
     return tables
 
 

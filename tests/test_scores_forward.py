@@ -186,6 +186,21 @@ def test_vim_dim_D_minus_1_vs_eigh(train):
     assert S.fit("vim", train)["dim"] == D // 2
 
 
+def test_vim_dim_at_or_above_D_is_not_applicable_and_tuning_skips_it(train):
+    from ood_core import tuning
+    from ood_core.scores.registry import NotApplicable
+
+    with pytest.raises(NotApplicable, match=f"dim = {D} leaves no residual of the D = {D} features"):
+        S.fit("vim", train, dim=D)
+    test = _arrays(RNG.normal(size=(9, D)), train["W"], train["b"])
+    ood = _arrays(RNG.normal(size=(7, D)) * 3, train["W"], train["b"])
+    fits = tuning.FitCache(train)
+    best, table = tuning.select("vim", test, ood, fits.state_fn("vim"), {"dim": [2, D, 1000]})
+    assert [p["dim"] for p, _ in table] == [2] and best == {"dim": 2}
+    with pytest.raises(NotApplicable, match="no grid point applies"):
+        tuning.select("vim", test, ood, fits.state_fn("vim"), {"dim": [D, 1000]})
+
+
 # --------------------------------------------------------------------------- edge cases, every score
 def _edge_cases():
     W, b = _model()

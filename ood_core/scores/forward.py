@@ -29,7 +29,7 @@ from ._common import (
     softmax,
 )
 from .memo import Memo
-from .registry import Arrays, Sweep, register
+from .registry import Arrays, NotApplicable, Sweep, register
 
 
 # --------------------------------------------------------------------------- output-only scores
@@ -213,7 +213,8 @@ def fit_vim(train: Arrays, *, dim: int | None = None, **_: Any) -> dict[str, Any
     k = _vim_dim(dim, D)
     if k < 0:
         raise ValueError(f"vim: dim must be >= 0, got {k}")
-    k = min(k, D)  # dim >= D: empty residual, the score is energy (OpenOOD's 1000 on a 512-d ResNet-18)
+    if k >= D:  # an empty residual: ViM would be Energy (OpenOOD's dim 1000 on a 512-d ResNet-18)
+        raise NotApplicable(f"vim: dim = {k} leaves no residual of the D = {D} features (dim must be < D)")
     o = -np.linalg.pinv(W) @ b
     X = h - o
     cov = X.T @ X / len(X)  # EmpiricalCovariance(assume_centered=True), as OpenOOD
@@ -247,7 +248,8 @@ def vim(arrays: Arrays, state: Any = None, *, dim: int | None = None) -> np.ndar
     of the training covariance of (h - o) outside its top-``dim`` principal subspace, and
     alpha = mean_train max_c f_c / mean_train r (Wang et al. 2022, "ViM: out-of-distribution with
     virtual-logit matching"); monotone-equivalent to the virtual-logit softmax. dim=None means
-    min(256, D // 2); dim >= D leaves an empty residual (then s = energy)."""
+    min(256, D // 2); dim >= D leaves an empty residual and is refused (``NotApplicable``: tuning
+    skips it; OpenOOD's grid offers 1000 on 512-d features, where its ViM equals Energy)."""
     st = require_state("vim", state)
     check_fitted_param("vim", st, "dim_param", dim)
     return logsumexp(as_2d(arrays["logits"], "logits"), axis=1) - st["alpha"] * vim_residual(arrays["h"], st)

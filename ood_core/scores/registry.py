@@ -48,6 +48,11 @@ FAMILY_DISPLAY = {
 GRID_PARAMS = ("eps", "T")  # the parameters of a score that reads the cached perturbation grid
 
 
+class NotApplicable(ValueError):
+    """A parameter value the score is undefined at for these inputs (e.g. ViM's dim >= the feature
+    dimension): tuning skips that grid point; a direct call fails with this one-line message."""
+
+
 @dataclass(frozen=True)
 class Sweep:
     """Test AUROC of one score over the values of ``params`` (jointly when two: the eps x T grid),
