@@ -322,6 +322,8 @@ def test_registry_covers_families():
         "lowdim_gradnorm",
         "lowdim_mahalanobis",
         "lowdim_knn_react",
+        "lowdim_knn_published",
+        "lowdim_knn_react_published",
     }
     expected |= {f"family_q{q}_{v}" for q in (1, 2) for v in ("msp", "l1u", "sqnorm", "energy", "infogain")}
     assert expected <= set(S.names())

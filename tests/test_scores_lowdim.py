@@ -143,6 +143,49 @@ def test_ensemble_is_sum_of_parts(data, a):
     assert np.allclose(S.compute("lowdim_knn_react", test, st, a=a), a * knn + react, rtol=1e-13)
 
 
+def _sklearn_kth_distance(train, test, k):
+    """Distance of each L2-normalised test G_low to its k-th nearest L2-normalised training G_low."""
+    from sklearn.neighbors import NearestNeighbors
+
+    Z = train["lowdim_pca"].astype(float)
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    Q = test["lowdim_pca"].astype(float)
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    dist, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(Z).kneighbors(Q)
+    return dist[:, -1]
+
+
+def test_lowdim_knn_published_is_k5(data):
+    train, test = data
+    spec = S.get("lowdim_knn_published")
+    assert spec.grid == {} and "k" not in spec.defaults and spec.family == "lowdim"
+    st = S.fit("lowdim_knn_published", train)
+    s = S.compute("lowdim_knn_published", test, st)
+    assert np.allclose(s, -_sklearn_kth_distance(train, test, 5), rtol=1e-10, atol=1e-10)
+    # exactly ours at k = 5 (same helper, same bank and normalisation) ...
+    assert np.array_equal(s, S.compute("lowdim_knn", test, S.fit("lowdim_knn", train), k=5))
+    # ... and not ours at another k (the test could fail)
+    assert not np.allclose(s, S.compute("lowdim_knn", test, S.fit("lowdim_knn", train), k=1))
+
+
+def test_lowdim_knn_react_published_formula(data):
+    from scipy.special import logsumexp
+
+    train, test = data
+    spec = S.get("lowdim_knn_react_published")
+    assert spec.grid == {} and "a" not in spec.defaults and "k" not in spec.defaults
+    st = S.fit("lowdim_knn_react_published", train)
+    s = S.compute("lowdim_knn_react_published", test, st)
+    # Wu et al.: 1 * (-(5-th NN distance)^2 on normalised G_low) + logsumexp(W min(h, c) + b), c = p90 of train h
+    c = np.percentile(train["h"].ravel(), 90.0)
+    react = logsumexp(np.minimum(test["h"], c) @ test["W"].T + test["b"], axis=1)
+    ref = -(_sklearn_kth_distance(train, test, 5) ** 2) + react
+    assert np.allclose(s, ref, rtol=1e-10, atol=1e-10)
+    # the squared distance is what differs from ours at a = 1, k = 5 (plain distance)
+    ours = S.compute("lowdim_knn_react", test, S.fit("lowdim_knn_react", train), a=1.0, k=5)
+    assert not np.allclose(s, ours)
+
+
 def test_lowdim_mahalanobis_matches_forward(data):
     train, test = data
     st = S.fit("lowdim_mahalanobis", train)

@@ -9,7 +9,10 @@ energy gradient over all weights projected on a K-dim subspace (docs/architectur
   SGD momentum 0.9, weight decay 5e-4, lr 0.1, 10 epochs, batch 128), seeded and deterministic on
   CPU in float32; fits given one :class:`~ood_core.scores.memo.Memo` share a probe trained on the
   same G_low, labels and hyper-parameters;
-- ``lowdim_knn_react`` (family "ensemble") = a * lowdim_knn + ReAct energy on forward features.
+- ``lowdim_knn_react`` (family "ensemble") = a * lowdim_knn + ReAct energy on forward features;
+- ``lowdim_knn_published`` and ``lowdim_knn_react_published``: the same two as Wu et al.'s code
+  computes them (k = 5; ensemble on the SQUARED distance with a = 1), no tuning, so a table row
+  beside ours changes one thing.
 The probe is affine in eval mode, so all its gradients (ODIN, GradNorm) are closed forms.
 """
 
@@ -41,6 +44,7 @@ from .registry import Arrays, Sweep, register
 PAPER = "Wu, Li, Cheng, Yang, Huang, arXiv 2310.17163 (2023)"
 PROBE_DEFAULTS: dict[str, Any] = {"probe_epochs": 10, "probe_lr": 0.1, "probe_schedule": "cosine", "probe_seed": 0}
 PROBE_BATCH, PROBE_MOMENTUM, PROBE_WD = 128, 0.9, 5e-4
+WU_K = 5  # Wu et al.'s KNN k (CIFAR-10; their ImageNet runs use 10), fixed in the *_published scores
 LOWDIM_INPUT = "lowdim_{subspace}"  # the array every score here reads: G_low of the ``subspace`` parameter
 
 
@@ -250,6 +254,26 @@ def lowdim_knn(arrays: Arrays, state: Any = None, *, subspace: str = "pca", k: i
     return knn_score(lowdim_array(arrays, subspace), st["bank"], k, st.get("bank_key"), st.get("tables"))
 
 
+@register(
+    "lowdim_knn_published",
+    family="lowdim",
+    display="Low-dim KNN (Wu et al.'s k = 5)",
+    defaults={"subspace": "pca"},
+    needs=(LOWDIM_INPUT,),
+    fit=fit_lowdim_knn,
+    paper=PAPER,
+)
+def lowdim_knn_published(arrays: Arrays, state: Any = None, *, subspace: str = "pca") -> np.ndarray:
+    """Low-dim KNN with Wu et al.'s k: s = -||z - z_(5)||_2, i.e. ``lowdim_knn`` at k = 5, not tuned
+    (z = G_low / ||G_low||_2, z_(5) the 5-th nearest normalised training G_low, exact). Wu's code
+    (knn() in 2023_05_26_detect_with_low_grad.py / github_main.py) scores -||z - z_(5)||^2 from
+    faiss IndexFlatL2: monotone-equivalent, same AUROC / FPR. Differs from the authors' code in:
+    the bank is the training rows the profile caches (Wu: all 50,000 CIFAR-10 training rows);
+    their normaliser is x / (||x|| + 1e-10) (ours: x / ||x||, an all-zero row stays zero); the
+    subspace and its K are whatever the profile extracted (Wu: PCA, K = 200)."""
+    return lowdim_knn(arrays, state, subspace=subspace, k=WU_K)
+
+
 def fit_lowdim_mahalanobis(train: Arrays, *, subspace: str = "pca", **_: Any) -> dict[str, Any]:
     classes, means, prec = class_means_tied_precision(lowdim_array(train, subspace), train["y"])
     return {"classes": classes, "means": means, "precision": prec, "subspace": subspace}
@@ -397,3 +421,31 @@ def lowdim_knn_react(
     return float(a) * lowdim_knn(arrays, st["knn"], subspace=subspace, k=k) + react(
         arrays, st["react"], percentile=percentile
     )
+
+
+@register(
+    "lowdim_knn_react_published",
+    family="ensemble",
+    display="Low-dim KNN + ReAct (Wu et al.'s ensemble)",
+    defaults={"subspace": "pca", "percentile": 90.0},
+    needs=("h", "W", "b", LOWDIM_INPUT),
+    fit=fit_lowdim_knn_react,
+    paper=PAPER,
+)
+def lowdim_knn_react_published(
+    arrays: Arrays, state: Any = None, *, subspace: str = "pca", percentile: float = 90.0
+) -> np.ndarray:
+    """Wu et al.'s forward + backward ensemble as their code computes it:
+    s = -||z - z_(5)||_2^2 + logsumexp(W min(h, c) + b), i.e. a = 1 times the SQUARED 5-NN
+    distance of the L2-normalised G_low (faiss IndexFlatL2 distances, their knn(): -D[:, -1])
+    plus forward ReAct energy at T = 1 (their react(): temper * logsumexp(logits / temper),
+    higher = ID) on penultimate features h clipped at c, the 90th percentile of the flattened
+    features; both terms higher = ID, summed unweighted (`confs = a*knn(feat_log, feat_log_val, K)
+    + react(...)`, a = 1, K = 5, in the deleted history script 2023_05_26_detect_with_low_grad.py).
+    No grid. Differs from ``lowdim_knn_react`` (ours: a tuned, plain distance) in those two things
+    only. Differs from the authors' code in: c comes from the TRAINING features (theirs: the ID
+    TEST features, a test-set leak); the KNN bank is the training rows the profile caches (theirs:
+    all training rows) and the normaliser x / ||x|| (theirs: x / (||x|| + 1e-10))."""
+    st = require_state("lowdim_knn_react_published", state)
+    knn_sq = lowdim_knn_published(arrays, st["knn"], subspace=subspace) ** 2
+    return -knn_sq + react(arrays, st["react"], percentile=percentile)
