@@ -29,6 +29,7 @@ from .deltas import energy_delta, kl_uniform_delta
 from .hooks import DEFAULT_MAX_BYTES, HookEngine
 from .runtime import model_device_dtype, upcast
 from .selection import ParamSpec, resolve_params
+from .stream import gradient_buffer
 
 __all__ = ["FoldedBasis", "MainPassResult", "main_pass"]
 
@@ -152,15 +153,7 @@ def main_pass(
                     continue
                 t = time.perf_counter()
                 delta = energy_delta(lg.detach())
-                buf = ws.get("grads")
-                if (
-                    buf is None
-                    or buf.dtype != delta.dtype
-                    or buf.shape[0] < xc.shape[0]
-                    or buf.shape[1] != eng.num_params
-                ):
-                    ws.pop("grads", None)
-                    buf = ws["grads"] = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=dev)
+                buf = gradient_buffer(ws, chunk, eng.num_params, delta.dtype, dev)
                 g = eng.grads_flat(delta, out=buf[: xc.shape[0]])
                 _sync(dev)
                 seconds["energy_backward"] += time.perf_counter() - t

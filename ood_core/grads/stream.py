@@ -22,7 +22,7 @@ from .runtime import eval_mode, model_device_dtype
 if TYPE_CHECKING:
     from ..models import OODModel
 
-__all__ = ["HEAD_NAMES", "head_grads_closed_form", "iter_raw_grads", "num_selected_params"]
+__all__ = ["HEAD_NAMES", "gradient_buffer", "head_grads_closed_form", "iter_raw_grads", "num_selected_params"]
 
 HEAD_NAMES = ("head.weight", "head.bias")
 
@@ -62,6 +62,16 @@ def num_selected_params(model: nn.Module, names: list[str], method: str = "hooks
         return HookEngine(model, names).num_params
     sizes = dict((n, p.numel()) for n, p in model.named_parameters())
     return int(sum(sizes[n] for n in names))
+
+
+def gradient_buffer(workspace: dict, rows: int, P: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (>= rows, P) per-sample gradient buffer kept in ``workspace["grads"]``, replaced only when
+    it is too small or of another shape / dtype (a multi-GB tensor is page-faulted once)."""
+    buf = workspace.get("grads")
+    if buf is None or buf.dtype != dtype or buf.shape[0] < rows or buf.shape[1] != P:
+        workspace.pop("grads", None)
+        buf = workspace["grads"] = torch.empty(rows, P, dtype=dtype, device=device)
+    return buf
 
 
 def _chunks(batches: Iterable, chunk: int, model: nn.Module, with_labels: bool) -> Iterator:
@@ -107,8 +117,5 @@ def iter_raw_grads(
         for xc, yc in _chunks(batches, chunk, model, with_labels):
             lg = eng.forward(xc)
             delta = delta_fn(lg.detach())
-            buf = ws.get("grads")
-            if buf is None or buf.dtype != delta.dtype or buf.shape[0] < xc.shape[0] or buf.shape[1] != eng.num_params:
-                ws.pop("grads", None)
-                buf = ws["grads"] = torch.empty(chunk, eng.num_params, dtype=delta.dtype, device=xc.device)
+            buf = gradient_buffer(ws, chunk, eng.num_params, delta.dtype, xc.device)
             yield eng.grads_flat(delta, out=buf[: xc.shape[0]]), yc
