@@ -98,13 +98,15 @@ class Context:
 
 
 def resolve_data_root(cli: str | None, cfg_root: str | None) -> Path:
-    """--data-root > profile's data.root > ../shared/data (if present) > data/."""
+    """--data-root > profile's data.root > $OOD_SHARED_DATA or ../shared/data (if present) > data/."""
     if cli:
         return Path(cli).expanduser().resolve()
     if cfg_root:
         p = Path(cfg_root).expanduser()
         return (p if p.is_absolute() else REPO / p).resolve()
-    shared = REPO.parent / "shared" / "data"
+    from ood_core.data.verify import shared_data_dir
+
+    shared = shared_data_dir()
     return shared.resolve() if shared.is_dir() else (REPO / "data").resolve()
 
 

@@ -45,6 +45,11 @@ PRODUCERS = {
 TEST_IDX_KEY = "_test_idx"  # in scores/<name>.npz: the rows of arrays/<name>.npz that were scored
 
 
+def arrays_file(analysis_dir: Path, name: str) -> Path:
+    """``<analysis_dir>/arrays/<name>.npz``: dataset ``name``'s extracted arrays."""
+    return Path(analysis_dir) / "arrays" / f"{name}.npz"
+
+
 class AnalysisCacheError(ValueError):
     """A file of the analysis directory is there but fails a check; the message is one line naming
     the file, the dataset and what was expected."""

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .analysis_cache import AnalysisCache
+from .grid import grid_axes
 from .scores import registry  # importing the package registers every score
 from .table_csv import json_default
 from .tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, params_key, tune
@@ -73,11 +74,9 @@ def effective_grid(spec: registry.ScoreSpec, meta: Mapping[str, Any], id_arrays:
     else can be scored, and values are taken verbatim (scores look them up exactly)."""
     grid = {k: list(v) for k, v in spec.grid.items()}
     if spec.uses_grid:
-        mg = meta.get("grid") or {}
-        for param, key in (("eps", "odin_eps"), ("T", "odin_T")):
-            vals = id_arrays[key] if key in id_arrays else mg.get(key)
+        for param, vals in zip(("eps", "T"), grid_axes(id_arrays, meta)):
             if vals is not None:
-                grid[param] = [float(v) for v in np.asarray(vals).ravel()]
+                grid[param] = vals
     return grid
 
 

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 
 from .api import Config, as_preprocess, study_settings
-from .config import ConfigError
 from .data.sources import BatchSource, Preprocess
-from .extract import Subspace, extract_arrays, head_arrays
-from .extract_sets import LOWDIM_PREFIX, extract_settings
+from .extract import Subspace, head_arrays
+from .extract_sets import LOWDIM_PREFIX, extract_one, extract_settings, fit_subspaces
 from .grads.per_sample import check_method
 from .inputs import as_source
 from .own_model import as_ood_model, check_head
 from .scores import registry
-from .subspaces import fit_subspace
 
 
 class Detector:
@@ -83,18 +81,15 @@ class Detector:
         return f"Detector({self.method!r}, params={self.params}, fitted={self.fitted})"
 
     def _arrays(self, source: BatchSource, *, is_ood: bool) -> dict[str, np.ndarray]:
-        res = extract_arrays(
+        res = extract_one(
             self.model,
             source,
+            self.cfg,
             self.extract_cfg,
             self.device,
-            input_std=None if self.pre is None else self.pre.std,
-            odin_T=self.extract_cfg["odin_T"],
-            odin_eps=self.extract_cfg["odin_eps"],
+            role="ood" if is_ood else "train",
             subspaces=self.subspaces,
-            lowdim_chunk=int(self.cfg["lowdim"]["chunk"]),
-            is_ood=is_ood,
-            with_grodin=is_ood,
+            input_std=None if self.pre is None else self.pre.std,
             desc=f"{self.method}: {source.name}",
             grad_method=self.grad_method,
         )
@@ -108,21 +103,15 @@ class Detector:
         check_head(self.model, probe)  # once: the model does not change between fit and score
         lowdim = sorted(k[len(LOWDIM_PREFIX) :] for k in self.needs if k.startswith(LOWDIM_PREFIX))
         if lowdim:
-            specs = self.cfg["lowdim"]["subspaces"]
-            if lowdim[0] not in specs:
-                raise ConfigError(f"{self.method}: subspace '{lowdim[0]}' is not in lowdim.subspaces ({sorted(specs)})")
-            sub = fit_subspace(
+            self.subspaces, _ = fit_subspaces(
                 self.model,
                 source,
-                lowdim[0],
-                specs[lowdim[0]],
-                self.cfg["lowdim"],
+                self.cfg,
+                lowdim[:1],
                 num_classes=int(self.model.head.out_features),
-                seed=int(self.cfg["seed"]),
                 device=self.device,
                 grad_method=self.grad_method,
             )
-            self.subspaces = [sub]
         if self.spec.fit is not None:
             self.state = registry.fit(self.method, self._arrays(source, is_ood=False), **self.params)
         self.fitted = True

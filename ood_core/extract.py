@@ -246,12 +246,13 @@ def grid_on_rows(
 ) -> dict[str, np.ndarray]:
     """The grid arrays of a set of ``n`` rows whose whole grid was computed on ``rows`` only
     (``grid``: values (n_eps, n_T, len(rows))): NaN on the other rows, no cell marked as computed
-    everywhere (``grid_cells_pass`` adds cells later)."""
+    everywhere (``grid_cells_pass`` adds cells later), and the grid's axes."""
     out: dict[str, np.ndarray] = {}
     for key in GRID_VALUE_KEYS:
         out[key] = np.full((len(odin_eps), len(odin_T), n), np.nan, np.float32)
         out[key][..., rows] = grid[key]
     out[FULL_POINTS_KEY] = np.zeros((len(odin_eps), len(odin_T)), bool)
+    out["odin_T"], out["odin_eps"] = np.asarray(odin_T, np.float64), np.asarray(odin_eps, np.float64)
     return out
 
 

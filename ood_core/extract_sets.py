@@ -1,37 +1,47 @@
-"""Extract every set of one evaluation in memory: the arrays the chosen methods read, the study's
-validation / test splits and, under ``grodin_test_points: selected``, the grid cells chosen on the
-validation rows.
+"""The extraction orchestrator: every set of one evaluation -> the arrays the scores read, the
+validation / test split of every scored set, Wu et al.'s subspaces and the timings.
 
-The Python API (``ood_core.api``) uses this; the pipeline's extract stage (``analysis/extract.py``)
-runs the same passes (:func:`~ood_core.extract.extract_arrays`, :func:`~ood_core.extract.grid_cells_pass`,
-:func:`~ood_core.grid_selection.select_test_points`) with a disk cache and torchrun shards around them,
-so both give the same arrays for the same model, data and settings.
+One function, :func:`extract_sets`, serves the pipeline's extract stage (``analysis/extract.py``:
+a :class:`~ood_core.extract_store.DiskStore` under the analysis cache, one process or torchrun
+ranks) and the Python API (``ood_core.api.evaluate``: a :class:`~ood_core.extract_store.MemoryStore`);
+:class:`~ood_core.detector.Detector` calls its two parts, :func:`fit_subspaces` and :func:`extract_one`.
+So every caller gets the same arrays for the same model, data and settings.
+
+Per set: one batched pass (:func:`~ood_core.extract.extract_arrays`); under
+``grodin_test_points: selected`` the ODIN / GRODIN grid runs on the validation rows only, the cells
+chosen there (:func:`~ood_core.grid_selection.select_test_points`) then on the test rows.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
+from .cache import hash_config
 from .config import ConfigError, odin_grid
 from .data.sources import BatchSource
 from .data.splits import set_split
-from .extract import Subspace, extract_arrays, grid_cells_pass
-from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS, full_points
+from .distributed import Ranks
+from .extract import ExtractResult, Subspace, extract_arrays, grid_cells_pass, grid_on_rows
+from .extract_store import Arrays, ExtractStore, MemoryStore
+from .grid import FULL_POINTS_KEY, GRID_AXIS_KEYS, GRID_VALUE_KEYS, full_points
 from .grid_selection import select_test_points
 from .inputs import InputError
 from .models import OODModel
 from .scores import registry
-from .subspaces import fit_subspace
+from .subspaces import fit_subspace, subspace_params
 from .tuning import Split
 
 TRAIN, ID_TEST = "train", "id_test"  # the names of the two ID sets (the OOD sets take the user's names)
 GRODIN_TEST_POINTS = ("grid", "selected")
 LOWDIM_PREFIX = "lowdim_"
+
+# a set's data, or a function that loads it (called only when the set is not stored already)
+SourceLike = Union[BatchSource, Callable[[], BatchSource]]
 
 
 def grid_test_points(extract: Mapping[str, Any]) -> str:
@@ -49,12 +59,13 @@ def arrays_needed(methods: Iterable[str]) -> set[str]:
     return {key for m in methods for key in registry.get(m).needs}
 
 
-def extract_settings(extract: Mapping[str, Any], needs: set[str]) -> dict[str, Any]:
+def extract_settings(extract: Mapping[str, Any], needs: set[str] | None) -> dict[str, Any]:
     """The ``extract`` section with the passes no method needs switched off (the ODIN / GRODIN grid,
-    the all-weights KL norm): one pass per batch computes only what is read."""
+    the all-weights KL norm): one pass per batch computes only what is read. ``needs`` None: as given."""
     out = dict(extract)
-    out["grodin"] = bool(extract["grodin"]) and bool(needs & set(GRID_VALUE_KEYS))
-    out["kl_allweights"] = bool(extract["kl_allweights"]) and "kl_allw_sqnorm" in needs
+    if needs is not None:
+        out["grodin"] = bool(extract["grodin"]) and bool(needs & set(GRID_VALUE_KEYS))
+        out["kl_allweights"] = bool(extract["kl_allweights"]) and "kl_allw_sqnorm" in needs
     return out
 
 
@@ -68,50 +79,94 @@ def check_class_labels(name: str, y: np.ndarray, num_classes: int) -> None:
         )
 
 
+def study_split(cfg: Mapping[str, Any], name: str, n: int) -> Split:
+    """The validation / test split of scored set ``name`` (``n`` rows) under ``cfg['data']['val']``."""
+    val = cfg["data"]["val"]
+    return Split(*set_split(name, n, val["n_val"], val["seed"]))
+
+
+def timing_entry(res: ExtractResult) -> dict[str, Any]:
+    """{component: {seconds, n (images it processed)}} plus the grid's image x cell evaluations."""
+    entry: dict[str, Any] = {c: {"seconds": sec, "n": res.counts.get(c, res.n)} for c, sec in res.seconds.items()}
+    entry["_grid_cells"] = res.grid_cells
+    return entry
+
+
 @dataclass
 class ExtractedSets:
-    """``arrays[set]`` (docs/architecture.md keys), ``splits[set]`` for the ID test set and every OOD
-    set, the subspaces used, and ``seconds[set][component]``."""
+    """The outcome of :func:`extract_sets`: ``store`` holds every set's arrays (``arrays[set]``,
+    docs/architecture.md keys), ``splits[set]`` for the ID test set and every OOD set, the subspaces,
+    ``keys[set]`` (what each set's arrays were made from) and ``timings[set][component]`` =
+    {seconds, n} for the sets computed in this call (``_grid_cells``: image x cell evaluations)."""
 
-    arrays: dict[str, dict[str, np.ndarray]]
+    store: ExtractStore
     splits: dict[str, Split]
     subspaces: list[Subspace] = field(default_factory=list)
-    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subspace_seconds: float = 0.0
+
+    @property
+    def arrays(self) -> dict[str, Arrays]:
+        """Every set's arrays, loaded from the store."""
+        return {name: self.store.get(name) for name in self.keys}
+
+    @property
+    def seconds(self) -> dict[str, dict[str, float]]:
+        """``seconds[set][component]`` (and ``seconds['subspaces']['fit']`` when subspaces were fitted)."""
+        out = {n: {c: v["seconds"] for c, v in t.items() if not c.startswith("_")} for n, t in self.timings.items()}
+        if self.subspace_seconds:
+            out["subspaces"] = {"fit": self.subspace_seconds}
+        return out
 
 
-def extract_sets(
+def _resolve(src: SourceLike) -> BatchSource:
+    return src() if callable(src) and not hasattr(src, "batches") else src  # type: ignore[return-value]
+
+
+def fit_subspaces(
     model: OODModel,
-    sources: Mapping[str, BatchSource],
+    train: SourceLike,
     cfg: Mapping[str, Any],
+    names: Sequence[str],
     *,
-    needs: set[str],
     num_classes: int,
     device: torch.device,
-    input_std: Sequence[float] | None = None,
+    store: ExtractStore | None = None,
+    ranks: Ranks = Ranks(),
+    model_id: str = "",
+    train_id: Any = None,
     grad_method: str = "hooks",
-) -> ExtractedSets:
-    """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order).
-
-    ``cfg`` is a profile-shaped settings dict (sections ``extract``, ``lowdim``, ``data.val``,
-    ``seed``); ``needs`` the array names to compute (:func:`arrays_needed`); ``grad_method`` how
-    per-sample gradients are computed (``"hooks"`` or ``"vmap"``, :func:`~ood_core.extract.extract_arrays`). The low-dim subspaces of
-    ``cfg['lowdim']['subspaces']`` are fitted on ``train`` when a ``lowdim_*`` array is needed."""
-    for role in (TRAIN, ID_TEST):
-        if role not in sources:
-            raise ValueError(f"extract_sets: no '{role}' set among {list(sources)}")
-    ecfg = extract_settings(cfg["extract"], needs)
-    mode = grid_test_points(ecfg)
-    Ts, epss = odin_grid(cfg)
-    lcfg, val = cfg["lowdim"], cfg["data"]["val"]
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[Subspace], dict[str, str]]:
+    """Wu et al.'s subspaces ``names`` of ``cfg['lowdim']['subspaces']``, fitted on ``train``
+    (:func:`~ood_core.subspaces.fit_subspace`) or read from ``store`` when stored under the same key
+    (model, ``train_id`` = what the training data is, subspace settings, seed). Returns the subspaces
+    (on ``device``) and their keys."""
+    store = store if store is not None else MemoryStore()
+    lcfg = cfg["lowdim"]
+    specs = lcfg["subspaces"]
+    stats_memo: dict[str, Any] = {}
     subspaces: list[Subspace] = []
-    seconds: dict[str, dict[str, float]] = {}
-    if lcfg["enabled"] and any(k.startswith(LOWDIM_PREFIX) for k in needs):
-        stats_memo: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        for name, spec in lcfg["subspaces"].items():
+    keys: dict[str, str] = {}
+    for name in names:
+        if name not in specs:
+            raise ConfigError(f"subspace '{name}' is not in lowdim.subspaces ({sorted(specs)})")
+        spec = specs[name]
+        params = subspace_params(spec, lcfg)
+        common = {"params": params, **{k: lcfg[k] for k in ("normalisation", "n_samples")}}
+        key = hash_config(model_id, common, spec, train_id, cfg["seed"])
+        blob = store.load_subspace(name, key)
+        if blob is not None:
+            stats = (blob["mean"], blob["scale"]) if "mean" in blob else None
+            if stats is not None:
+                stats_memo.setdefault(repr(params), stats)
+            sub = Subspace(name, blob["V"], stats, params)
+        else:
+            t0 = time.perf_counter()
             sub = fit_subspace(
                 model,
-                sources[TRAIN],
+                _resolve(train),
                 name,
                 spec,
                 lcfg,
@@ -119,83 +174,309 @@ def extract_sets(
                 seed=int(cfg["seed"]),
                 device=device,
                 stats_memo=stats_memo,
+                ranks=ranks,
                 grad_method=grad_method,
             )
-            sub.V = sub.V.to(device)
-            sub.stats = None if sub.stats is None else tuple(s.to(device) for s in sub.stats)
-            subspaces.append(sub)
-        seconds["subspaces"] = {"fit": time.perf_counter() - t0}
-    arrays: dict[str, dict[str, np.ndarray]] = {}
-    splits: dict[str, Split] = {}
+            took = time.perf_counter() - t0
+            if ranks.is_main:
+                blob = {"V": sub.V.cpu(), "seconds": took}
+                if sub.stats is not None:
+                    blob["mean"], blob["scale"] = sub.stats[0].cpu(), sub.stats[1].cpu()
+                store.save_subspace(name, key, blob)
+                if log:
+                    log(f"subspace '{name}' ({spec['kind']}, K={sub.V.shape[1]}) in {took:.1f}s")
+            ranks.barrier()
+        sub.V = sub.V.to(device)
+        sub.stats = None if sub.stats is None else tuple(s.to(device) for s in sub.stats)
+        subspaces.append(sub)
+        keys[name] = key
+    return subspaces, keys
+
+
+def extract_one(
+    model: OODModel,
+    source: BatchSource,
+    cfg: Mapping[str, Any],
+    ecfg: Mapping[str, Any],
+    device: torch.device,
+    *,
+    role: str,
+    subspaces: Sequence[Subspace] = (),
+    input_std: Sequence[float] | None = None,
+    grodin_rows: np.ndarray | None = None,
+    grad_method: str = "hooks",
+    desc: str | None = None,
+) -> ExtractResult:
+    """One set's pass under the profile-shaped settings ``cfg`` (``ecfg``: its ``extract`` section as
+    used, :func:`extract_settings`); ``role``: ``"train"`` (no grid), ``"id"`` or ``"ood"`` (no labels)."""
+    Ts, epss = odin_grid({"extract": ecfg})
+    return extract_arrays(
+        model,
+        source,
+        ecfg,
+        device,
+        input_std=input_std,
+        odin_T=Ts,
+        odin_eps=epss,
+        subspaces=subspaces,
+        lowdim_chunk=int(cfg["lowdim"]["chunk"]),
+        is_ood=role == "ood",
+        with_grodin=role != "train",
+        grodin_rows=grodin_rows,
+        desc=desc or source.name,
+        grad_method=grad_method,
+    )
+
+
+def extract_sets(
+    model: OODModel,
+    sources: Mapping[str, SourceLike],
+    cfg: Mapping[str, Any],
+    *,
+    num_classes: int,
+    device: torch.device,
+    needs: set[str] | None = None,
+    input_std: Sequence[float] | None = None,
+    grad_method: str = "hooks",
+    store: ExtractStore | None = None,
+    ranks: Ranks = Ranks(),
+    model_id: str = "",
+    identity: Mapping[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExtractedSets:
+    """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order).
+
+    ``cfg`` is a profile-shaped settings dict (sections ``extract``, ``lowdim``, ``data.val``,
+    ``seed``); ``needs`` the array names to compute (:func:`arrays_needed`; None: everything the
+    ``extract`` section asks for, and every configured subspace). ``store`` keeps the arrays (default
+    in memory); a set stored under the same key (``model_id``, ``identity[set]`` = what the data is,
+    the extract settings, the grid and the subspaces' keys) is not recomputed. Under torchrun
+    (``ranks``) every rank computes its shard of whole batches and rank 0 joins them. ``grad_method``:
+    ``"hooks"`` or ``"vmap"`` (:func:`~ood_core.extract.extract_arrays`)."""
+    for role in (TRAIN, ID_TEST):
+        if role not in sources:
+            raise ValueError(f"extract_sets: no '{role}' set among {list(sources)}")
+    store = store if store is not None else MemoryStore()
+    identity = identity or {}
+    ecfg = extract_settings(cfg["extract"], needs)
+    mode = grid_test_points(ecfg)
+    Ts, epss = odin_grid(cfg)
+    lcfg = cfg["lowdim"]
+    wanted = list(lcfg["subspaces"]) if lcfg["enabled"] else []
+    if needs is not None and not any(k.startswith(LOWDIM_PREFIX) for k in needs):
+        wanted = []
+    t0 = time.perf_counter()
+    subspaces, sub_keys = fit_subspaces(
+        model,
+        sources[TRAIN],
+        cfg,
+        wanted,
+        num_classes=num_classes,
+        device=device,
+        store=store,
+        ranks=ranks,
+        model_id=model_id,
+        train_id=identity.get(TRAIN),
+        grad_method=grad_method,
+        log=log,
+    )
+    out = ExtractedSets(store, {}, subspaces, subspace_seconds=time.perf_counter() - t0 if wanted else 0.0)
     for name, src in sources.items():
-        scored = name != TRAIN
-        if scored:
-            splits[name] = Split(*set_split(name, len(src), val["n_val"], val["seed"]))
-        res = extract_arrays(
+        key = hash_config(model_id, identity.get(name), ecfg, Ts, epss, sub_keys)
+        out.keys[name] = key
+        role = "train" if name == TRAIN else "id" if name == ID_TEST else "ood"
+        kept = store.load(name, key)
+        if kept is not None:
+            n = len(kept["y"])
+            del kept  # a set's arrays are not held while the next one loads
+        else:
+            data = _resolve(src)
+            n = len(data)
+            val_rows = study_split(cfg, name, n).val if mode == "selected" and role != "train" else None
+            kw = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
+            if ranks.is_distributed:
+                arrays, res = _extract_sharded(model, data, cfg, ecfg, device, store, ranks, key, name, val_rows, kw)
+            else:
+                res = extract_one(model, data, cfg, ecfg, device, grodin_rows=val_rows, **kw)
+                arrays = res.arrays
+            if ranks.is_main and arrays is not None:  # rank 0 holds the joined arrays
+                if role != "ood":
+                    check_class_labels(name, arrays["y"], num_classes)
+                store.save(name, key, arrays)
+                store.remove_parts(name)
+            out.timings[name] = timing_entry(res)
+            if log:
+                shard = f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
+                log(f"{name}: {res.n} images{shard}, " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
+        if role != "train":
+            out.splits[name] = study_split(cfg, name, n)
+    if mode == "selected" and ecfg["grodin"]:
+        _fill_selected_cells(model, sources, cfg, ecfg, device, input_std, grad_method, out, ranks, log)
+    return out
+
+
+def join_rows(parts: list[Arrays]) -> Arrays:
+    """Shards' arrays joined in rank order: grid values along their last (sample) axis, grid axes
+    from the first shard, every other array along axis 0; empty shards (no keys) are skipped."""
+    parts = [p for p in parts if p]
+    out: Arrays = {}
+    for key in parts[0]:
+        if key in GRID_AXIS_KEYS:
+            out[key] = parts[0][key]
+        else:
+            out[key] = np.concatenate([p[key] for p in parts], axis=-1 if key in GRID_VALUE_KEYS else 0)
+    return out
+
+
+def _sharded(
+    store: ExtractStore,
+    ranks: Ranks,
+    tag: str,
+    key: str,
+    n: int,
+    batch_size: int,
+    compute: Callable[[np.ndarray], ExtractResult],
+) -> tuple[Arrays | None, ExtractResult]:
+    """Run ``compute(positions)`` on this rank's shard of ``n`` rows (whole batches), keep it as part
+    ``<tag>.rank<r>of<w>`` (reused by a rerun when its key matches), and on rank 0 return every
+    rank's arrays joined in rank order (other ranks: None)."""
+    own = f"{tag}.rank{ranks.rank}of{ranks.world}"
+    pkey = hash_config(key, tag, ranks.rank, ranks.world)
+    pos = ranks.batch_shard(n, batch_size)
+    kept = store.load_part(own, pkey)
+    if kept is not None:
+        res = ExtractResult(kept, n=len(pos))
+    else:
+        res = compute(pos) if len(pos) else ExtractResult({}, n=0)
+        store.save_part(own, pkey, res.arrays)
+    ranks.barrier()
+    if not ranks.is_main:
+        return None, res
+    return join_rows([store.get_part(f"{tag}.rank{r}of{ranks.world}") for r in range(ranks.world)]), res
+
+
+def _extract_sharded(
+    model: OODModel,
+    data: BatchSource,
+    cfg: Mapping[str, Any],
+    ecfg: Mapping[str, Any],
+    device: torch.device,
+    store: ExtractStore,
+    ranks: Ranks,
+    key: str,
+    name: str,
+    val_rows: np.ndarray | None,
+    kw: dict[str, Any],
+) -> tuple[Arrays | None, ExtractResult]:
+    """One set's arrays from every rank's shard; the same arrays as one :func:`extract_one` call
+    with ``grodin_rows=val_rows`` (the validation rows' grid is sharded on its own)."""
+    bs = int(ecfg["batch_size"])
+    with_grid = kw["role"] != "train" and bool(ecfg["grodin"])
+    main_ecfg = ecfg if val_rows is None else {**ecfg, "grodin": False}
+
+    def main(pos: np.ndarray) -> ExtractResult:  # a contiguous block: a view, laid out as the whole set
+        return extract_one(model, data.rows(int(pos[0]), int(pos[-1]) + 1), cfg, main_ecfg, device, **kw)
+
+    arrays, res = _sharded(store, ranks, f"{name}.main", key, len(data), bs, main)
+    if val_rows is None or not with_grid:
+        return arrays, res
+    Ts, epss = odin_grid(cfg)
+
+    def grid(pos: np.ndarray) -> ExtractResult:
+        return grid_cells_pass(
             model,
-            src,
+            data.take(val_rows[pos]),
             ecfg,
             device,
-            input_std=input_std,
+            input_std=kw["input_std"],
             odin_T=Ts,
             odin_eps=epss,
-            subspaces=subspaces,
-            lowdim_chunk=int(lcfg["chunk"]),
-            is_ood=name not in (TRAIN, ID_TEST),
-            with_grodin=scored,
-            grodin_rows=splits[name].val if scored and mode == "selected" else None,
-            desc=name,
-            grad_method=grad_method,
+            points=np.ones((len(epss), len(Ts)), bool),
+            desc=f"{name} grid",
+            grad_method=kw["grad_method"],
         )
-        arrays[name], seconds[name] = res.arrays, dict(res.seconds)
-        if name in (TRAIN, ID_TEST):
-            check_class_labels(name, res.arrays["y"], num_classes)
-    if mode == "selected" and ecfg["grodin"]:
-        took = _fill_selected_cells(model, sources, arrays, splits, ecfg, device, input_std, Ts, epss, grad_method)
-        for name, sec in took.items():
-            seconds[name]["grodin_selected"] = sec
-    return ExtractedSets(arrays, splits, subspaces, seconds)
+
+    got, gres = _sharded(store, ranks, f"{name}.valgrid", key, len(val_rows), bs, grid)
+    res.seconds["grodin_grid"] = gres.seconds.get("grodin_selected", 0.0)
+    res.counts["grodin_grid"], res.grid_cells = gres.n, gres.grid_cells
+    if arrays is not None and got is not None:  # rank 0
+        arrays.update(grid_on_rows(len(data), val_rows, got, Ts, epss))
+    return arrays, res
 
 
 def _fill_selected_cells(
     model: OODModel,
-    sources: Mapping[str, BatchSource],
-    arrays: dict[str, dict[str, np.ndarray]],
-    splits: dict[str, Split],
+    sources: Mapping[str, SourceLike],
+    cfg: Mapping[str, Any],
     ecfg: Mapping[str, Any],
     device: torch.device,
     input_std: Sequence[float] | None,
-    Ts: list[float],
-    epss: list[float],
     grad_method: str,
-) -> dict[str, float]:
-    """The grid cells chosen on the validation rows (:func:`select_test_points`), computed on the
-    test rows of every scored set (in place); returns the seconds per set."""
-    oods = [n for n in splits if n != ID_TEST]
-    need = select_test_points(
-        arrays[ID_TEST], splits[ID_TEST], {o: arrays[o] for o in oods}, {o: splits[o] for o in oods}
-    )
-    took: dict[str, float] = {}
-    for name, split in splits.items():
-        a = arrays[name]
-        todo = need & ~full_points(a)
+    out: ExtractedSets,
+    ranks: Ranks,
+    log: Callable[[str], None] | None,
+) -> None:
+    """Choose the grid cells on the validation rows of every scored set (rank 0), then compute
+    exactly those cells on the test rows of each set (every rank its shard) and store them."""
+    Ts, epss = odin_grid(cfg)
+    scored = list(out.splits)
+    plan = None  # {set: cells still to compute}, decided on rank 0
+    if ranks.is_main:
+        arrays = {n: out.store.get(n) for n in scored}
+        if all("odin_s" in a for a in arrays.values()):
+            oods = [n for n in scored if n != ID_TEST]
+            need = select_test_points(
+                arrays[ID_TEST], out.splits[ID_TEST], {o: arrays[o] for o in oods}, {o: out.splits[o] for o in oods}
+            )
+            if log:
+                log(
+                    f"grid cells selected on validation rows: {int(need.sum())} of {need.size} "
+                    f"(eps, T) = {[(epss[e], Ts[t]) for e, t in np.argwhere(need)]}"
+                )
+            plan = {n: need & ~full_points(arrays[n]) for n in scored}
+        del arrays
+    plan = ranks.broadcast_object(plan)
+    if plan is None:
+        return
+    bs = int(ecfg["batch_size"])
+    for name in scored:
+        todo = plan[name]
         if not todo.any():
             continue
-        res = grid_cells_pass(
-            model,
-            sources[name].take(split.test),
-            ecfg,
-            device,
-            input_std=input_std,
-            odin_T=Ts,
-            odin_eps=epss,
-            points=todo,
-            desc=f"{name} cells",
-            grad_method=grad_method,
-        )
-        got, took[name] = res.arrays, res.seconds["grodin_selected"]
+        rows = out.splits[name].test  # val and test partition the rows (split_indices)
+        data = _resolve(sources[name])
+
+        def cells(pos: np.ndarray, data: BatchSource = data, rows: np.ndarray = rows, todo: np.ndarray = todo):
+            return grid_cells_pass(
+                model,
+                data.take(rows[pos]),
+                ecfg,
+                device,
+                input_std=input_std,
+                odin_T=Ts,
+                odin_eps=epss,
+                points=todo,
+                desc=f"{name} cells",
+                grad_method=grad_method,
+            )
+
+        got, res = _sharded(out.store, ranks, f"{name}.cells", out.keys[name], len(rows), bs, cells)
+        if not ranks.is_main or got is None:  # the other ranks computed their shard only
+            continue
+        a = out.store.get(name)
+        have = full_points(a)
         for key in GRID_VALUE_KEYS:
             for e, t in np.argwhere(todo):
-                a[key][e, t, split.test] = got[key][e, t]
-        a[FULL_POINTS_KEY] = full_points(a) | todo
-    return took
+                a[key][e, t, rows] = got[key][e, t]
+        a[FULL_POINTS_KEY] = have | todo
+        out.store.save(name, out.keys[name], a)
+        out.store.remove_parts(name)
+        entry, new = out.timings.setdefault(name, {"_grid_cells": 0}), timing_entry(res)
+        entry["_grid_cells"] += new.pop("_grid_cells")
+        entry.update(new)
+        if log:
+            shard = f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
+            log(
+                f"{name}: {int(todo.sum())} selected cells on {res.n} rows{shard} in "
+                f"{res.seconds.get('grodin_selected', 0.0):.1f}s"
+            )

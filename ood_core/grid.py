@@ -8,7 +8,7 @@ on the validation rows only and, on the other rows, only the cells marked in ``g
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +19,19 @@ FULL_POINTS_KEY = "grodin_full_points"
 
 class GridPointUnavailable(LookupError):
     """A grid cell was computed on validation rows only and the caller asked for other rows."""
+
+
+def grid_axes(
+    arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None
+) -> tuple[list[float] | None, list[float] | None]:
+    """(eps values, T values) of the cached grid: the arrays' ``odin_eps`` / ``odin_T``, else the
+    analysis cache's ``meta['grid']``, else None; values verbatim (scores look them up exactly)."""
+    mg = (meta or {}).get("grid") or {}
+    out = []
+    for key in ("odin_eps", "odin_T"):
+        vals = arrays[key] if key in arrays else mg.get(key)
+        out.append(None if vals is None else [float(v) for v in np.asarray(vals).ravel()])
+    return out[0], out[1]
 
 
 def full_points(arrays: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .grid import grid_index
+from .grid import grid_axes, grid_index
 from .scores import registry
 from .tuning import Split, best_of, tune
 
@@ -59,8 +59,9 @@ def select_test_points(
 ) -> np.ndarray:
     """(n_eps, n_T) bool mask of the cells the test rows need (module docstring); ``methods``
     defaults to every score that reads the grid."""
-    eps_values = [float(v) for v in np.asarray(id_arrays["odin_eps"]).ravel()]
-    T_values = [float(v) for v in np.asarray(id_arrays["odin_T"]).ravel()]
+    eps_values, T_values = grid_axes(id_arrays)
+    if eps_values is None or T_values is None:
+        raise KeyError("select_test_points: the ID arrays hold no odin_eps / odin_T grid axes")
     mask = np.zeros((len(eps_values), len(T_values)), bool)
 
     def mark(point: Mapping[str, Any]) -> None:

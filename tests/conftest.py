@@ -16,8 +16,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def shared_data_dir() -> Path | None:
-    env = os.environ.get("OOD_SHARED_DATA")
-    p = Path(env) if env else REPO.parent / "shared" / "data"
+    from ood_core.data.verify import shared_data_dir as lookup
+
+    p = lookup()
     return p if p.is_dir() else None
 
 

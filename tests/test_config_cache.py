@@ -270,12 +270,12 @@ def test_stamp_does_not_call_a_stage_with_a_damaged_or_missing_output_cached(tmp
 
 
 def test_recompute_line_names_the_file_and_why():
-    from analysis.extract import recompute_line
+    from ood_core.extract_store import recompute_line
 
     assert recompute_line("svhn", "is damaged (bad CRC in h.npy)", finished=True) == (
-        "[extract] recomputing svhn: arrays/svhn.npz is damaged (bad CRC in h.npy)"
+        "recomputing svhn: arrays/svhn.npz is damaged (bad CRC in h.npy)"
     )
-    assert recompute_line("svhn", "is missing", finished=True) == "[extract] computing svhn: arrays/svhn.npz is missing"
+    assert recompute_line("svhn", "is missing", finished=True) == "computing svhn: arrays/svhn.npz is missing"
     assert recompute_line("svhn", "is missing", finished=False) is None  # a first run says nothing
     assert recompute_line("svhn", "", finished=True) is None  # --force
 

@@ -556,8 +556,9 @@ def test_verify_files_cache(tmp_path, monkeypatch):
 
 
 def shared_data() -> Path:
-    env = os.environ.get("OOD_SHARED_DATA")
-    p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    from ood_core.data.verify import shared_data_dir
+
+    p = shared_data_dir()
     if not (p / "cifar10_test.npz").is_file():
         pytest.skip(f"../shared/data not found: no cifar10_test.npz in {p} (set OOD_SHARED_DATA)")
     return p

@@ -245,6 +245,12 @@ def test_register_refuses_an_entry_that_contradicts_itself():
             registry.register("_test_bad_sweep", family="forward", sweeps=[registry.Sweep(("k",))])(fn)
         with pytest.raises(ValueError, match="two-parameter sweep"):
             registry.Sweep(("eps", "k"))
+
+        def stated(arrays, state=None, *, T: float = 1.0):
+            return 0
+
+        with pytest.raises(ValueError, match="\\['T'\\] stated in its signature and in register"):
+            registry.register("_test_bad_twice", family="forward", defaults={"T": 1.0})(stated)
     assert not [n for n in registry.names() if n.startswith("_test_bad")]
 
 
@@ -377,7 +383,6 @@ BM = {
     "_test_bm_odin": dict(
         fn=_bm_odin,
         family="forward",
-        defaults={"eps": 0.0, "T": 1.0},
         grid={"eps": [0.0], "T": [1.0]},
         needs=("odin_s", "odin_eps", "odin_T"),
         sweeps=[registry.Sweep(("eps", "T"))],
@@ -385,7 +390,6 @@ BM = {
     "_test_bm_grodin": dict(
         fn=_bm_grodin,
         family="gradient",
-        defaults={"eps": 0.0, "T": 1.0},
         grid={"eps": [0.0], "T": [1.0]},
         needs=("odin_s", "grodin_sqnorm", "odin_eps", "odin_T"),
         sweeps=[registry.Sweep(("eps", "T"), ablation="grodin")],
@@ -393,7 +397,6 @@ BM = {
     "_test_bm_react": dict(
         fn=_bm_react,
         family="forward",
-        defaults={"percentile": 90.0},
         grid={"percentile": [85.0, 90.0]},
         needs=("h", "W", "b"),
         fit=_fit_clip,
@@ -402,7 +405,6 @@ BM = {
     "_test_bm_rg": dict(
         fn=_bm_rg,
         family="gradient",
-        defaults={"percentile": 90.0},
         needs=("h", "W", "b"),
         fit=_fit_clip,
         sweeps=[
@@ -414,7 +416,6 @@ BM = {
     "_test_bm_lowknn": dict(
         fn=_bm_lowknn,
         family="lowdim",
-        defaults={"subspace": "pca", "k": 5},
         grid={"k": [1, 5]},
         needs=("lowdim_{subspace}",),
         fit=_fit_lowknn,
@@ -616,3 +617,15 @@ def test_stored_scores_reproduce_the_table_exactly(bm_scores, bench, analysis_di
         assert {col: ev[k] for k, col in column_of.items()} == {col: r[col] for col in column_of.values()}, (m, o)
     sat = [r for r in rows if r["method"] == "_test_bm_saturated"]
     assert all(r["auroc"] != 0.5 for r in sat)
+
+
+def test_defaults_come_from_the_score_and_fit_signatures():
+    def fit(train, *, percentile: float = 80.0, memo=None, **_):
+        return {}
+
+    def score(arrays, state=None, *, percentile: float = 80.0, T: float = 2.0, **pp):
+        return 0
+
+    with registry.temporary_scores():
+        registry.register("_test_sig", family="forward", fit=fit, defaults={"probe": 3})(score)
+        assert registry.get("_test_sig").defaults == {"percentile": 80.0, "T": 2.0, "probe": 3}

@@ -47,7 +47,6 @@ def fake_scores():
             "_test_tune_rec",
             _rec_score,
             family="forward",
-            defaults={"a": 0.0},
             grid={"a": [0.0, 1.0]},
             needs=("x", "row"),
         )
@@ -55,7 +54,6 @@ def fake_scores():
             "_test_tune_col",
             _col_score,
             family="forward",
-            defaults={"col": 0},
             grid={"col": [0, 1, 2]},
             needs=("feat",),
         )
@@ -63,7 +61,6 @@ def fake_scores():
             "_test_tune_fit",
             _fitted_score,
             family="forward",
-            defaults={"p": 90.0, "T": 1.0},
             grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]},
             needs=("x",),
             fit=_fit_p,
@@ -72,7 +69,6 @@ def fake_scores():
             "_test_tune_fitkw",
             _fitted_score,
             family="forward",
-            defaults={"p": 90.0, "T": 1.0},
             grid={"p": [50.0, 90.0], "T": [1.0, 2.0, 3.0]},
             needs=("x",),
             fit=_fit_kw,

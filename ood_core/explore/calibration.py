@@ -13,6 +13,7 @@ import pandas as pd
 
 from .. import style
 from ..analysis_cache import AnalysisCache
+from ..grid import grid_axes
 from ..scores.decomposition import V_msp
 from .session import note
 
@@ -48,7 +49,7 @@ def id_logits(cache: AnalysisCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     if "logits" not in a or "y" not in a or (a["y"] < 0).all():
         note("ID logits / labels missing; skipping the calibration figure")
         return None
-    temps = a["odin_T"] if "odin_T" in a else cache.meta.get("grid", {}).get("odin_T", [1.0])
+    temps = grid_axes(a, cache.meta)[1] or [1.0]
     return a["logits"].astype(np.float64), a["y"], np.asarray(temps, np.float64)
 
 

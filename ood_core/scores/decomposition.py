@@ -116,7 +116,6 @@ for _q in (1, 2):
             f"family_q{_q}_{_v}",
             family="decomposition",
             display=f"{_FEATURE_TERM_DISPLAY[_q]} × {_OUTPUT_TERM_DISPLAY[_v]}",
-            defaults={"a": 1.0},
             grid={"a": [0.5, 1.0, 2.0]},
             needs=("h", "logits"),
             paper="Igoe, Chung, Char, Schneider 2022",

@@ -201,14 +201,12 @@ def _probe(name: str, state: Any, subspace: str, params: dict[str, Any]) -> Prob
     return st["probe"]
 
 
-def _reg_probe(
-    name: str, display: str, defaults: dict[str, Any], grid: dict[str, list[Any]] | None = None, fit=fit_probe_state
-):
+def _reg_probe(name: str, display: str, grid: dict[str, list[Any]] | None = None, fit=fit_probe_state):
     return register(
         name,
         family="lowdim",
         display=display,
-        defaults={"subspace": "pca", **defaults, **PROBE_DEFAULTS},
+        defaults=dict(PROBE_DEFAULTS),  # read by the fit through **params
         grid=grid or {},
         needs=(LOWDIM_INPUT,),
         fit=fit,
@@ -226,7 +224,6 @@ def fit_lowdim_knn(train: Arrays, *, subspace: str = "pca", memo: Memo | None = 
     "lowdim_knn",
     family="lowdim",
     display="Low-dim KNN",
-    defaults={"subspace": "pca", "k": 5},
     grid={"k": KNN_K_GRID},
     needs=(LOWDIM_INPUT,),
     fit=fit_lowdim_knn,
@@ -258,7 +255,6 @@ def lowdim_knn(arrays: Arrays, state: Any = None, *, subspace: str = "pca", k: i
     "lowdim_knn_published",
     family="lowdim",
     display="Low-dim KNN (Wu et al.'s k = 5)",
-    defaults={"subspace": "pca"},
     needs=(LOWDIM_INPUT,),
     fit=fit_lowdim_knn,
     paper=PAPER,
@@ -283,7 +279,6 @@ def fit_lowdim_mahalanobis(train: Arrays, *, subspace: str = "pca", **_: Any) ->
     "lowdim_mahalanobis",
     family="lowdim",
     display="Low-dim Mahalanobis",
-    defaults={"subspace": "pca"},
     needs=(LOWDIM_INPUT,),
     fit=fit_lowdim_mahalanobis,
     paper=PAPER,
@@ -298,7 +293,7 @@ def lowdim_mahalanobis(arrays: Arrays, state: Any = None, *, subspace: str = "pc
 
 
 # --------------------------------------------------------------------------- probe scores
-@_reg_probe("lowdim_msp", "Low-dim MSP", {})
+@_reg_probe("lowdim_msp", "Low-dim MSP")
 def lowdim_msp(arrays: Arrays, state: Any = None, *, subspace: str = "pca", **pp: Any) -> np.ndarray:
     """Low-dim MSP (Wu et al. 2023): s = max softmax(probe(G_low)), probe = BatchNorm1d -> Linear
     trained on training G_low (10 epochs, SGD)."""
@@ -306,7 +301,7 @@ def lowdim_msp(arrays: Arrays, state: Any = None, *, subspace: str = "pca", **pp
     return softmax(probe.logits(lowdim_array(arrays, subspace))).max(axis=1)
 
 
-@_reg_probe("lowdim_energy", "Low-dim Energy", {"T": 1.0})
+@_reg_probe("lowdim_energy", "Low-dim Energy")
 def lowdim_energy(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 1.0, **pp: Any) -> np.ndarray:
     """Low-dim Energy (Wu et al. 2023): s = T logsumexp(probe(G_low) / T)."""
     probe = _probe("lowdim_energy", state, subspace, pp)
@@ -316,7 +311,6 @@ def lowdim_energy(arrays: Arrays, state: Any = None, *, subspace: str = "pca", T
 @_reg_probe(
     "lowdim_odin",
     "Low-dim ODIN",
-    {"T": 100.0, "eps": 50.0},
     grid={"T": [1.0, 10.0, 100.0, 1000.0], "eps": [0.0, 0.005, 0.05, 0.5, 5.0, 50.0]},
 )
 def lowdim_odin(
@@ -358,7 +352,6 @@ def fit_lowdim_react(
 @_reg_probe(
     "lowdim_react",
     "Low-dim ReAct",
-    {"percentile": 90.0, "clip_from": 0},
     grid={"percentile": [70.0, 80.0] + PERCENTILE_GRID},
     fit=fit_lowdim_react,
 )
@@ -377,7 +370,7 @@ def lowdim_react(
     return logsumexp(probe.logits(z), axis=1)
 
 
-@_reg_probe("lowdim_gradnorm", "Low-dim GradNorm", {"T": 1.0})
+@_reg_probe("lowdim_gradnorm", "Low-dim GradNorm")
 def lowdim_gradnorm(
     arrays: Arrays, state: Any = None, *, subspace: str = "pca", T: float = 1.0, **pp: Any
 ) -> np.ndarray:
@@ -405,7 +398,6 @@ def fit_lowdim_knn_react(
     "lowdim_knn_react",
     family="ensemble",
     display="Low-dim KNN + ReAct",
-    defaults={"a": 1.0, "subspace": "pca", "k": 5, "percentile": 90.0},
     grid={"a": [0.1, 0.3, 1.0, 3.0, 10.0]},
     needs=("h", "W", "b", LOWDIM_INPUT),
     fit=fit_lowdim_knn_react,
@@ -427,7 +419,6 @@ def lowdim_knn_react(
     "lowdim_knn_react_published",
     family="ensemble",
     display="Low-dim KNN + ReAct (Wu et al.'s ensemble)",
-    defaults={"subspace": "pca", "percentile": 90.0},
     needs=("h", "W", "b", LOWDIM_INPUT),
     fit=fit_lowdim_knn_react,
     paper=PAPER,

@@ -3,15 +3,14 @@
 Every score is a pure function over cached arrays (see docs/architecture.md) returning a float64
 vector with **higher = more in-distribution**. Scores that need training statistics have a ``fit``.
 
-    @register("energy", family="forward", display="Energy", defaults={"T": 1.0}, grid={"T": [1.0]},
-              needs=("logits",))
+    @register("energy", family="forward", display="Energy", grid={"T": [1.0]}, needs=("logits",))
     def energy(arrays, state=None, *, T=1.0): ...
 
 An entry holds the score's
 
 * ``family`` and ``display`` name (the one name tables and figures show, :func:`display_name`; CSVs
   keep the code name, ``metrics.csv``'s ``method``);
-* ``defaults`` (its parameters) and ``grid`` (what tuning searches on validation parts);
+* ``defaults`` (its parameters: the keyword-only defaults of the score and fit functions) and ``grid`` (what tuning searches on validation parts);
 * ``needs``: the arrays it reads; a name may hold a parameter in braces, ``"lowdim_{subspace}"``
   (:meth:`ScoreSpec.inputs` fills it in). A score that reads the cached ODIN / GRODIN grid arrays
   (``odin_s``, ``grodin_sqnorm``) takes parameters ``eps`` and ``T`` (:attr:`ScoreSpec.uses_grid`);
@@ -145,6 +144,17 @@ def _check(spec: ScoreSpec) -> None:
             raise ValueError(f"score '{name}': sweep over {sw.params}, but it takes {sorted(spec.defaults)}")
 
 
+def signature_defaults(fn: Callable[..., Any] | None) -> dict[str, Any]:
+    """The keyword-only parameters of a score or fit function that have a default (``memo`` aside)."""
+    if fn is None:
+        return {}
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind == p.KEYWORD_ONLY and p.default is not p.empty and p.name != "memo"
+    }
+
+
 def register(
     name: str,
     *,
@@ -158,15 +168,32 @@ def register(
     sweeps: Sequence[Sweep] = (),
 ) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator adding a score function to the registry (fields: module docstring); ``display``
-    is the method's name in tables and figures (empty: the code name is shown)."""
+    is the method's name in tables and figures (empty: the code name is shown). The parameters'
+    defaults are the keyword-only defaults of ``fn`` and ``fit``; ``defaults`` adds those that
+    neither signature states (e.g. read through ``**params``), never one stated there too."""
     if family not in FAMILIES:
         raise ValueError(f"score '{name}': family must be one of {FAMILIES}, got '{family}'")
 
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in _REGISTRY:
             raise ValueError(f"score '{name}' is registered twice")
+        stated = {**signature_defaults(fit), **signature_defaults(fn)}
+        twice = sorted(set(stated) & set(defaults or {}))
+        if twice:
+            raise ValueError(
+                f"score '{name}': default(s) of {twice} stated in its signature and in register(defaults=)"
+            )
         spec = ScoreSpec(
-            name, family, fn, fit, dict(defaults or {}), dict(grid or {}), tuple(needs), paper, display, tuple(sweeps)
+            name,
+            family,
+            fn,
+            fit,
+            {**stated, **(defaults or {})},
+            dict(grid or {}),
+            tuple(needs),
+            paper,
+            display,
+            tuple(sweeps),
         )
         _check(spec)
         _REGISTRY[name] = spec
