@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "paired": None,  # paired.csv: method names (every pair) and/or [a, b] pairs; null: best of each family
     },
     "notebooks": {"run": True, "params": {}},
+    "seeds": {"runs": []},  # analysis.seeds: benchmark output folders of this profile, one per training seed
 }
 
 # Paths whose value is a mapping of user-chosen names / free options.
