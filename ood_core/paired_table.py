@@ -52,9 +52,10 @@ def group_score(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     _, body = summary(rows, "auroc")
     out = {}
     for e in body:
-        vals = [e.get(f"{g} avg") for g in GROUPS if f"{g} avg" in e]
-        if vals and all(v is not None for v in vals):
-            out[e["method"]] = float(np.mean(vals))
+        got = [e.get(f"{g} avg") for g in GROUPS if f"{g} avg" in e]
+        vals = [float(v) for v in got if v is not None]
+        if vals and len(vals) == len(got):
+            out[e["method"]] = sum(vals) / len(vals)
     return out
 
 

@@ -120,7 +120,7 @@ def aggregate(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str,
 
 
 def _mean_or_none(xs: Sequence[float | None]) -> float | None:
-    return None if any(x is None for x in xs) else sum(xs) / len(xs)  # type: ignore[arg-type, misc]
+    return None if any(x is None for x in xs) else sum(xs) / len(xs)  # type: ignore[arg-type]
 
 
 def _row(proto: str, method: str, family: str, ood_set: str, group: str, per: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -138,8 +138,8 @@ def _row(proto: str, method: str, family: str, ood_set: str, group: str, per: Ma
         row[f"{k}_mean"], row[f"{k}_std"], row[f"{k}_per_seed"] = mean, std, vals
     first = next(iter(per.values()))
     for k in ("n_id", "n_ood"):
-        vals = {r.get(k) for r in per.values()}
-        row[k] = first.get(k) if len(vals) == 1 else None
+        counts = {r.get(k) for r in per.values()}
+        row[k] = first.get(k) if len(counts) == 1 else None  # None when the seeds' row counts differ
     return row
 
 
