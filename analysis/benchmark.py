@@ -16,8 +16,10 @@ sweeps and ablations and writes the tables.
 
 Output in ``fig_dir``: metrics.csv/.md/.tex, ablation_grodin.*, ablation_rg_percentile.*,
 ablation_lowdim_k.*, ablation_lowdim_subspace.*, sweep_odin.csv, sweep_react.csv, sweep_knn.csv,
-chosen_hyperparams.json, reference.md, skipped.csv; and ``<analysis_dir>/scores/<name>.npz``
-(test-part scores, float64 as scored; ``_test_idx`` = indices into that set's arrays; in the ID file
+chosen_hyperparams.json, reference.md, skipped.csv, paired.csv/.md (paired bootstrap of the near / far
+AUROC differences, ``ood_core.paired_table``; ``benchmark.bootstrap`` resamples, as the std in
+metrics.csv); and ``<analysis_dir>/scores/<name>.npz`` (test-part scores, float64 as scored;
+``_test_idx`` = indices into that set's arrays; ``_protocol`` the protocol; in the ID file
 ``<method>__vs__<ood>`` holds the ID scores at the parameters used for that OOD set, ``<method>`` when
 they are the same for all).
 
@@ -45,6 +47,8 @@ from ood_core.cache import write_text
 from ood_core.cuts import profile_cuts
 from ood_core.grid import point_available
 from ood_core.grid_selection import choose_settings
+from ood_core.paired_table import COLUMNS as PAIRED_COLUMNS
+from ood_core.paired_table import paired_markdown, paired_rows, resolve_pairs
 from ood_core.reference_compare import write_reference_md
 from ood_core.scores import registry  # importing the package registers every score
 from ood_core.table_csv import json_default, write_csv, write_metrics_csv
@@ -82,12 +86,17 @@ def run_benchmark(
     held_out: str | None = None,
     strict: bool = True,
     cuts: Sequence[str] = (),
+    paired: Sequence[Any] | None = None,
 ) -> BenchmarkResult:
     """Run every (or the given) registered method; write the tables to ``fig_dir`` and the test-part
     scores to ``<analysis_dir>/scores/``.
 
     ``strict=False`` turns unexpected errors of a method into a skipped.csv entry instead of raising;
-    missing arrays always lead to a skip with the reason logged."""
+    missing arrays always lead to a skip with the reason logged. ``paired``: the pairs of paired.csv
+    (``benchmark.paired``; None: the best method of each family, see ``ood_core.paired_table``)."""
+    for item in paired or ():
+        for m in [item] if isinstance(item, str) else item:
+            registry.get(m)  # a wrong name fails before the long part, listing the known ones
     analysis_dir, fig_dir = Path(analysis_dir), Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     cache = AnalysisCache(analysis_dir)
@@ -166,7 +175,13 @@ def run_benchmark(
         cuts=cuts,
     )
     for ds, scores in res.scores.items():
-        cache.write_scores(ds, scores)
+        cache.write_scores(ds, scores, protocol=str(info["protocol"]))
+    pairs = resolve_pairs(paired, rows) if rows and bootstrap_n >= 2 else []
+    prows = paired_rows(
+        res.scores, data.id_name, data.groups, pairs, n=bootstrap_n, seed=seed, protocol=str(info["protocol"])
+    )
+    write_csv(prows, fig_dir / "paired.csv", PAIRED_COLUMNS)
+    write_text(fig_dir / "paired.md", paired_markdown(prows, str(info["title"])))
     if skipped:
         log.warning("skipped %d method(s); see %s", len(skipped), fig_dir / "skipped.csv")
     return BenchmarkResult(
@@ -365,9 +380,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     protocol = a.protocol or b["protocol"]
     boot = a.bootstrap_n if a.bootstrap_n is not None else int(b["bootstrap"])
     held_out = a.held_out or b["held_out"]
+    paired = b["paired"]
     cuts = profile_cuts(ctx.cfg)
     stamp = hash_config(
-        _inputs_digest(ctx.analysis_dir), _code_digest(), methods, protocol, boot, held_out, ctx.cfg["seed"], cuts
+        _inputs_digest(ctx.analysis_dir),
+        _code_digest(),
+        methods,
+        protocol,
+        boot,
+        held_out,
+        ctx.cfg["seed"],
+        cuts,
+        paired,
     )
     stamp_file = ctx.fig_dir / ".benchmark_stamp.json"
     if not ctx.force and _stored_stamp(stamp_file) == stamp:
@@ -387,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         held_out=held_out,
         strict=not a.keep_going,
         cuts=cuts,
+        paired=paired,
     ).metrics_csv
     from .costs import write_method_costs
 

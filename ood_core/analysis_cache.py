@@ -11,7 +11,8 @@ Layout (written by the pipeline stages, see docs/architecture.md)::
     <analysis_dir>/timings.csv         method, seconds_per_1000, device, batch_size         (extract stage)
     <analysis_dir>/scores/<name>.npz   one key per method: test-part scores (float64), higher = ID; (benchmark)
                                        ``_test_idx`` = the rows of arrays/<name>.npz scored; in the ID
-                                       file ``<method>__vs__<ood>`` where parameters differ per OOD set
+                                       file ``<method>__vs__<ood>`` where parameters differ per OOD set;
+                                       ``_protocol`` = the tuning protocol they were scored under
 
     cache = AnalysisCache("../cache/demo/analysis")
     h = cache.arrays(cache.meta["id_test"])["h"]
@@ -43,6 +44,8 @@ PRODUCERS = {
     "metrics.csv": "the benchmark stage (python -m analysis.benchmark)",
 }
 TEST_IDX_KEY = "_test_idx"  # in scores/<name>.npz: the rows of arrays/<name>.npz that were scored
+PROTOCOL_KEY = "_protocol"  # in scores/<name>.npz: the tuning protocol the scores were made under
+SCORES_META_KEYS = (TEST_IDX_KEY, PROTOCOL_KEY)  # the members of scores/<name>.npz that are not scores
 
 
 def arrays_file(analysis_dir: Path, name: str) -> Path:
@@ -302,9 +305,9 @@ class AnalysisCache:
     def scores(self, name: str) -> dict[str, np.ndarray]:
         """{method: test-part scores} of dataset ``name`` (higher = more in-distribution).
 
-        Private keys (``_test_idx``) are left out; in the ID file a method tuned per OOD set appears
-        as ``<method>__vs__<ood>`` (see :meth:`score`)."""
-        return {k: v for k, v in self._raw_scores(name).items() if not k.startswith("_")}
+        The file's own fields (``_test_idx``, ``_protocol``) are left out; in the ID file a method tuned
+        per OOD set appears as ``<method>__vs__<ood>`` (see :meth:`score`)."""
+        return {k: v for k, v in self._raw_scores(name).items() if k not in SCORES_META_KEYS}
 
     def score(self, name: str, method: str, ood: str | None = None) -> np.ndarray | None:
         """Stored test-part scores of ``method`` on ``name``; for the ID set, ``<method>__vs__<ood>``
@@ -321,10 +324,18 @@ class AnalysisCache:
     def has_scores(self, name: str) -> bool:
         return self.scores_path(name).is_file()
 
-    def write_scores(self, name: str, scores: Mapping[str, np.ndarray]) -> Path:
+    def scores_protocol(self, name: str) -> str | None:
+        """The tuning protocol ``scores/<name>.npz`` was written under (None: not recorded)."""
+        p = self._raw_scores(name).get(PROTOCOL_KEY)
+        return None if p is None else str(p)
+
+    def write_scores(self, name: str, scores: Mapping[str, np.ndarray], protocol: str | None = None) -> Path:
         """Atomically write ``scores/<name>.npz``: ``{method: test-part scores}`` as given (float64 as
-        scored) plus ``_test_idx`` = the split's test part (the rows they score, in that order)."""
+        scored) plus ``_test_idx`` = the split's test part (the rows they score, in that order) and
+        ``_protocol`` when given."""
         payload = {TEST_IDX_KEY: self.split(name)[1], **scores}
+        if protocol is not None:
+            payload[PROTOCOL_KEY] = np.array(protocol)
         self._scores.pop(name, None)
         return save_npz(self.scores_path(name), payload, compress=False)
 

@@ -77,10 +77,12 @@ DEFAULTS: dict[str, Any] = {
     "benchmark": {
         "protocol": "per_ood_val",
         "held_out": None,
-        "bootstrap": 100,
+        "bootstrap": 100,  # resamples of the AUROC std (metrics.csv) and of the paired differences (paired.csv)
         "methods": None,
+        "paired": None,  # paired.csv: method names (every pair) and/or [a, b] pairs; null: best of each family
     },
     "notebooks": {"run": True, "params": {}},
+    "seeds": {"runs": []},  # analysis.seeds: benchmark output folders of this profile, one per training seed
 }
 
 # Paths whose value is a mapping of user-chosen names / free options.
@@ -108,6 +110,7 @@ NULLABLE: dict[tuple[str, ...], tuple[type, ...]] = {
     ("lowdim", "n_samples"): (int,),
     ("benchmark", "held_out"): (str,),
     ("benchmark", "methods"): (list,),
+    ("benchmark", "paired"): (list,),
 }
 ALSO_ALLOWED: dict[tuple[str, ...], tuple[type, ...]] = {
     ("train", "warmup_epochs"): (float,),

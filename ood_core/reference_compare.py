@@ -3,12 +3,17 @@
 Each published entry for the same ID dataset whose OOD set maps to ours (``reference.SET_MAP``) is
 paired with our value on the mapped set(s) (their mean, in percent) and the gap ``ours - theirs``;
 AUROC gaps above :data:`GAP_THRESHOLD` points are listed with what differs between the two setups.
+:func:`openood_rank_correlation`: Spearman's rho of our method ranking vs OpenOOD v1.5's leaderboard
+(its values from :mod:`ood_core.reference`, ours on the mapped sets).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from . import reference as ref
 from .cache import write_text
@@ -146,6 +151,7 @@ def reference_markdown(
                 f"{c['tag']}: differs in {_differs_line(c, model, protocol, preprocessing)}."
             )
         lines.append("")
+    lines += rank_correlation_lines(rows, id_dataset)
     if cuts:
         lines += ["## Cuts of this run (what the full study does differently)", ""]
         lines += [f"- {c}" for c in cuts] + [""]
@@ -155,6 +161,82 @@ def reference_markdown(
             lines.append(f"- `{ours}` ~ {theirs}: {compb} — {note}")
     lines += ["- " + ref.ABSENT_NOTE, ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's rho between our AUROC and a published one over the methods both have: rho = the
+    Pearson correlation of the two rankings (average ranks for ties); None below 3 methods or when
+    one side is constant. ``ours`` / ``theirs``: method -> value (percent) in the compared order."""
+
+    group: str
+    rho: float | None
+    ours: dict[str, float]
+    theirs: dict[str, float]
+
+    @property
+    def n(self) -> int:
+        return len(self.ours)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation: Pearson's r of the average ranks of ``x`` and ``y``."""
+    from scipy.stats import rankdata
+
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} vs {len(y)} values")
+    if len(x) < 3:
+        return None
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def openood_rank_correlation(
+    rows: Sequence[Mapping[str, Any]], group: str, id_dataset: str = "cifar10"
+) -> RankCorrelation:
+    """Spearman's rho of our AUROC ranking vs OpenOOD v1.5's leaderboard (``reference.OPENOOD``) on
+    ``group`` ``near`` / ``far`` (ours on the sets ``reference.SET_MAP`` maps there, as reference.md
+    compares them) or ``mean`` (each side's (near + far) / 2), over the methods both have."""
+    if group not in ("near", "far", "mean"):
+        raise ValueError(f"group must be near, far or mean, got {group!r}")
+    per: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for g in ("near", "far"):
+        refs = ref.entries(source=ref.OPENOOD, id_dataset=id_dataset, metric="auroc", ood_set=g)
+        comp = [c for c in reference_comparison(rows, id_dataset, refs) if c["ours"] is not None]
+        per[g] = ({c["method"]: c["ours"] for c in comp}, {c["method"]: c["value"] for c in comp})
+    if group == "mean":
+        both = [m for m in per["near"][0] if m in per["far"][0]]
+        ours = {m: (per["near"][0][m] + per["far"][0][m]) / 2 for m in both}
+        theirs = {m: (per["near"][1][m] + per["far"][1][m]) / 2 for m in both}
+    else:
+        ours, theirs = per[group]
+    methods = sorted(ours, key=lambda m: -theirs[m])
+    ours, theirs = {m: ours[m] for m in methods}, {m: theirs[m] for m in methods}
+    return RankCorrelation(group, spearman(list(ours.values()), list(theirs.values())), ours, theirs)
+
+
+def rank_correlation_lines(rows: Sequence[Mapping[str, Any]], id_dataset: str) -> list[str]:
+    """reference.md's section on :func:`openood_rank_correlation` (empty when no method is shared)."""
+    out = []
+    for g in ("near", "far", "mean"):
+        rc = openood_rank_correlation(rows, g, id_dataset)
+        if rc.n == 0:
+            continue
+        rho = "undefined (fewer than 3 methods or a constant side)" if rc.rho is None else f"{rc.rho:+.2f}"
+        names = ", ".join(display_name(m) for m in rc.ours)
+        out.append(f"- {g}: Spearman ρ = {rho} over {rc.n} methods ({names}; OpenOOD's order)")
+    if not out:
+        return []
+    head = [
+        f"## Rank correlation with {ref.OPENOOD}",
+        "",
+        "Our AUROC ranking vs OpenOOD's on the methods both have; ours on the sets the set mapping below "
+        "assigns to near / far (not OpenOOD's full groups), mean = (near + far) / 2 on each side.",
+        "",
+    ]
+    return [*head, *out, ""]
 
 
 def write_reference_md(rows: Sequence[Mapping[str, Any]], path: Path, **kw: Any) -> Path:

@@ -509,6 +509,8 @@ EXPECTED_FILES = [
     "chosen_hyperparams.json",
     "reference.md",
     "skipped.csv",
+    "paired.csv",
+    "paired.md",
     *(
         f"{stem}.{ext}"
         for stem in ("ablation_grodin", "ablation_rg_percentile", "ablation_lowdim_k", "ablation_lowdim_subspace")
@@ -560,6 +562,40 @@ def test_benchmark_end_to_end(bm_scores, bench, analysis_dir, tmp_path):
     sid = np.load(analysis_dir / "scores" / "cifar10_test.npz")
     assert sid["_test_bm_msp__vs__mnist"].shape == (70,) and "_test_bm_msp" in sid.files
     np.testing.assert_array_equal(sid["_test_idx"], np.load(analysis_dir / "splits.npz")["cifar10_test__test"])
+
+
+def test_paired_csv_equals_the_pairs_recomputed_from_the_stored_scores(bm_scores, bench, analysis_dir, tmp_path):
+    from ood_core.analysis_cache import AnalysisCache
+    from ood_core.paired_table import paired_from_cache
+
+    fig = tmp_path / "fig_paired"
+    methods = ["_test_bm_msp", "_test_bm_odin", "_test_bm_grodin", "_test_bm_react"]
+    bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=methods, bootstrap_n=20, seed=3, paired=None)
+    with open(fig / "paired.csv") as f:
+        written = list(csv.DictReader(f))
+    # default pairs: the best of each family present (forward, gradient), the better one first
+    assert len(written) == 2 and {r["group"] for r in written} == {"near", "far"}
+    a, b = written[0]["method_a"], written[0]["method_b"]
+    assert (a, b) == ("_test_bm_grodin", "_test_bm_react")  # the best forward score is react here
+    assert written[0]["protocol"] == "per_ood_val" and written[0]["bootstrap_n"] == "20"
+    again = paired_from_cache(AnalysisCache(analysis_dir), [(a, b)], n=20, seed=3)
+    assert [(r["group"], repr(r["diff"]), repr(r["ci_low"]), repr(r["ci_high"])) for r in again] == [
+        (r["group"], r["diff"], r["ci_low"], r["ci_high"]) for r in written
+    ]
+    assert AnalysisCache(analysis_dir).scores_protocol("mnist") == "per_ood_val"
+    md = (fig / "paired.md").read_text()
+    assert "per_ood_val" in md and "20 resamples" in md
+    bench.run_benchmark(
+        analysis_dir=analysis_dir,
+        fig_dir=fig,
+        methods=methods,
+        bootstrap_n=20,
+        paired=[["_test_bm_msp", "_test_bm_react"]],
+    )
+    with open(fig / "paired.csv") as f:
+        assert {(r["method_a"], r["method_b"]) for r in csv.DictReader(f)} == {("_test_bm_msp", "_test_bm_react")}
+    with pytest.raises(KeyError, match="no_such_method"):
+        bench.run_benchmark(analysis_dir=analysis_dir, fig_dir=fig, methods=methods, paired=["no_such_method"])
 
 
 def test_benchmark_held_out_and_defaults(bm_scores, bench, analysis_dir, tmp_path):
