@@ -24,6 +24,8 @@ COMPONENT_OF = {
     "odin_s": "grodin_one_grid_point",
     "grodin_sqnorm": "grodin_one_grid_point",
     "kl_allw_sqnorm": "kl_allweights",
+    "gaia_z": "activation_grads",
+    "gaia_a": "activation_grads",
 }
 
 
@@ -32,7 +34,7 @@ def _components(inputs: tuple[str, ...]) -> list[str]:
     come from the component of that name), the forward pass first."""
     out = ["forward"]
     for k in inputs:
-        c = COMPONENT_OF.get(k, k if k.startswith("lowdim_") else None)
+        c = COMPONENT_OF.get(k, k if k.startswith("lowdim_") else "activation_grads" if k.startswith("nac_") else None)
         if c is not None and c not in out:
             out.append(c)
     return out

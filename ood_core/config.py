@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "kl_allweights": True,
         "grad_chunk": 64,
         "grodin_test_points": "grid",
+        "activation_grads": True,  # NAC-UE / GAIA arrays (ood_core/grads/activations.py)
     },
     "lowdim": {
         "enabled": True,

@@ -102,6 +102,34 @@ def _grid_of_batch(
     )
 
 
+# --------------------------------------------------------------------------- activation gradients
+# NAC-UE and GAIA arrays (grads/activations.py), switched by ``extract.activation_grads``.
+def _activation_grads_on(cfg: Mapping[str, Any]) -> bool:
+    from .config import DEFAULTS
+
+    return bool(cfg.get("activation_grads", DEFAULTS["extract"]["activation_grads"]))
+
+
+def _activation_grads_of_batch(
+    model: OODModel,
+    xb: torch.Tensor,
+    parts: dict[str, list[np.ndarray]],
+    seconds: dict[str, float],
+    device: torch.device,
+) -> None:
+    """Append one batch's ``nac_<stage>``, ``gaia_z``, ``gaia_a`` to ``parts`` (timed as ``activation_grads``)."""
+    from .grads.activations import activation_arrays
+
+    t = time.perf_counter()
+    for key, value in activation_arrays(model, xb).items():
+        parts[key].append(value.float().cpu().numpy())
+    _sync(device)
+    seconds["activation_grads"] += time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- end of activation gradients
+
+
 @exact_float32()  # every caller (stage, API, Detector) gets the same float32 arrays
 def extract_arrays(
     model: OODModel,
@@ -191,6 +219,8 @@ def extract_arrays(
             seconds["grodin_grid"] += time.perf_counter() - t
             for key in GRID_VALUE_KEYS:
                 parts[key].append(np.asarray(g[key], dtype=np.float32))
+        if _activation_grads_on(cfg):
+            _activation_grads_of_batch(model, xb, parts, seconds, device)
         if fused:
             continue
         if cfg["kl_allweights"]:

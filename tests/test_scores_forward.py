@@ -33,6 +33,9 @@ def _arrays(h, W, b, y=None, seed=0, lowdim=None):
         "grodin_sqnorm": r.uniform(0, 10, (21, 10, n)).astype(np.float32),
         "kl_allw_sqnorm": r.uniform(0, 10, n).astype(np.float32),
         "lowdim_pca": r.normal(size=(n, K)) if lowdim is None else lowdim,
+        "gaia_z": r.uniform(0, 1, n).astype(np.float32),
+        "gaia_a": r.uniform(0, 10, n).astype(np.float32),
+        **{f"nac_layer{i}": r.normal(size=(n, 2 * i)).astype(np.float32) for i in (1, 2, 3)},
     }
     if y is not None:
         a["y"] = y

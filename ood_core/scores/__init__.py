@@ -1,11 +1,12 @@
 """OOD scores: one module per family (the forward family in two: forward, forward_recent), one registry
 (see registry.py).
 
-Importing this package registers every score (forward, gradient, decomposition, lowdim, ensemble).
+Importing this package registers every score (forward, gradient, activation gradient, decomposition,
+lowdim, ensemble).
 """
 
 # isort: off
-from . import forward, forward_recent, lastlayer, grodin, decomposition, lowdim  # noqa: F401,E402  (registers scores, in this order)
+from . import forward, forward_recent, lastlayer, grodin, activation_grad, decomposition, lowdim  # noqa: F401,E402  (registers scores, in this order)
 
 # isort: on
 from .memo import Memo  # noqa: F401

@@ -35,11 +35,12 @@ Arrays = Mapping[str, np.ndarray]
 ScoreFn = Callable[..., np.ndarray]
 FitFn = Callable[..., Any]
 
-FAMILIES = ("forward", "gradient", "decomposition", "lowdim", "ensemble")
+FAMILIES = ("forward", "gradient", "activation_gradient", "decomposition", "lowdim", "ensemble")
 # what tables and figures call each family
 FAMILY_DISPLAY = {
     "forward": "Forward (features / logits)",
     "gradient": "Gradient",
+    "activation_gradient": "Activation gradient",
     "decomposition": "Igoe family (no backward pass)",
     "lowdim": "Low-dim gradient (Wu et al.)",
     "ensemble": "Ensemble",
