@@ -148,8 +148,16 @@ class AnalysisCache:
 
     @property
     def class_names(self) -> list[str]:
+        """``meta['class_names']``; else the known names of the ID dataset (CIFAR-10) when the class
+        count matches; else '0', '1', ..."""
         c = int(self.meta.get("num_classes", 0))
-        return list(self.meta.get("class_names") or [str(i) for i in range(c)])
+        if self.meta.get("class_names"):
+            return list(self.meta["class_names"])
+        from .data.openood_splits import CIFAR10_CLASSES
+
+        if self.meta.get("id_dataset") == "cifar10" and c == len(CIFAR10_CLASSES):
+            return list(CIFAR10_CLASSES)
+        return [str(i) for i in range(c)]
 
     @property
     def id_dataset(self) -> str:

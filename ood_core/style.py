@@ -16,12 +16,17 @@ colours from :func:`ood_colors` (same set -> same colour in every notebook). Sco
 
 Figure conventions shared by the notebooks: :func:`label_log_axis` (readable log-axis labels),
 :func:`label_row_groups` (group names beside the rows of a heatmap), :func:`scatter_groups` (the
-smallest group drawn last, all semi-transparent, so that none hides another). Methods are shown by
-their registered display names (``ood_core.scores.display_name``), never their code names.
+smallest group drawn last, all semi-transparent, so that none hides another), :func:`legend_outside`.
+Names: :func:`display` is the one mapping from code names (sets, datasets, models, arrays, subspaces,
+devices; methods through their registered display names, ``ood_core.scores.display_name``) to what a
+figure shows; :func:`code_names_in` lists the texts of a figure that still show a code name.
+Every figure is written with the numbers it shows: ``savefig(fig, fig_dir, name, numbers=df)`` ->
+``name.png``, ``name.pdf``, ``name.csv``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -54,8 +59,18 @@ PALETTE = [
 ]
 ID_COLOR = PALETTE[0]
 OOD_COLOR = "0.6"
-# OOD sets are drawn from the palette minus the ID colour and the grey
-_OOD_CYCLE = [c for c in PALETTE[1:] if c != "#949494"]
+CONTEXT_COLOR = "0.82"  # points shown only as context (the other role in a t-SNE panel)
+# classes of the ID set: the colorblind palette with its grey replaced by black, so that no class
+# shares the grey of pooled OOD data
+CLASS_PALETTE = [c if c != "#949494" else "#000000" for c in PALETTE]
+# individual OOD sets: Paul Tol's colour-blind-safe "muted" qualitative palette (no ID blue, no grey),
+# each set also with its own marker and line style, so that sets stay apart where colours are close
+OOD_PALETTE = ["#CC6677", "#117733", "#DDCC77", "#332288", "#AA4499", "#44AA99", "#999933", "#882255", "#E69F00"]
+OOD_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<"]
+OOD_LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2, 2, 2)), "-"]
+_OOD_CYCLE = OOD_PALETTE
+# families of methods (compute-cost bars): clearly different hues, none the ID blue
+FAMILY_COLORS = ["#de8f05", "#029e73", "#cc78bc", "#56b4e9", "#ca9161", "#949494"]
 DIVERGING_CMAP = "RdBu"  # red below chance, white at chance, blue above
 
 RC: dict[RcKeyType, Any] = {  # keys: matplotlib's rcParams names (checked by mypy)
@@ -112,14 +127,28 @@ def figsize(cols: float = 1.0, aspect: float = 0.75) -> tuple[float, float]:
 
 
 def ood_colors(names: Iterable[str]) -> dict[str, str]:
-    """Stable colour per OOD set name (in the given order), cycling through the palette."""
+    """Stable colour per OOD set name (in the given order), cycling through :data:`OOD_PALETTE`."""
     return {n: _OOD_CYCLE[i % len(_OOD_CYCLE)] for i, n in enumerate(names)}
 
 
+def ood_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{OOD set: {color, marker, linestyle}} in the given order: colour, marker and line style all
+    change from one set to the next, so two sets never look alike even where their curves coincide."""
+    colors = ood_colors(names)
+    return {
+        n: {
+            "color": c,
+            "marker": OOD_MARKERS[i % len(OOD_MARKERS)],
+            "linestyle": OOD_LINESTYLES[i % len(OOD_LINESTYLES)],
+        }
+        for i, (n, c) in enumerate(colors.items())
+    }
+
+
 def class_colors(num_classes: int) -> list:
-    """One colour per class: the colorblind palette up to 10 classes, else a continuous map."""
-    if num_classes <= len(PALETTE):
-        return PALETTE[:num_classes]
+    """One colour per class: :data:`CLASS_PALETTE` up to 10 classes (no grey), else a continuous map."""
+    if num_classes <= len(CLASS_PALETTE):
+        return CLASS_PALETTE[:num_classes]
     import matplotlib.pyplot as plt
 
     cmap = plt.get_cmap("turbo")
@@ -191,20 +220,187 @@ def label_row_groups(
     return runs
 
 
-def scatter_groups(ax, x, y, groups: Mapping[str, tuple[np.ndarray, str]], alpha: float = 0.5, **kw) -> list:
+def scatter_groups(
+    ax,
+    x,
+    y,
+    groups: Mapping[str, tuple[np.ndarray, str]],
+    alpha: float = 0.5,
+    hollow: Iterable[str] = (),
+    last: str | None = None,
+    **kw,
+) -> list:
     """Scatter each group (label -> (boolean mask, colour)) semi-transparently, the largest group
     first and the smallest last (on top), so a small group (ID test beside several OOD sets) is not
-    buried under a large one. Returns one opaque legend handle per group, in the given order:
+    buried under a large one. Groups named in ``hollow`` are drawn as open rings, so that the points
+    under them stay visible; ``last`` names a group drawn on top regardless of size. Returns one opaque legend handle per group, in the given order:
     ``ax.legend(handles=...)``."""
     from matplotlib.lines import Line2D
 
-    x, y = np.asarray(x), np.asarray(y)
-    for m, c in sorted(groups.values(), key=lambda g: -int(np.sum(g[0]))):
-        ax.scatter(x[m], y[m], color=c, alpha=alpha, linewidths=0, **kw)
+    x, y, hollow = np.asarray(x), np.asarray(y), set(hollow)
+    order = sorted(groups.items(), key=lambda g: -int(np.sum(g[1][0])))
+    if last is not None:  # this group on top instead (small dots inside the larger rings of another)
+        order = [g for g in order if g[0] != last] + [g for g in order if g[0] == last]
+    for label, (m, c) in order:
+        if label in hollow:
+            ring = {**kw, "s": 3 * kw.get("s", 4)}  # rings larger than the dots they may surround
+            ax.scatter(x[m], y[m], facecolors="none", edgecolors=c, alpha=min(1.0, alpha + 0.2), linewidths=0.5, **ring)
+        else:
+            ax.scatter(x[m], y[m], color=c, alpha=alpha, linewidths=0, **kw)
     return [
-        Line2D([], [], linestyle="none", marker="o", markersize=4, color=c, label=label)
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="o",
+            markersize=4,
+            color=c,
+            markerfacecolor="none" if label in hollow else c,
+            label=label,
+        )
         for label, (_, c) in groups.items()
     ]
+
+
+def legend_outside(fig, handles=None, labels=None, where: str = "right", **kw):
+    """One figure legend outside every axes (``where``: 'right' or 'top'), never over data."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    if not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):  # 'outside' needs it
+        fig.set_layout_engine("constrained")
+    if handles is None:
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+    loc = {"right": "outside right center", "top": "outside upper center", "bottom": "outside lower center"}[where]
+    if where != "right":
+        kw.setdefault("ncol", max(1, min(len(handles), 4)))
+    return fig.legend(handles, labels, loc=loc, **kw)
+
+
+# --------------------------------------------------------------------------------------- display names
+# One source of truth for what figures call datasets, sets, models, cached arrays, subspaces and devices
+# (methods: their registered display names, :func:`ood_core.scores.display_name`). Unknown names are
+# shown with underscores as spaces, so that no code name reaches a figure.
+DATASET_NAMES = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "svhn": "SVHN",
+    "mnist": "MNIST",
+    "fashionmnist": "Fashion-MNIST",
+    "imagenet": "ImageNet",
+    "tinyimagenet": "Tiny ImageNet",
+    "dtd": "Textures (DTD)",
+    "dtd10": "Textures (DTD, 10 classes)",
+    "places365": "Places365",
+    "lsun": "LSUN",
+    "isun": "iSUN",
+    "gaussian_noise": "Gaussian noise",
+    "uniform_noise": "Uniform noise",
+}
+ROLE_NAMES = {"id_test": "ID test", "train": "training set", "id_val": "ID validation"}
+MODEL_NAMES = {
+    "resnet18_cifar": "ResNet-18",
+    "wrn28_10": "WRN-28-10",
+    "small_cnn": "small CNN",
+    "resnet50_tv": "ResNet-50 (torchvision)",
+}
+ARRAY_NAMES = {
+    "h": "penultimate features h",
+    "logits": "logits",
+    "y": "labels",
+    "kl_allw_sqnorm": "‖∇KL(u‖p)‖² (all weights)",
+    "grodin_sqnorm": "‖∇CE‖² (all weights)",
+    "odin_s": "perturbed max softmax S",
+    "odin_T": "temperature T",
+    "odin_eps": "perturbation ε",
+}
+SUBSPACE_NAMES = {
+    "pca": "PCA",
+    "avg": "class means",
+    "class_mean": "class means",
+    "pca_last_block": "PCA of the last block",
+}
+DEVICE_NAMES = {"cpu": "CPU", "cuda": "GPU", "mps": "Apple GPU"}
+DISPLAY_NAMES: dict[str, str] = {
+    **DATASET_NAMES,
+    **ROLE_NAMES,
+    **MODEL_NAMES,
+    **ARRAY_NAMES,
+    **DEVICE_NAMES,
+    **{f"lowdim_{k}": f"low-dim gradients ({v})" for k, v in SUBSPACE_NAMES.items()},
+}
+_CORRUPTED = re.compile(r"^(?P<base>[a-z0-9]+?)c_(?P<kind>[a-z_]+?)(?P<sev>\d)$")
+
+
+def display(name: str, kind: str = "") -> str:
+    """What a figure calls ``name``: a dataset / set / model / array / device from the tables above, a
+    corrupted set ``<dataset>c_<corruption><severity>`` as 'CIFAR-10-C <corruption> (sev. s)', a
+    subspace (``kind='subspace'``), a registered method (its display name), else the name with spaces."""
+    name = str(name)
+    if kind == "subspace" and name in SUBSPACE_NAMES:
+        return SUBSPACE_NAMES[name]
+    if name in DISPLAY_NAMES:
+        return DISPLAY_NAMES[name]
+    head, sep, rest = name.replace(":", " ", 1).partition(" ")
+    if sep and head in DEVICE_NAMES:  # 'cpu (synthetic)', 'cuda:0'
+        return f"{DEVICE_NAMES[head]} {rest}"
+    m = _CORRUPTED.match(name)
+    if m and m["base"] in DATASET_NAMES:
+        kind = m["kind"].replace("_", " ").replace("gaussian", "Gaussian")
+        return f"{DATASET_NAMES[m['base']]}-C {kind} (sev. {m['sev']})"
+    from .scores import display_name  # a method (lazy: importing the style stays light)
+
+    shown = display_name(name)
+    return shown if shown != name else name.replace("_", " ")
+
+
+def set_name(name: str, id_name: str = "", id_dataset: str = "") -> str:
+    """A set's name in figures: the ID test set as '<dataset> test (ID)', others by :func:`display`."""
+    if name == id_name:
+        return f"{DATASET_NAMES[id_dataset]} test (ID)" if id_dataset in DATASET_NAMES else "ID test"
+    return display(name)
+
+
+# method code names that are also plain words of a caption ("log scale", "energy"): not flagged
+PLAIN_WORDS = {"scale", "energy", "react", "dice", "gen"}
+
+
+def code_names(cache) -> set[str]:
+    """Names a figure of ``cache`` must never show verbatim: its sets, model, array keys, subspaces,
+    device and every registered method whose display name differs (code names equal to their display
+    name, such as 'logits', and names shorter than 3 characters, such as 'h', are left out)."""
+    from .scores.registry import names as method_names
+
+    meta = cache.meta
+    names = {cache.id_name, *cache.ood_names, str(meta.get("train", "")), str(meta.get("model", ""))}
+    names |= {str(meta.get("device", "")), *map(str, meta.get("lowdim_subspaces", []))}
+    for n in [cache.id_name, *cache.ood_names]:
+        names |= set(cache.arrays(n).keys())
+    names |= set(method_names()) - PLAIN_WORDS
+    names |= set(DISPLAY_NAMES)
+    return {n for n in names if len(n) >= 3 and display(n) != n}
+
+
+def figure_texts(fig) -> list[str]:
+    """Every non-empty visible text of ``fig``: titles, axis labels, tick labels, legends, annotations."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    return [t.get_text() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+_SNAKE = re.compile(r"\b[A-Za-z0-9]+_[A-Za-z0-9_]*[A-Za-z0-9]\b")  # a snake_case word
+
+
+def code_names_in(fig, codes: Iterable[str]) -> list[str]:
+    """The texts of ``fig`` that show a code name: one of ``codes`` as a whole word (case-sensitive),
+    or any snake_case word outside mathtext."""
+    pats = [re.compile(rf"(?<![A-Za-z0-9_]){re.escape(c)}(?![A-Za-z0-9_])") for c in sorted(codes)]
+    bad = []
+    for t in figure_texts(fig):
+        plain = re.sub(r"\$[^$]*\$", " ", t)  # mathtext ($G_{low}$) may hold underscores
+        if _SNAKE.search(plain) or any(p.search(plain) for p in pats):
+            bad.append(t)
+    return bad
 
 
 def _atomic_save(fig, path: Path, **kw) -> None:
@@ -215,8 +411,10 @@ def _atomic_save(fig, path: Path, **kw) -> None:
         fig.savefig(tmp, format=fmt, **kw)
 
 
-def savefig(fig, fig_dir, name: str, formats: tuple[str, ...] = ("png", "pdf"), **kw) -> list[Path]:
-    """Write ``fig`` to ``<fig_dir>/<name>.{png,pdf}`` atomically (temp file then os.replace).
+def savefig(fig, fig_dir, name: str, formats: tuple[str, ...] = ("png", "pdf"), *, numbers=None, **kw) -> list[Path]:
+    """Write ``fig`` to ``<fig_dir>/<name>.{png,pdf}`` atomically (temp file then os.replace) and, given
+    ``numbers`` (a DataFrame of what the figure shows), ``<fig_dir>/<name>.csv`` beside them: the one
+    place that writes a figure and its numbers.
 
     Returns the written paths. ``name`` must not carry an extension.
     """
@@ -229,6 +427,8 @@ def savefig(fig, fig_dir, name: str, formats: tuple[str, ...] = ("png", "pdf"), 
         path = fig_dir / f"{name}.{fmt}"
         _atomic_save(fig, path, **kw)
         out.append(path)
+    if numbers is not None:
+        out.append(write_text(fig_dir, f"{name}.csv", numbers.to_csv(index=False)))
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from ood_core import style  # noqa: E402
 from ood_core.analysis_cache import AnalysisCache  # noqa: E402
 from ood_core.explore import (  # noqa: E402
     benchmark_figures,
@@ -70,6 +71,18 @@ def _test_rows(adir: Path, name: str) -> np.ndarray:
     return np.load(adir / "splits.npz")[f"{name}__test"]
 
 
+def _assert_no_overlap(texts) -> None:
+    """No two of the drawn ``texts`` (matplotlib Text artists) overlap on the canvas."""
+    texts = [t for t in texts if t.get_visible() and t.get_text().strip()]
+    assert texts
+    fig = texts[0].figure
+    fig.canvas.draw()
+    boxes = [(t.get_text(), t.get_window_extent(renderer=fig.canvas.get_renderer())) for t in texts]
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1 :]:
+            assert not ba.overlaps(bb), f"texts {a!r} and {b!r} overlap"
+
+
 # ------------------------------------------------------------------------------------------ session
 def test_part_rows_reads_splits_and_falls_back_to_all_rows(tiny, cache, tmp_path):
     sp = np.load(tiny[0] / "splits.npz")
@@ -101,11 +114,10 @@ def test_session_saves_figures_and_numbers_and_reports_them(tiny, tmp_path):
     assert "model='toy_mlp'" in nb.summary() and "ID='toy_test'" in nb.summary()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    paths = nb.save(fig, "line")
-    csv = nb.save_numbers("line", pd.DataFrame({"x": [0.1, 1 / 3]}))
-    assert [p.name for p in paths] == ["line.png", "line.pdf"] and all(p.is_file() for p in paths)
-    assert pd.read_csv(csv)["x"].tolist() == [0.1, 1 / 3]  # full precision
-    assert nb.written == [*paths, csv]
+    paths = nb.save(fig, "line", pd.DataFrame({"x": [0.1, 1 / 3]}))  # figure and its numbers, one call
+    assert [p.name for p in paths] == ["line.png", "line.pdf", "line.csv"] and all(p.is_file() for p in paths)
+    assert pd.read_csv(paths[2])["x"].tolist() == [0.1, 1 / 3]  # full precision
+    assert nb.written == paths
     assert nb.report().splitlines() == ["figures written:", *(f"   {p}" for p in nb.written)]
 
 
@@ -150,9 +162,12 @@ def test_embed_is_deterministic_and_plot_draws_one_panel_per_view(cache):
     assert np.array_equal(next(iter(emb.values())), tsne.embed(next(iter(views.values())), **kw))
     y_id = cache.arrays(fx.ID_TEST)["y"][picks[0][1]]
     fig = tsne.plot_tsne(emb, tsne.roles(picks), y_id, cache)
-    assert [ax.get_title() for ax in fig.axes] == list(emb)
-    labels = fig.legends[0].get_texts()
-    assert {t.get_text() for t in labels} >= {"OOD: toy_near", "OOD: toy_far", "ant"}
+    assert [ax.get_title() for ax in fig.axes[: len(emb)]] == list(emb)
+    top, bottom = (fig.axes[len(emb) - 1].get_legend(), fig.axes[-1].get_legend())
+    assert {t.get_text() for t in top.get_texts()} >= {"ant", "OOD (all sets)"}  # classes by name
+    assert [t.get_text() for t in bottom.get_texts()][:2] == ["toy near", "toy far"]  # display names
+    tab = tsne.table(emb, tsne.roles(picks), y_id, cache)
+    assert len(tab) == 40 * len(emb) and set(tab.loc[tab["set"] == fx.ID_TEST, "class"]) <= set(cache.class_names)
 
 
 # ---------------------------------------------------------------------------------------- densities
@@ -208,11 +223,21 @@ def test_sample_pair_picks_the_most_feature_similar_ood_sample(tiny, cache):
 
 def test_density_and_sample_figures(cache):
     Z = densities.lowdim_arrays(cache, "pca")
-    fig = densities.plot_density_panels(cache, Z, [0, 3], titles={0: "a", 3: "b"}, caption="cap")
+    curves = densities.density_curves(cache, Z, [0, 3])
+    from scipy.stats import gaussian_kde
+
+    c = curves[(curves["dim"] == 3) & (curves["set"] == "toy_far")]
+    x = Z["toy_far"][_test_rows(cache.root, "toy_far"), 3]
+    assert np.allclose(c["density"], gaussian_kde(x)(c["x"]))  # the plotted curve is the set's KDE
+    fig = densities.plot_density_panels(cache, curves, [0, 3], titles={0: "a", 3: "b"}, caption="cap")
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["a", "b"] and visible[1].get_xlabel() == "$G_{low}$ dim 3"
-    fig = densities.plot_sample_pair(cache, densities.sample_pair(cache, Z))
+    styles = {(str(ln.get_color()), str(ln.get_linestyle())) for ln in visible[0].lines}
+    assert len(styles) == 1 + len(fx.OOD)  # every set its own colour / line style
+    pair = densities.sample_pair(cache, Z)
+    fig = densities.plot_sample_pair(cache, pair)
     assert len(fig.axes) == 2 and all(len(ax.lines) == 2 for ax in fig.axes)
+    assert len(densities.pair_table(pair)) == len(pair.h_id) + len(pair.g_id)
 
 
 # ---------------------------------------------------------------------------------------- the band
@@ -480,7 +505,16 @@ def test_deep_vs_last_layer_comparisons(tiny, cache):
         spearmanr(np.concatenate([gn.last[n] for n in sets]), np.concatenate([gn.deep[n] for n in sets]))[0]
     )
     fig = deep_vs_last.plot(comps, cache, np.random.default_rng(0), max_scatter=30)
-    assert len(fig.axes) == 4 and fig.axes[1].get_title() == gn.title
+    assert len(fig.axes) == 4 and fig.axes[1].get_title() == gn.title.replace(": ", ":\n", 1)
+    bar_values = sorted(float(t.get_text()) for t in fig.axes[1].texts)
+    assert bar_values == sorted(
+        round(v, 2)
+        for v in [
+            *tab.loc[tab["comparison"] == gn.title, "auroc_all_weights"],
+            *tab.loc[tab["comparison"] == gn.title, "auroc_last_layer"],
+        ]
+    )
+    _assert_no_overlap(fig.axes[1].texts + fig.axes[3].texts)  # no "0.920.92"
 
 
 def test_deep_vs_last_skips_missing_arrays(tmp_path, capsys):
@@ -594,8 +628,155 @@ def test_param_sweep_and_cost_figures(tiny, cache, tmp_path):
     )
     assert [ax.get_title() for ax in fig.axes] == ["KNN (on h)", display_name("lowdim_knn")]
     assert fig.axes[0].get_xscale() == "log"  # k from 1 to 100
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["toy_near (near)", "toy_far (far)"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["toy near (near)", "toy far (far)"]
+    assert fig.axes[0].get_legend() is None  # the legend sits beside the panels, not on the data
     tm = benchmark_figures.cost_table(tmp_path, cache)  # no method_costs.csv there: the extraction's timings
     assert tm is not None and set(tm["method"]) >= {"msp", "grodin_sg"}
-    fig = benchmark_figures.plot_compute_cost(tm, {"msp": "forward", "grodin_sg": "gradient"})
-    assert fig.axes[0].get_xscale() == "log" and "cpu (synthetic)" in fig.axes[0].get_title()
+    fams = {"msp": "forward", "grodin_sg": "gradient"}
+    fig = benchmark_figures.plot_compute_cost(tm, fams)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0  # bar lengths are ratios
+    assert "CPU (synthetic)" in ax.get_title() and "cpu" not in ax.get_title()
+    summary = benchmark_figures.cost_summary(tm, fams)
+    assert [t.get_text() for t in ax.texts] == [f"{v:.3g}" for v in summary["seconds_per_1000"]]  # values on bars
+
+
+# ------------------------------------------------------------------------- every figure, as a reviewer
+def _all_figures(tiny, cache, tmp_path) -> dict:
+    """Every figure the notebooks draw, on the tiny cache, with the arguments the notebooks pass."""
+    style.apply()  # as the notebooks do
+    rng = np.random.default_rng(0)
+    figs = {}
+    if pytest.importorskip("openTSNE"):
+        picks = tsne.sample_rows(cache, rng, n_points=20)
+        views = tsne.views(cache, picks, "pca")
+        emb = {
+            t: tsne.embed(X, perplexity=5.0, n_iter=20, early_exaggeration_iter=10, seed=0) for t, X in views.items()
+        }
+        figs["tsne_features_vs_lowdim"] = tsne.plot_tsne(
+            emb, tsne.roles(picks), cache.arrays(fx.ID_TEST)["y"][picks[0][1]], cache
+        )
+    Z = densities.lowdim_arrays(cache, "pca")
+    top = densities.top_dimensions(cache, Z, 3)
+    titles, caption = densities.top_titles(top)
+    dims = list(top["dim"])
+    figs["lowdim_densities_chosen"] = densities.plot_density_panels(
+        cache, densities.density_curves(cache, Z, [0, 1]), [0, 1]
+    )
+    figs["lowdim_densities_top"] = densities.plot_density_panels(
+        cache, densities.density_curves(cache, Z, dims), dims, titles=titles, caption=caption
+    )
+    figs["lowdim_single_sample"] = densities.plot_sample_pair(cache, densities.sample_pair(cache, Z))
+    decs = sg_band.decompose_all(cache, tiny[1], "grodin_sg")
+    figs["grodin_sg_decomposition"] = sg_band.plot_decomposition(next(iter(decs.values())), cache, method="grodin_sg")
+    logits, y, temps = calibration.id_logits(cache)
+    figs["grodin_calibration"] = calibration.plot_calibration(
+        calibration.curves(logits, y, temps),
+        id_name=style.set_name(cache.id_name, cache.id_name, "cifar10"),
+        num_classes=3,
+    )
+    figs["igoe_factorisation"] = factorisation.plot_check(factorisation.check(cache), rng, 50)
+    P = factorisation.simplex_grid(10)
+    overlay = factorisation.model_points(cache)
+    figs["igoe_simplex"] = factorisation.plot_simplex(factorisation.output_terms(P), P, overlay)
+    figs["igoe_simplex"].suptitle(factorisation.simplex_title(cache, overlay))
+    figs["igoe_deep_vs_lastlayer"] = deep_vs_last.plot(deep_vs_last.comparisons(cache), cache, rng, 50)
+    sw = pd.read_csv(tiny[1] / "sweep_odin.csv")
+    meths = sorted(set(sw["method"]))
+    figs["sweep_odin_eps_T"] = benchmark_figures.plot_odin_sweep(
+        sw, benchmark_figures.odin_choices(sw, meths, cache.ood_names), cache, benchmark_figures.sweep_column(sw)
+    )
+    kn = pd.read_csv(tiny[1] / "sweep_knn.csv")
+    figs["sweep_knn_k"] = benchmark_figures.plot_param_sweep(
+        kn, "k", sorted(set(kn["method"])), cache, xlabel="k", label_groups=True
+    )
+    rc = pd.read_csv(tiny[1] / "sweep_react.csv")
+    figs["sweep_react_rg"] = benchmark_figures.plot_param_sweep(
+        rc, "percentile", sorted(set(rc["method"])), cache, xlabel="p"
+    )
+    mdf = pd.read_csv(tiny[1] / "metrics.csv")
+    figs["compute_cost"] = benchmark_figures.plot_compute_cost(
+        benchmark_figures.cost_table(tiny[1], cache), metric_tables.families(mdf)
+    )
+    figs["auroc_heatmap"] = benchmark_figures.plot_heatmap(metric_tables.heatmap_table(mdf, cache), mdf, cache)
+    return figs
+
+
+def test_no_figure_shows_a_code_name(tiny, cache, tmp_path):
+    """Titles, axes, ticks and legends of every figure show display names: no set, model, array, method
+    or device code name (``toy_near``, ``toy_mlp``, ``kl_allw_sqnorm``, ``grodin_sg``, ``cpu``, ...)."""
+    codes = style.code_names(cache)
+    assert {"toy_near", "toy_far", "toy_test", "toy_mlp", "kl_allw_sqnorm", "grodin_sg", "cpu"} <= codes
+    figs = _all_figures(tiny, cache, tmp_path)
+    assert len(figs) == 14
+    for name, fig in figs.items():
+        assert style.code_names_in(fig, codes) == [], name
+
+
+def test_figure_legends_sit_outside_the_data(tiny, cache, tmp_path):
+    """Sweeps, the S/G decomposition, the single-sample profiles and the densities put their legend
+    beside or above the panels (a figure legend that overlaps no axes), not on the data."""
+    figs = _all_figures(tiny, cache, tmp_path)
+    for name in (
+        "sweep_odin_eps_T",
+        "sweep_knn_k",
+        "sweep_react_rg",
+        "grodin_sg_decomposition",
+        "lowdim_single_sample",
+        "lowdim_densities_top",
+        "igoe_deep_vs_lastlayer",
+    ):
+        fig = figs[name]
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        assert fig.legends and all(ax.get_legend() is None for ax in fig.axes), name
+        box = fig.legends[0].get_window_extent(r)
+        assert not any(box.overlaps(ax.get_window_extent(r)) for ax in fig.axes if ax.get_visible()), name
+
+
+def test_heatmap_and_bar_labels_do_not_overlap(tiny, cache, tmp_path):
+    figs = _all_figures(tiny, cache, tmp_path)
+    _assert_no_overlap(figs["auroc_heatmap"].axes[0].get_xticklabels())
+    fig = figs["igoe_deep_vs_lastlayer"]
+    _assert_no_overlap(fig.axes[1].get_yticklabels())
+    _assert_no_overlap(fig.axes[1].texts)
+    _assert_no_overlap([ax.title for ax in figs["lowdim_densities_top"].axes if ax.get_visible()])
+
+
+def test_odin_sweep_sets_differ_in_line_style_and_marker(tiny, cache):
+    sw = pd.read_csv(tiny[1] / "sweep_odin.csv")
+    fig = benchmark_figures.plot_odin_sweep(sw, benchmark_figures.odin_choices(sw, ["odin"], cache.ood_names), cache)
+    lines = [ln for ln in fig.axes[0].lines if ln.get_linestyle() != "None"]
+    assert len({(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in lines}) == len(lines) == len(fx.OOD)
+    assert len({ln.get_linestyle() for ln in lines}) == len(lines)  # apart even where the colours coincide
+
+
+def test_calibration_shows_bin_counts_and_separates_temperatures():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 10)) * 4
+    y = logits.argmax(1)
+    y[:40] = (y[:40] + 1) % 10
+    bins = calibration.curves(logits, y, np.array([1.0, 100.0, 1000.0]))
+    assert bins.groupby("T")["count"].sum().tolist() == [400, 400, 400]  # counts in the CSV
+    fig = calibration.plot_calibration(bins, id_name="CIFAR-10 test (ID)", num_classes=10)
+    rel, counts = fig.axes[0], fig.axes[1]
+    assert rel.get_xscale() == "log" and counts.get_ylabel() == "images per bin"
+    pts = [c for c in rel.collections if len(c.get_offsets())]
+    assert len(pts) == 3 and len({c.get_paths()[0].vertices.tobytes() for c in pts}) == 3  # one marker per T
+    x100, x1000 = (float(np.asarray(c.get_offsets())[:, 0].max()) for c in pts[1:])
+    assert x100 > 5 * x1000  # T = 100 and T = 1000 no longer at the same point
+
+
+def test_every_notebook_figure_writes_its_csv_with_one_helper():
+    """Each ``nb.save`` of a notebook passes the figure's numbers (one call writes PNG, PDF and CSV)."""
+    import json
+    import re
+
+    nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
+    saves = []
+    for path in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            src = "".join(cell["source"])
+            assert "save_numbers(" not in src, f"{path.name}: numbers written apart from their figure"
+            saves += re.findall(r"nb\.save\(fig, \"(\w+)\"(, )?", src)
+    assert len(saves) == 14 and all(comma for _, comma in saves), saves

@@ -88,3 +88,59 @@ def test_label_log_axis_thins_many_decades(ax):
     style.label_log_axis(ax.xaxis, 1e-12, 100.0)
     labels = _labels(ax.xaxis)
     assert 2 <= len(labels) <= 8 and labels[0] == "1e-13"
+
+
+def test_display_names_are_one_mapping_for_sets_models_arrays_devices_and_methods():
+    assert style.display("cifar10c_gaussian_noise5") == "CIFAR-10-C Gaussian noise (sev. 5)"
+    assert style.display("tinyimagenet") == "Tiny ImageNet" and style.display("mnist") == "MNIST"
+    assert style.display("resnet18_cifar") == "ResNet-18"
+    assert style.display("kl_allw_sqnorm") == "‖∇KL(u‖p)‖² (all weights)"
+    assert style.display("cpu") == "CPU" and style.display("cuda:0") == "GPU 0"
+    assert style.display("grodin_sg") == "GRODIN SG"  # a method: its registered display name
+    assert style.display("pca_last_block", "subspace") == "PCA of the last block"
+    assert style.display("some_new_set") == "some new set"  # unknown: never the code name itself
+    assert style.set_name("id_test", "id_test", "cifar10") == "CIFAR-10 test (ID)"
+    assert style.set_name("toy_test", "toy_test", "toytrain") == "ID test"
+
+
+def test_class_and_ood_colours_are_distinct_and_never_the_ood_grey():
+    import matplotlib.colors as mc
+
+    classes = [mc.to_hex(c) for c in style.class_colors(10)]
+    assert len(set(classes)) == 10
+    assert mc.to_hex(style.OOD_COLOR) not in classes and "#949494" not in classes  # class 7 is not grey
+    names = [f"ood{i}" for i in range(8)]
+    st = style.ood_styles(names)
+    assert len({s["color"] for s in st.values()}) == 8 and style.ID_COLOR not in {s["color"] for s in st.values()}
+    assert len({s["marker"] for s in st.values()}) == 8
+    assert len({str(s["linestyle"]) for s in st.values()}) == 8
+
+
+def test_savefig_writes_the_figure_and_its_numbers(tmp_path):
+    import pandas as pd
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    paths = style.savefig(fig, tmp_path, "f", numbers=pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
+    assert [p.name for p in paths] == ["f.png", "f.pdf", "f.csv"]
+    assert (tmp_path / "f.csv").read_text().splitlines() == ["x,y", "0,0", "1,1"]
+    plt.close(fig)
+
+
+def test_code_names_in_finds_code_names_but_not_mathtext(ax):
+    ax.set_title("AUROC on id_test")
+    ax.set_xlabel("$G_{low}$ dim 3")
+    ax.set_ylabel("runs on cpu")
+    ax.legend(handles=ax.plot([0], [0], label="Tiny ImageNet"))
+    assert sorted(style.code_names_in(ax.figure, {"cpu", "tinyimagenet"})) == ["AUROC on id_test", "runs on cpu"]
+
+
+def test_scatter_groups_hollow_rings_and_a_group_on_top(ax):
+    x = np.arange(100.0)
+    is_ood = np.arange(100) >= 10
+    style.scatter_groups(
+        ax, x, x, {"ID test": (~is_ood, "b"), "OOD test": (is_ood, "0.6")}, hollow=("ID test",), last="OOD test", s=4
+    )
+    ring, dots = ax.collections
+    assert len(ring.get_offsets()) == 10 and len(dots.get_offsets()) == 90  # OOD drawn on top
+    assert len(ring.get_facecolors()) == 0 and ring.get_sizes()[0] > dots.get_sizes()[0]

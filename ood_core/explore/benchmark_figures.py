@@ -22,7 +22,7 @@ from ..grid_selection import choose_settings
 from ..scores import display_name, family_display
 from ..scores.registry import FAMILIES
 from .metric_tables import families
-from .session import load_table, note, ood_order
+from .session import load_table, model_label, note, ood_order, set_label
 
 
 def sweep_column(sw: pd.DataFrame) -> str:
@@ -63,26 +63,30 @@ def plot_odin_sweep(sw: pd.DataFrame, chosen: pd.DataFrame, cache: AnalysisCache
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(chosen["method"]))
-    colors = style.ood_colors(cache.ood_names)
-    fig, axes = plt.subplots(2, len(methods), figsize=(style.TEXT_WIDTH, 3.6), squeeze=False, sharey=True)
+    styles = style.ood_styles(cache.ood_names)
+    fig, axes = plt.subplots(2, len(methods), figsize=(style.TEXT_WIDTH, 3.8), squeeze=False, sharey=True)
     for j, m in enumerate(methods):
         d = sw[sw["method"] == m]
         for best in chosen[chosen["method"] == m].itertuples():
-            do, col = d[d["ood_set"] == best.ood_set], colors.get(best.ood_set, "k")
+            do = d[d["ood_set"] == best.ood_set]
+            st = styles.get(best.ood_set, {"color": "k", "marker": "o", "linestyle": "-"})
+            line = dict(color=st["color"], linestyle=st["linestyle"], marker=st["marker"], markersize=3, linewidth=1.0)
+            label = set_label(cache, best.ood_set)
             a = do[np.isclose(do["T"], best.T)].sort_values("eps")
-            axes[0, j].plot(a["eps"], a[ycol], marker="o", markersize=2, color=col, label=best.ood_set)
+            axes[0, j].plot(a["eps"], a[ycol], label=label, **line)
             b = do[np.isclose(do["eps"], best.eps)].sort_values("T")
-            axes[1, j].plot(b["T"], b[ycol], marker="o", markersize=2, color=col, label=best.ood_set)
+            axes[1, j].plot(b["T"], b[ycol], label=label, **line)
             for ax, x in ((axes[0, j], best.eps), (axes[1, j], best.T)):  # the chosen cell
                 ax.plot(
                     [x],
                     [getattr(best, ycol)],
                     marker="*",
-                    markersize=6,
-                    color=col,
+                    markersize=7,
+                    color=st["color"],
                     markeredgecolor="k",
                     markeredgewidth=0.3,
                     linestyle="none",
+                    zorder=4,
                 )
         axes[0, j].set_title(display_name(m))
         axes[0, j].set_xlabel("ε (at the val-best T)")
@@ -93,8 +97,14 @@ def plot_odin_sweep(sw: pd.DataFrame, chosen: pd.DataFrame, cache: AnalysisCache
     axes[0, 0].set_ylabel(ylab)
     axes[1, 0].set_ylabel(ylab)
     h, lab = axes[0, 0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="outside right center", title="OOD set (★ = val-best)")
+    style.legend_outside(fig, h, lab, where="right", title="OOD set (★ = val-best)", handlelength=2.6)
     return fig
+
+
+def sweep_table(df: pd.DataFrame, x: str, methods: list[str]) -> pd.DataFrame:
+    """The plotted rows of a parameter sweep: method, ood_set, ``x``, auroc_test (in plot order)."""
+    d = df[df["method"].isin(methods)]
+    return d[["method", "ood_set", x, "auroc_test"]].sort_values(["method", "ood_set", x]).reset_index(drop=True)
 
 
 def plot_param_sweep(
@@ -110,20 +120,22 @@ def plot_param_sweep(
     """Test AUROC vs parameter ``x``: one panel per method, one line per OOD set (log x for > 20x ranges)."""
     import matplotlib.pyplot as plt
 
-    colors = style.ood_colors(cache.ood_names)
-    width = style.TEXT_WIDTH if len(methods) > 1 else style.COLUMN_WIDTH
-    fig, axes = plt.subplots(1, len(methods), figsize=(width, 2.0), squeeze=False, sharey=True)
+    styles = style.ood_styles(cache.ood_names)
+    width = style.TEXT_WIDTH if len(methods) > 1 else style.COLUMN_WIDTH * 1.8
+    fig, axes = plt.subplots(1, len(methods), figsize=(width, 2.2), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], methods):
         dm = df[df["method"] == m]
         for o in ood_order(dm["ood_set"], cache.ood_names):
             d = dm[dm["ood_set"] == o].sort_values(x)
+            st = styles.get(o, {"color": "k", "marker": "o", "linestyle": "-"})
             ax.plot(
                 d[x],
                 d["auroc_test"],
-                marker="o",
-                markersize=2.5,
-                color=colors.get(o, "k"),
-                label=f"{o} ({cache.group(o)})" if label_groups else o,
+                marker=st["marker"],
+                linestyle=st["linestyle"],
+                markersize=3,
+                color=st["color"],
+                label=f"{set_label(cache, o)} ({cache.group(o)})" if label_groups else set_label(cache, o),
             )
         if dm[x].min() > 0 and dm[x].max() / dm[x].min() > 20:
             ax.set_xscale("log")
@@ -131,7 +143,8 @@ def plot_param_sweep(
         sub = (subtitles or {}).get(m)
         ax.set_title(display_name(m) + (f" ({sub})" if sub else ""))
     axes[0, 0].set_ylabel("test AUROC")
-    axes[0, 0].legend()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    style.legend_outside(fig, handles, labels, where="right", handlelength=2.6)
     return fig
 
 
@@ -142,26 +155,33 @@ def cost_table(fig_dir: str | Path, cache: AnalysisCache) -> pd.DataFrame | None
     return load_table(path if path.is_file() else cache.timings_path())
 
 
+def cost_summary(tm: pd.DataFrame, family_of: dict[str, str]) -> pd.DataFrame:
+    """What the compute-cost figure shows: per method the mean seconds per 1,000 images, its display
+    name and family, cheapest first."""
+    t = tm.groupby("method", as_index=False)["seconds_per_1000"].mean().sort_values("seconds_per_1000")
+    t["display"] = [style.display(m) for m in t["method"]]  # registered methods, else extraction parts
+    t["family"] = [family_of.get(m, "") for m in t["method"]]
+    return t.reset_index(drop=True)[["method", "display", "family", "seconds_per_1000"]]
+
+
 def plot_compute_cost(tm: pd.DataFrame, family_of: dict[str, str]):
-    """Horizontal bars of seconds per 1,000 images (mean per method, log scale), coloured by family."""
+    """Horizontal bars of seconds per 1,000 images (mean per method) on a linear axis starting at 0, so
+    that bar lengths compare as ratios, each bar with its value; coloured by family."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    t = tm.groupby("method", as_index=False)["seconds_per_1000"].mean().sort_values("seconds_per_1000")
-    devices = ", ".join(sorted(set(map(str, tm["device"])))) if "device" in tm else "?"
+    t = cost_summary(tm, family_of)
+    devices = ", ".join(sorted({style.display(str(d)) for d in tm["device"]})) if "device" in tm else "?"
     bs = ", ".join(sorted(set(map(str, tm["batch_size"])))) if "batch_size" in tm else "?"
-    present = {family_of[m] for m in t["method"] if m in family_of}
+    present = {f for f in t["family"] if f}
     fams = [f for f in FAMILIES if f in present] + sorted(present - set(FAMILIES))
-    fam_col = {f: style.PALETTE[(i + 1) % len(style.PALETTE)] for i, f in enumerate(fams)}
-    fig, ax = plt.subplots(figsize=(style.COLUMN_WIDTH, 0.6 + 0.16 * len(t)))
-    ax.barh(
-        [display_name(m) for m in t["method"]],
-        t["seconds_per_1000"],
-        color=[fam_col.get(family_of.get(m, ""), style.ID_COLOR) for m in t["method"]],
-    )
-    ax.set_xscale("log")
-    style.label_log_axis(ax.xaxis, t["seconds_per_1000"].min(), t["seconds_per_1000"].max())
-    ax.set_xlabel("seconds per 1,000 images (log scale)")
+    fam_col = {f: style.FAMILY_COLORS[i % len(style.FAMILY_COLORS)] for i, f in enumerate(fams)}
+    fig, ax = plt.subplots(figsize=(style.COLUMN_WIDTH * 1.2, 0.9 + 0.16 * len(t)))
+    bars = ax.barh(t["display"], t["seconds_per_1000"], color=[fam_col.get(f, "0.5") for f in t["family"]])
+    ax.bar_label(bars, fmt="%.3g", padding=2, fontsize=6)
+    ax.set_xlim(0, 1.15 * float(t["seconds_per_1000"].max()))
+    ax.set_ylim(-0.6, len(t) - 0.4)
+    ax.set_xlabel("seconds per 1,000 images")
     ax.set_title(f"Compute cost on {devices} (batch {bs})")
     if fam_col:
         fig.legend(
@@ -180,8 +200,8 @@ def plot_heatmap(tab: pd.DataFrame, mdf: pd.DataFrame, cache: AnalysisCache, met
     import seaborn as sns
 
     fam = families(mdf)
-    cols = [f"{c}\n({cache.group(c)})" if c in cache.ood_names else c for c in tab.columns]
-    vals = 100 * tab.set_axis([display_name(m) for m in tab.index], axis=0).set_axis(cols, axis=1)
+    cols = [f"{set_label(cache, c)}\n({cache.group(c)})" if c in cache.ood_names else c for c in tab.columns]
+    vals = 100 * tab.set_axis([style.display(m) for m in tab.index], axis=0).set_axis(cols, axis=1)
     if metric == "auroc":  # diverging at chance, covering the data's range on both sides
         vmin, vmax = style.diverging_range(vals.to_numpy(), 50.0)
         scale = dict(cmap=style.DIVERGING_CMAP, center=50.0, vmin=vmin, vmax=vmax)
@@ -206,10 +226,9 @@ def plot_heatmap(tab: pd.DataFrame, mdf: pd.DataFrame, cache: AnalysisCache, met
     ax.axvline(tab.shape[1] - 1, color="k", linewidth=1.2)  # OOD sets | their mean
     ax.set_xlabel("")
     ax.set_ylabel("")
-    ax.set_title(f"{metric.upper()} (%), ID = {cache.id_name}, model = {cache.meta.get('model')}")
-    if max(len(str(c)) for c in cols) * tab.shape[1] > 60:
-        ax.tick_params(axis="x", rotation=30)
-        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-    else:
-        ax.tick_params(axis="x", rotation=0)
+    ax.set_title(f"{metric.upper()} (%), ID = {set_label(cache, cache.id_name)}, model = {model_label(cache)}")
+    # vertical column labels: a column is wider than two lines of text, so neighbours never overlap
+    long = max(len(str(c)) for c in cols) * tab.shape[1] > 60
+    ax.tick_params(axis="x", rotation=90 if long else 0)
+    plt.setp(ax.get_xticklabels(), ha="center", va="top", fontsize=6 if long else style.FONT_SIZE - 1)
     return fig

@@ -20,7 +20,8 @@ from .session import note
 
 def reliability(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> pd.DataFrame:
     """One row per non-empty bin of ``edges`` (a value on an inner edge goes to the upper bin; values
-    outside [edges[0], edges[-1]] to the first / last bin): bin, confidence (mean), accuracy, fraction."""
+    outside [edges[0], edges[-1]] to the first / last bin): bin, confidence (mean), accuracy, fraction,
+    count (images in the bin)."""
     conf, correct = np.asarray(conf, np.float64), np.asarray(correct, np.float64)
     n_bins = len(edges) - 1
     which = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
@@ -30,11 +31,12 @@ def reliability(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> pd.
             "confidence": conf[which == b].mean(),
             "accuracy": correct[which == b].mean(),
             "fraction": float((which == b).mean()),
+            "count": int((which == b).sum()),
         }
         for b in range(n_bins)
         if (which == b).any()
     ]
-    return pd.DataFrame(rows, columns=["bin", "confidence", "accuracy", "fraction"])
+    return pd.DataFrame(rows, columns=["bin", "confidence", "accuracy", "fraction", "count"])
 
 
 def ece(bins: pd.DataFrame) -> float:
@@ -54,7 +56,7 @@ def id_logits(cache: AnalysisCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def curves(logits: np.ndarray, y: np.ndarray, temps: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability bins of every temperature (columns T, bin, confidence, accuracy, fraction, ece) on
+    """Reliability bins of every temperature (columns T, bin, confidence, accuracy, fraction, count, ece) on
     ``n_bins`` equal-width bins over [1/C, 1]."""
     correct = logits.argmax(1) == y
     edges = np.linspace(1.0 / logits.shape[1], 1.0, n_bins + 1)
@@ -62,7 +64,7 @@ def curves(logits: np.ndarray, y: np.ndarray, temps: np.ndarray, n_bins: int = 1
     for t in temps:
         b = reliability(V_msp(logits, float(t)), correct, edges)
         parts.append(b.assign(T=float(t), ece=ece(b)))
-    return pd.concat(parts, ignore_index=True)[["T", "bin", "confidence", "accuracy", "fraction", "ece"]]
+    return pd.concat(parts, ignore_index=True)[["T", "bin", "confidence", "accuracy", "fraction", "count", "ece"]]
 
 
 def ece_by_temperature(bins: pd.DataFrame) -> pd.DataFrame:
@@ -76,36 +78,59 @@ def accuracy(bins: pd.DataFrame) -> float:
     return float((first["fraction"] * first["accuracy"]).sum())
 
 
+T_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
 def plot_calibration(bins: pd.DataFrame, *, id_name: str, num_classes: int):
-    """Left: reliability curves, one per T (ECE in the legend); right: ECE vs T."""
+    """Left, top: reliability curves, one series per T (own colour, marker and line style; ECE in the
+    legend), against confidence - 1/C on a log axis, so that the high temperatures, whose confidences
+    all sit just above 1/C, stay apart instead of piling up at 1/C; marker area grows with the bin's
+    count. Left, bottom: the images per bin. Right: ECE vs T."""
     import matplotlib.pyplot as plt
 
     per_T = ece_by_temperature(bins)
     temps = per_T["T"].to_numpy()
     cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, 2, figsize=(style.TEXT_WIDTH, 2.3), gridspec_kw={"width_ratios": [1.3, 1]})
-    ax = axes[0]
     lo = 1.0 / num_classes
-    ax.plot([lo, 1], [lo, 1], color="0.6", linestyle="--", linewidth=0.8, label="perfect")
+    fig = plt.figure(figsize=(style.TEXT_WIDTH, 3.2))
+    gs = fig.add_gridspec(2, 2, width_ratios=[1.5, 1], height_ratios=[2.2, 1])
+    ax, axn, axe = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[:, 1])
+    axn.sharex(ax)
+    x_of = lambda c: np.maximum(np.asarray(c, np.float64) - lo, 1e-9)  # noqa: E731
+    gap = x_of(bins["confidence"])
+    xs = np.geomspace(max(gap.min() / 2, 1e-9), 1 - lo, 200)
+    ax.plot(xs, xs + lo, color="0.5", linestyle="--", linewidth=0.8, label="perfect calibration")
+    n_max = max(1, int(bins["count"].max()))
     for k, (t, e) in enumerate(per_T.itertuples(index=False)):
         b = bins[bins["T"] == t]
-        ax.plot(
-            b["confidence"],
+        col = cmap(0.9 * k / max(1, len(temps) - 1))
+        mk, ls = T_MARKERS[k % len(T_MARKERS)], style.OOD_LINESTYLES[k % len(style.OOD_LINESTYLES)]
+        ax.plot(x_of(b["confidence"]), b["accuracy"], color=col, linestyle=ls, linewidth=0.9, zorder=2)
+        ax.scatter(
+            x_of(b["confidence"]),
             b["accuracy"],
-            marker="o",
-            markersize=2.5,
-            color=cmap(k / max(1, len(temps) - 1)),
-            label=f"T={t:g} (ECE {e:.3f})",
+            s=6 + 60 * b["count"] / n_max,
+            marker=mk,
+            color=col,
+            edgecolors="k",
+            linewidths=0.3,
+            zorder=3,
+            label=f"T = {t:g} (ECE {e:.3f})",
         )
-    ax.set_xlabel("confidence (max softmax at T)")
+        axn.plot(x_of(b["confidence"]), b["count"], color=col, linestyle=ls, marker=mk, markersize=3, linewidth=0.8)
+    ax.set_xscale("log")
     ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"Reliability, {id_name} (accuracy {accuracy(bins):.3f})")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6)
-    ax = axes[1]
-    ax.plot(temps, per_T["ece"], marker="o", color=style.ID_COLOR)
+    ax.tick_params(labelbottom=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6, title="marker area ∝ images in bin")
+    axn.set_yscale("log")
+    axn.set_ylabel("images per bin")
+    axn.set_xlabel(f"confidence − 1/C (max softmax at T minus {lo:g}, log scale)")
+    axe.plot(temps, per_T["ece"], marker="o", color=style.ID_COLOR)
     if len(temps) > 1 and temps.min() > 0 and temps.max() / temps.min() > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("temperature T")
-    ax.set_ylabel("ECE")
-    ax.set_title("Expected calibration error vs T")
+        axe.set_xscale("log")
+    axe.set_xlabel("temperature T")
+    axe.set_ylabel("ECE")
+    axe.set_title("Expected calibration error vs T")
     return fig

@@ -23,7 +23,7 @@ from ..analysis_cache import AnalysisCache
 from ..grid import GridPointUnavailable
 from ..scores import registry
 from .factorisation import subsample
-from .session import note
+from .session import note, set_label
 
 
 @dataclass
@@ -58,7 +58,7 @@ def comparisons(cache: AnalysisCache) -> list[Comparison]:
     if all(cache.has(n, "kl_allw_sqnorm") for n in sets):
         out.append(
             Comparison(
-                "GradNorm: √kl_allw_sqnorm vs ‖h‖₁‖p−u‖₁",
+                "GradNorm: all-weights √‖∇KL(u‖p)‖² vs last-layer ‖h‖₁‖p−u‖₁",
                 _scores(cache, "gradnorm_allweights"),
                 _scores(cache, "gradnorm", T=1.0),
                 "all-weights √‖∇KL‖²",
@@ -80,7 +80,15 @@ def comparisons(cache: AnalysisCache) -> list[Comparison]:
         note(f"(eps=0, T=1) not computed on the test rows ({exc}); skipping the GRODIN all-weights panel")
         return out
     last = _scores(cache, "grodin_sg_lastlayer", T=1.0)
-    out.append(Comparison("GRODIN SG (ε=0, T=1) vs ‖p−e_ŷ‖²(‖h‖²+1)", deep, last, "−all-weights SG", "−last-layer SG"))
+    out.append(
+        Comparison(
+            "GRODIN SG (ε = 0, T = 1): all weights vs last-layer ‖p−e(ŷ)‖²(‖h‖²+1)",
+            deep,
+            last,
+            "−all-weights SG",
+            "−last-layer SG",
+        )
+    )
     return out
 
 
@@ -104,17 +112,21 @@ def table(comps: list[Comparison], cache: AnalysisCache) -> pd.DataFrame:
 
 
 def plot(comps: list[Comparison], cache: AnalysisCache, rng: np.random.Generator, max_scatter: int = 3000):
-    """One row per comparison: ranks of the two scores (left), AUROC per OOD set (right)."""
+    """One row per comparison: ranks of the two scores (left; ID as open rings over the OOD points),
+    AUROC per OOD set as horizontal bars with their values (right); one legend above the panels."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     sets, ID, OOD = [cache.id_name, *cache.ood_names], cache.id_name, cache.ood_names
     fig, axes = plt.subplots(
         len(comps),
         2,
-        figsize=(style.TEXT_WIDTH, 2.3 * len(comps)),
+        figsize=(style.TEXT_WIDTH, 0.4 + (1.4 + 0.22 * len(OOD)) * len(comps)),
         squeeze=False,
-        gridspec_kw={"width_ratios": [1, 1.2]},
+        gridspec_kw={"width_ratios": [1, 1.25]},
     )
+    handles: list = []
+    colors = {"all weights": style.PALETTE[1], "last layer (closed form)": style.PALETTE[2]}
     for row, c in zip(axes, comps):
         ax = row[0]
         xs, ys = c.pooled(sets)
@@ -126,30 +138,29 @@ def plot(comps: list[Comparison], cache: AnalysisCache, rng: np.random.Generator
             rx[idx],
             ry[idx],
             {"ID test": (~io[idx], style.ID_COLOR), "OOD test": (io[idx], style.OOD_COLOR)},
-            s=3,
+            hollow=("ID test",),
+            s=4,
             rasterized=True,
         )
         ax.set_xlabel(f"rank of {c.last_label}")
         ax.set_ylabel(f"rank of {c.deep_label}")
         ax.set_title(f"Spearman ρ = {c.spearman(sets):.3f}")
-        ax.legend(handles=handles, loc="lower right")
         ax = row[1]
-        xpos, w = np.arange(len(OOD)), 0.38
+        ypos, h = np.arange(len(OOD))[::-1], 0.4  # the first OOD set on top
         a_deep = [metrics.auroc(c.deep[ID], c.deep[o]) for o in OOD]
         a_last = [metrics.auroc(c.last[ID], c.last[o]) for o in OOD]
-        ax.bar(xpos - w / 2, a_deep, w, color=style.PALETTE[1], label="all weights")
-        ax.bar(xpos + w / 2, a_last, w, color=style.PALETTE[2], label="last layer (closed form)")
-        for xp, v1, v2 in zip(xpos, a_deep, a_last):
-            ax.text(xp - w / 2, v1 + 0.01, f"{v1:.2f}", ha="center", va="bottom", fontsize=6)
-            ax.text(xp + w / 2, v2 + 0.01, f"{v2:.2f}", ha="center", va="bottom", fontsize=6)
-        ax.axhline(0.5, color="0.6", linewidth=0.6, linestyle=":")
-        ax.set_xticks(xpos, [f"{o}\n({cache.group(o)})" for o in OOD])
-        if len(OOD) > 3:
-            ax.tick_params(axis="x", labelsize=6, rotation=30)
-            plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-        ax.set_ylim(0, 1.3)
-        ax.set_yticks(np.linspace(0, 1, 6))
-        ax.set_ylabel("AUROC")
-        ax.set_title(c.title)
-        ax.legend(loc="upper center", ncol=2)
+        for vals, off, col in (
+            (a_deep, h / 2, colors["all weights"]),
+            (a_last, -h / 2, colors["last layer (closed form)"]),
+        ):
+            bars = ax.barh(ypos + off, vals, h, color=col)
+            ax.bar_label(bars, fmt="%.2f", padding=1.5, fontsize=5.5)
+        ax.axvline(0.5, color="0.4", linewidth=0.6, linestyle=":")
+        ax.set_yticks(ypos, [f"{set_label(cache, o)} ({cache.group(o)})" for o in OOD], fontsize=6)
+        ax.set_xlim(0, 1.12)
+        ax.set_xticks(np.linspace(0, 1, 6))
+        ax.set_xlabel("AUROC (0.5 = chance)")
+        ax.set_title(c.title.replace(": ", ":\n", 1))
+    handles += [Patch(color=col, label=lab) for lab, col in colors.items()]
+    style.legend_outside(fig, handles, [h.get_label() for h in handles], where="top", ncol=4)
     return fig

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import metrics, style
 from ..analysis_cache import AnalysisCache
-from .session import note, part_rows
+from .session import note, part_rows, set_label
 
 
 def lowdim_arrays(cache: AnalysisCache, subspace: str) -> dict[str, np.ndarray] | None:
@@ -65,7 +65,7 @@ def top_dimensions(cache: AnalysisCache, Z: dict[str, np.ndarray], n_top: int) -
 def top_titles(top: pd.DataFrame) -> tuple[dict[int, str], str]:
     """Panel titles (validation / test AUROC, 'inverted') and the caption line of the top-dimension figure."""
     titles = {
-        int(r.dim): f"AUROC val {r.auroc_val:.2f} / test {r.auroc_test:.2f}"
+        int(r.dim): f"AUROC val {r.auroc_val:.2f}\ntest {r.auroc_test:.2f}"
         + ("\ninverted (ID < OOD)" if r.inverted else "")
         for r in top.itertuples()
     }
@@ -76,50 +76,71 @@ def top_titles(top: pd.DataFrame) -> tuple[dict[int, str], str]:
     return titles, caption
 
 
+def density_curves(cache: AnalysisCache, Z: dict[str, np.ndarray], dims: list[int], *, bw_adjust: float = 1.0):
+    """The plotted densities: per dimension and set (ID test first, then the OOD sets), a Gaussian KDE
+    (Scott's bandwidth x ``bw_adjust``) of the test part on 200 points over the 0.5-99.5 percentile
+    range of the pooled values padded by 10 %; a constant set is one point of density NaN at its value. Columns dim, set, x, density."""
+    from scipy.stats import gaussian_kde
+
+    sets = [cache.id_name, *cache.ood_names]
+    rows = []
+    for d in dims:
+        xs = {n: Z[n][part_rows(cache, n, "test"), d] for n in sets}
+        pooled = np.concatenate(list(xs.values()))
+        lo, hi = np.percentile(pooled, [0.5, 99.5])  # the bulk: a few outliers do not flatten the curves
+        pad = 0.1 * (hi - lo) + 1e-12
+        grid = np.linspace(lo - pad, hi + pad, 200)
+        for n, x in xs.items():
+            if np.std(x) > 0:
+                kde = gaussian_kde(x)
+                kde.set_bandwidth(kde.scotts_factor() * bw_adjust)
+                rows.append(pd.DataFrame({"dim": d, "set": n, "x": grid, "density": kde(grid)}))
+            else:
+                rows.append(pd.DataFrame({"dim": [d], "set": [n], "x": [float(x[0])], "density": [np.nan]}))
+    return pd.concat(rows, ignore_index=True)
+
+
 def plot_density_panels(
     cache: AnalysisCache,
-    Z: dict[str, np.ndarray],
+    curves: pd.DataFrame,
     dims: list[int],
     *,
-    bw_adjust: float = 1.0,
     titles: dict[int, str] | None = None,
     caption: str | None = None,
 ):
-    """One KDE panel per dimension: ID test filled blue, each OOD test set a coloured line."""
+    """One panel per dimension (:func:`density_curves`): ID test filled blue, each OOD test set a line
+    in its own colour and line style (:func:`ood_core.style.ood_styles`); one legend right of the panels."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    ID, colors = cache.id_name, style.ood_colors(cache.ood_names)
-    ncol = min(len(dims), 4)
+    ID, styles = cache.id_name, style.ood_styles(cache.ood_names)
+    ncol = min(len(dims), 3)
     nrow = int(np.ceil(len(dims) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(style.TEXT_WIDTH, 1.6 * nrow + 0.3), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(style.TEXT_WIDTH, 1.7 * nrow + 0.4), squeeze=False)
     for ax in axes.flat[len(dims) :]:
         ax.set_visible(False)
-    series = [(ID, style.ID_COLOR, True)] + [(o, colors[o], False) for o in cache.ood_names]
     for ax, d in zip(axes.flat, dims):
-        for n, col, fill in series:
-            x = Z[n][part_rows(cache, n, "test"), d]
-            if np.std(x) > 0:
-                sns.kdeplot(
-                    x=x,
-                    ax=ax,
-                    color=col,
-                    fill=fill,
-                    alpha=0.25 if fill else 1.0,
-                    linewidth=1.0,
-                    bw_adjust=bw_adjust,
-                    label=n,
-                    warn_singular=False,
-                )
+        cd = curves[curves["dim"] == d]
+        for n in [ID, *cache.ood_names]:
+            c = cd[cd["set"] == n]
+            label = set_label(cache, n)
+            if n == ID:
+                kw: dict = dict(color=style.ID_COLOR, linestyle="-")
             else:
-                ax.axvline(x[0], color=col, label=n)
+                kw = dict(color=styles[n]["color"], linestyle=styles[n]["linestyle"])
+            if c["density"].isna().all():  # a constant set: a vertical line at its value
+                ax.axvline(float(c["x"].iloc[0]), label=label, linewidth=1.0, **kw)
+                continue
+            ax.plot(c["x"], c["density"], label=label, linewidth=1.4 if n == ID else 1.1, zorder=3, **kw)
+            if n == ID:
+                ax.fill_between(c["x"], c["density"], color=style.ID_COLOR, alpha=0.2, linewidth=0, zorder=2)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel(f"$G_{{low}}$ dim {d}")
         ax.set_ylabel("density" if ax in axes[:, 0] else "")
         if titles:
             ax.set_title(titles[d])
-    h, lab = axes.flat[0].get_legend_handles_labels()
-    fig.legend(h, lab, loc="outside upper center", ncol=len(lab))
-    if caption:  # a caption line under the panels (the legend holds the top)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    style.legend_outside(fig, handles, labels, where="right", handlelength=2.6)
+    if caption:  # a caption line under the panels
         fig.supxlabel(caption, fontsize=style.FONT_SIZE - 1)
     return fig
 
@@ -168,20 +189,40 @@ def sample_pair(
     return SamplePair(o, i, j, h_id, h_ood, Z[ID][i], Z[o][j])
 
 
+def pair_table(pair: SamplePair) -> pd.DataFrame:
+    """The plotted profiles: one row per (representation, dimension) with the ID and the OOD value."""
+    return pd.concat(
+        [
+            pd.DataFrame({"profile": "h", "dim": np.arange(len(pair.h_id)), "id": pair.h_id, "ood": pair.h_ood}),
+            pd.DataFrame({"profile": "G_low", "dim": np.arange(len(pair.g_id)), "id": pair.g_id, "ood": pair.g_ood}),
+        ],
+        ignore_index=True,
+    ).assign(id_row=pair.id_row, ood_set=pair.ood_set, ood_row=pair.ood_row)
+
+
 def plot_sample_pair(cache: AnalysisCache, pair: SamplePair):
-    """Feature profile and gradient profile of the pair, with their cosine similarities."""
+    """Feature profile and gradient profile of the pair, with their cosine similarities; the legend
+    above the panels."""
     import matplotlib.pyplot as plt
 
-    ID, color = cache.id_name, style.ood_colors(cache.ood_names)[pair.ood_set]
-    fig, axes = plt.subplots(1, 2, figsize=(style.TEXT_WIDTH, 1.9))
+    ID, st = cache.id_name, style.ood_styles(cache.ood_names)[pair.ood_set]
+    fig, axes = plt.subplots(1, 2, figsize=(style.TEXT_WIDTH, 2.1))
     panels = [(pair.h_id, pair.h_ood, "feature $h$", pair.cos_h), (pair.g_id, pair.g_ood, "$G_{low}$", pair.cos_g)]
     for ax, (a, b, lab, c) in zip(axes, panels):
         x = np.arange(len(a))
         kw = dict(linewidth=0.8) if len(a) > 64 else dict(linewidth=0.8, marker="o", markersize=2.5)
-        ax.plot(x, a, color=style.ID_COLOR, label=f"ID ({ID} #{pair.id_row})", **kw)
-        ax.plot(x, b, color=color, label=f"OOD ({pair.ood_set} #{pair.ood_row})", **kw)
+        ax.plot(x, a, color=style.ID_COLOR, label=f"ID: {set_label(cache, ID)}, sample {pair.id_row}", **kw)
+        ax.plot(
+            x,
+            b,
+            color=st["color"],
+            linestyle="--",
+            label=f"OOD: {set_label(cache, pair.ood_set)}, sample {pair.ood_row}",
+            **kw,
+        )
         ax.set_xlabel(f"{lab} dimension")
         ax.set_title(f"{lab} profile, cosine(ID, OOD) = {c:.2f}")
     axes[0].set_ylabel("value")
-    axes[0].legend(loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    style.legend_outside(fig, handles, labels, where="top", ncol=2)
     return fig

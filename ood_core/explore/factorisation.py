@@ -22,7 +22,7 @@ from ..analysis_cache import AnalysisCache
 from ..scores import registry
 from ..scores._common import softmax
 from ..scores.decomposition import V_l1u, V_msp, V_sqnorm, exgrad_factors, gradnorm_factors
-from .session import note
+from .session import note, set_label
 
 SCORES = ("GradNorm", "ExGrad")
 TERMS = {"GradNorm": "‖h‖₁·‖p−u‖₁", "ExGrad": "(‖h‖²+1)(1−‖p‖²)"}
@@ -106,13 +106,14 @@ def plot_check(fact: dict[str, dict[str, Any]], rng: np.random.Generator, max_sc
         x, y = np.abs(v["c"] * v["r"]), np.abs(v["s"])
         idx = subsample(rng, len(x), max_scatter)
         io = v["is_ood"][idx]
-        # semi-transparent, the (fewer) ID points drawn last: not buried under the OOD ones
         handles = style.scatter_groups(
             ax,
             x[idx],
             y[idx],
             {"ID test": (~io, style.ID_COLOR), "OOD test": (io, style.OOD_COLOR)},
-            s=5,
+            hollow=("ID test",),  # ID as open rings, OOD as small dots on top: on the shared diagonal
+            last="OOD test",  # a dot inside a ring stays visible, and a ring around a dot too
+            s=4,
             rasterized=True,
             zorder=2,
         )
@@ -187,6 +188,26 @@ def plot_simplex(terms: dict[str, np.ndarray], P: np.ndarray, overlay: dict[str,
         ax.axis("off")
         fig.colorbar(tpc, ax=ax, orientation="horizontal", fraction=0.06, pad=0.02, shrink=0.8)
     return fig
+
+
+SIMPLEX_CSV_RESOLUTION = 30  # grid points per edge in the figure's CSV (the picture uses a finer grid)
+
+
+def simplex_table(resolution: int = SIMPLEX_CSV_RESOLUTION) -> pd.DataFrame:
+    """The plotted output terms on a coarser grid (:func:`simplex_grid` at ``resolution``; the figure's
+    finer grid would make a megabyte of CSV): one row per point (p1, p2, p3) with every term."""
+    P = simplex_grid(resolution)
+    df = pd.DataFrame(P, columns=["p1", "p2", "p3"])
+    for title, v in output_terms(P).items():
+        df[title] = v
+    return df
+
+
+def simplex_title(cache: AnalysisCache, overlay) -> str:
+    """The suptitle of the simplex figure: what the dots are (only when the model's points are drawn)."""
+    if not overlay:
+        return ""
+    return f"dots: {set_label(cache, cache.id_name)} (blue) and OOD test sets (grey), softmax outputs of the model"
 
 
 def model_points(cache: AnalysisCache) -> dict[str, tuple[np.ndarray, str]] | None:

@@ -2,7 +2,7 @@
 
     nb = Session.open(analysis_dir, fig_dir, seed)
     print(nb.summary())
-    nb.save(fig, "my_figure")            # -> fig_dir/my_figure.{png,pdf}, remembered in nb.written
+    nb.save(fig, "my_figure", numbers)   # -> fig_dir/my_figure.{png,pdf,csv}, remembered in nb.written
     print(nb.report())
 
 A panel whose optional input is missing is skipped with :func:`note` (``[skip] ...``) instead of failing.
@@ -37,6 +37,16 @@ def part_rows(cache: AnalysisCache, name: str, which: str) -> np.ndarray:
     except (FileNotFoundError, KeyError):
         return np.arange(len(cache.arrays(name)["y"]))
     return val if which == "val" else test
+
+
+def set_label(cache: AnalysisCache, name: str) -> str:
+    """A set's name in figures (:func:`ood_core.style.set_name`): the ID test set as 'CIFAR-10 test (ID)'."""
+    return style.set_name(name, cache.id_name, cache.id_dataset)
+
+
+def model_label(cache: AnalysisCache) -> str:
+    """The model's name in figures (:func:`ood_core.style.display`)."""
+    return style.display(str(cache.meta.get("model", "")))
 
 
 def ood_order(names: Iterable[str], ood_names: list[str]) -> list[str]:
@@ -90,6 +100,10 @@ class Session:
     def ood_colors(self) -> dict[str, str]:
         return style.ood_colors(self.ood_names)
 
+    def label(self, name: str) -> str:
+        """A set's name in figures (:func:`set_label`)."""
+        return set_label(self.cache, name)
+
     def part(self, name: str, which: str) -> np.ndarray:
         """:func:`part_rows` of this cache."""
         return part_rows(self.cache, name, which)
@@ -102,9 +116,14 @@ class Session:
             f"ID accuracy={m.get('id_accuracy', float('nan')):.4f}"
         )
 
-    def save(self, fig, stem: str) -> list[Path]:
-        """``style.savefig`` into ``fig_dir`` (PNG + PDF), remembered in ``written``."""
-        paths = style.savefig(fig, self.fig_dir, stem)
+    def save(self, fig, stem: str, numbers) -> list[Path]:
+        """``style.savefig`` into ``fig_dir``: PNG + PDF and ``numbers`` (a DataFrame of what the figure
+        shows) as ``<stem>.csv``, remembered in ``written``. A text of the figure that still shows a code
+        name (:func:`ood_core.style.code_names_in`) is printed as a warning."""
+        bad = style.code_names_in(fig, style.code_names(self.cache))
+        if bad:
+            print(f"[style] warning: {stem} shows code names in {bad}")
+        paths = style.savefig(fig, self.fig_dir, stem, numbers=numbers)
         self.written += paths
         return paths
 

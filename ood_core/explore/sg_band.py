@@ -28,7 +28,7 @@ from .. import metrics, style
 from ..analysis_cache import AnalysisCache
 from ..grid import GridPointUnavailable, point_available
 from ..scores import registry
-from .session import note
+from .session import note, set_label
 
 CHOSEN_FILE = "chosen_hyperparams.json"  # written by the benchmark stage beside metrics.csv
 SATURATION = 0.95  # median ID S above this: S saturates, the band is found on logit S
@@ -278,12 +278,13 @@ def plot_decomposition(d: Decomposition, cache: AnalysisCache, *, method: str = 
     if method:
         cell += f", tuned for {registry.display_name(method)}"
     s_label = f"logit S = log(S/(1−S)), S = max softmax ({cell})" if d.logit else f"S = max softmax ({cell})"
-    fig, axes = plt.subplots(1, 2, figsize=(style.TEXT_WIDTH, 2.3))
+    fig, axes = plt.subplots(1, 2, figsize=(style.TEXT_WIDTH, 2.5))
     edges = np.linspace(min(X_id.min(), X_ood.min()), max(X_id.max(), X_ood.max()) + 1e-12, bins + 1)
+    id_kw = dict(color=style.ID_COLOR, alpha=0.55, label=f"ID: {set_label(cache, cache.id_name)}")
+    ood_kw = dict(histtype="step", color="0.2", linewidth=1.0, label=f"OOD: {set_label(cache, d.ood_set)}")
     ax = axes[0]
-    ax.hist(X_id, bins=edges, density=True, color=style.ID_COLOR, alpha=0.55, label=f"ID ({cache.id_name})")
-    ax.hist(X_ood, bins=edges, density=True, histtype="step", color="0.3", linewidth=1.0, label=f"OOD ({d.ood_set})")
-    # a coloured, outlined band: its legend swatch stays visible wherever the (framed) legend lands
+    ax.hist(X_id, bins=edges, density=True, **id_kw)
+    ax.hist(X_ood, bins=edges, density=True, **ood_kw)
     ax.axvspan(
         d.lo,
         d.hi,
@@ -293,20 +294,21 @@ def plot_decomposition(d: Decomposition, cache: AnalysisCache, *, method: str = 
         linestyle="--",
         linewidth=0.6,
         zorder=0,
-        label=f"hard band ({d.band_mass:.0%} of overlap)",
+        label=f"hard band ({d.band_mass:.0%} of the ID/OOD overlap)",
     )
     ax.set_xlabel(s_label)
     ax.set_ylabel("density")
     ax.set_title(f"S on the test parts (AUROC {au['S (all)']:.3f})")
-    ax.set_ylim(top=1.45 * ax.get_ylim()[1])  # headroom: the legend sits above the histograms
-    ax.legend(loc="upper right", fontsize=6, frameon=True, framealpha=0.9, edgecolor="0.8")
     ax = axes[1]
     lg_i, lg_o = np.log10(d.G_id[d.in_id] + 1e-30), np.log10(d.G_ood[d.in_ood] + 1e-30)
     if len(lg_i) and len(lg_o):
         e2 = np.linspace(min(lg_i.min(), lg_o.min()), max(lg_i.max(), lg_o.max()) + 1e-9, max(5, bins // 2) + 1)
-        ax.hist(lg_i, bins=e2, density=True, color=style.ID_COLOR, alpha=0.55, label="ID in band")
-        ax.hist(lg_o, bins=e2, density=True, histtype="step", color="0.3", linewidth=1.0, label="OOD in band")
-        ax.legend(loc="best", fontsize=6)
+        ax.hist(lg_i, bins=e2, density=True, **{**id_kw, "label": None})
+        ax.hist(lg_o, bins=e2, density=True, **{**ood_kw, "label": None})
+    ax.set_ylabel("density (inside the band)")
+    # one legend above both panels (the right one shows the same ID / OOD samples inside the band)
+    handles, labels = axes[0].get_legend_handles_labels()
+    style.legend_outside(fig, handles, labels, where="top", ncol=3)
     ax.set_xlabel(r"$\log_{10}\|G\|^2$ = log10(SG / S²)")
     band_txt = (
         f"AUROC in band: S {au['S (band)']:.3f}, G {au['G (band)']:.3f}"

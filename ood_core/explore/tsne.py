@@ -10,9 +10,7 @@ import numpy as np
 
 from .. import style
 from ..analysis_cache import AnalysisCache
-from .session import note
-
-OOD_MARKERS = ["x", "+", "1", "^", "s", "D", "v", "*"]  # one marker per OOD set (all grey)
+from .session import model_label, note, set_label
 
 
 def sample_rows(cache: AnalysisCache, rng: np.random.Generator, n_points: int) -> list[tuple[str, np.ndarray]]:
@@ -41,7 +39,7 @@ def views(cache: AnalysisCache, picks: list[tuple[str, np.ndarray]], subspace: s
         )
         return out
     G = np.concatenate([cache.arrays(n)[key][i] for n, i in picks]).astype(np.float64)
-    out[f"low-dim gradients $G_{{low}}$ ({subspace}, K={G.shape[1]})"] = G
+    out[f"low-dim gradients $G_{{low}}$ ({style.display(subspace, 'subspace')}, K={G.shape[1]})"] = G
     return out
 
 
@@ -80,48 +78,64 @@ def embed(
     return np.asarray(tsne.fit(X))
 
 
-def plot_tsne(emb: dict[str, np.ndarray], role: np.ndarray, y_id: np.ndarray, cache: AnalysisCache):
-    """One panel per view: OOD rows grey (one marker per set), ID rows coloured by class."""
-    import matplotlib.pyplot as plt
+def table(emb: dict[str, np.ndarray], role: np.ndarray, y_id: np.ndarray, cache: AnalysisCache):
+    """The plotted points: one row per (view, sampled row) with set, class (ID rows; '' for OOD), x, y."""
+    import pandas as pd
 
-    meta, ID = cache.meta, cache.id_name
-    cls_colors = style.class_colors(int(meta["num_classes"]))
-    width = style.TEXT_WIDTH if len(emb) > 1 else style.COLUMN_WIDTH
-    fig, axes = plt.subplots(1, len(emb), figsize=(width, style.COLUMN_WIDTH * 0.95), squeeze=False)
-    for ax, (title, E) in zip(axes[0], emb.items()):
-        for j, o in enumerate(cache.ood_names):
-            m = role == o
-            ax.scatter(
-                E[m, 0],
-                E[m, 1],
-                s=4,
-                c=style.OOD_COLOR,
-                marker=OOD_MARKERS[j % len(OOD_MARKERS)],
-                linewidths=0.5,
-                alpha=0.7,
-                label=f"OOD: {o}",
-                rasterized=True,
-            )
-        Eid = E[role == ID]
+    names = cache.class_names
+    cls = np.full(len(role), "", dtype=object)
+    cls[role == cache.id_name] = [names[c] if c < len(names) else str(c) for c in np.asarray(y_id, int)]
+    return pd.concat(
+        [pd.DataFrame({"view": v, "set": role, "class": cls, "x": E[:, 0], "y": E[:, 1]}) for v, E in emb.items()],
+        ignore_index=True,
+    )
+
+
+def plot_tsne(emb: dict[str, np.ndarray], role: np.ndarray, y_id: np.ndarray, cache: AnalysisCache):
+    """Two rows of panels, one column per view. Top: ID test rows coloured by class name (no class in
+    grey), OOD rows as light-grey context. Bottom: each OOD set in its own colour and marker
+    (:func:`ood_core.style.ood_styles`), ID rows as light-blue context. Legends outside the panels."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    ID, names = cache.id_name, cache.class_names
+    cls_colors = style.class_colors(int(cache.meta["num_classes"]))
+    styles = style.ood_styles(cache.ood_names)
+    width = style.TEXT_WIDTH if len(emb) > 1 else style.COLUMN_WIDTH * 1.6
+    fig, axes = plt.subplots(2, len(emb), figsize=(width, 2 * style.COLUMN_WIDTH * 0.85), squeeze=False)
+    is_id, y_id = role == ID, np.asarray(y_id, int)
+    dot = dict(s=3, linewidths=0, rasterized=True)
+    for j, (title, E) in enumerate(emb.items()):
+        top, bottom = axes[0, j], axes[1, j]
+        top.scatter(E[~is_id, 0], E[~is_id, 1], color=style.CONTEXT_COLOR, alpha=0.6, **dot)
+        Eid = E[is_id]
         for c in np.unique(y_id):
             mc = y_id == c
-            name = cache.class_names[c] if c < len(cache.class_names) else str(c)
-            ax.scatter(
-                Eid[mc, 0],
-                Eid[mc, 1],
-                s=4,
-                color=cls_colors[c % len(cls_colors)],
-                linewidths=0,
-                alpha=0.85,
-                label=name if len(cls_colors) <= 10 else None,
-                rasterized=True,
+            top.scatter(Eid[mc, 0], Eid[mc, 1], color=cls_colors[c % len(cls_colors)], alpha=0.85, **dot)
+        bottom.scatter(Eid[:, 0], Eid[:, 1], color=style.ID_COLOR, alpha=0.12, **dot)
+        for o in cache.ood_names:
+            m, st = role == o, styles[o]
+            bottom.scatter(
+                E[m, 0], E[m, 1], s=5, color=st["color"], marker=st["marker"], linewidths=0, alpha=0.75, rasterized=True
             )
-        ax.set_title(title)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ("left", "bottom"):
-            ax.spines[s].set_visible(False)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", markerscale=2.5, handletextpad=0.2)
-    fig.suptitle(f"t-SNE of ID test ({ID}, by class) and OOD (grey) — {meta.get('model', '')}")
+        top.set_title(title)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ("left", "bottom"):
+                ax.spines[sp].set_visible(False)
+    axes[0, 0].set_ylabel(f"{set_label(cache, ID)} by class")
+    axes[1, 0].set_ylabel("OOD test sets")
+
+    def handle(color, label, marker="o", alpha=1.0):
+        return Line2D([], [], linestyle="none", marker=marker, markersize=4, color=color, alpha=alpha, label=label)
+
+    n_cls = len(cls_colors) if len(cls_colors) <= 10 else 0
+    h_top = [handle(cls_colors[c], names[c] if c < len(names) else str(c)) for c in range(n_cls)]
+    h_top.append(handle(style.CONTEXT_COLOR, "OOD (all sets)"))
+    h_bot = [handle(styles[o]["color"], set_label(cache, o), styles[o]["marker"]) for o in cache.ood_names]
+    h_bot.append(handle(style.ID_COLOR, "ID (all classes)", alpha=0.4))
+    axes[0, -1].legend(handles=h_top, loc="center left", bbox_to_anchor=(1.02, 0.5), handletextpad=0.2)
+    axes[1, -1].legend(handles=h_bot, loc="center left", bbox_to_anchor=(1.02, 0.5), handletextpad=0.2)
+    fig.suptitle(f"t-SNE of {set_label(cache, ID)} and {len(cache.ood_names)} OOD sets, {model_label(cache)}")
     return fig
