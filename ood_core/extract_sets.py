@@ -39,6 +39,7 @@ from .tuning import Split
 TRAIN, ID_TEST = "train", "id_test"  # the names of the two ID sets (the OOD sets take the user's names)
 GRODIN_TEST_POINTS = ("grid", "selected")
 LOWDIM_PREFIX = "lowdim_"
+ACTIVATION_PREFIXES = ("nac_", "gaia_")  # the arrays of grads/activations.py
 
 # a set's data, or a function that loads it (called only when the set is not stored already)
 SourceLike = Union[BatchSource, Callable[[], BatchSource]]
@@ -61,11 +62,14 @@ def arrays_needed(methods: Iterable[str]) -> set[str]:
 
 def extract_settings(extract: Mapping[str, Any], needs: set[str] | None) -> dict[str, Any]:
     """The ``extract`` section with the passes no method needs switched off (the ODIN / GRODIN grid,
-    the all-weights KL norm): one pass per batch computes only what is read. ``needs`` None: as given."""
+    the all-weights KL norm, the activation gradients): one pass per batch computes only what is read. ``needs`` None: as given."""
     out = dict(extract)
     if needs is not None:
         out["grodin"] = bool(extract["grodin"]) and bool(needs & set(GRID_VALUE_KEYS))
         out["kl_allweights"] = bool(extract["kl_allweights"]) and "kl_allw_sqnorm" in needs
+        out["activation_grads"] = bool(extract["activation_grads"]) and any(
+            k.startswith(ACTIVATION_PREFIXES) for k in needs
+        )
     return out
 
 

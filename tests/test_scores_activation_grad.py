@@ -95,7 +95,7 @@ def test_nac_fit_rows_class_balanced():
     assert np.array_equal(rows, AG.fit_rows(y, 40)) and np.all(np.diff(rows) > 0)
     assert len(AG.fit_rows(y, 1000)) == len(y)
     tr = _arrays(4, n=60)
-    assert S.fit("nac_ue", tr, n_fit=30)["n_fit"] == 30
+    assert AG.nac_tables(tr, 50, 50, 100.0, (), n_fit=30)["n_fit"] == 30
 
 
 class _PooledNet(torch.nn.Module):

@@ -109,18 +109,16 @@ def _nac_settings(O: float, M: int, alpha: float, stages: Sequence[str]) -> list
     return [(float(O), int(M), float(alpha))] + [NAC_STAGE_SETTINGS[s] for s in stages]
 
 
-def fit_nac(
-    train: Arrays,
-    *,
-    O: float = 50,
-    M: int = 50,
-    alpha: float = 100.0,
-    n_fit: int = NAC_FIT_ROWS,
-    stages: Sequence[str] = (),
-    **_: Any,
-) -> dict[str, Any]:
+def fit_nac(train: Arrays, *, O: float = 50, M: int = 50, alpha: float = 100.0, **_: Any) -> dict[str, Any]:
     """Per layer: the authors' edges and the coverage table of the states of a class-balanced subset
-    of ``n_fit`` training rows."""
+    of ``NAC_FIT_ROWS`` training rows (the pooled penultimate layer)."""
+    return nac_tables(train, O, M, alpha, ())
+
+
+def nac_tables(
+    train: Arrays, O: float, M: int, alpha: float, stages: Sequence[str], n_fit: int = NAC_FIT_ROWS
+) -> dict[str, Any]:
+    """:func:`fit_nac` on the pooled penultimate layer and the inner ``stages``."""
     rows = fit_rows(train["y"], int(n_fit))
     sub = {k: (v[rows] if k in ("h", "logits") or k.startswith("nac_") else v) for k, v in train.items()}
     layers = []
@@ -145,7 +143,6 @@ def nac_score(arrays: Arrays, state: Any, stages: Sequence[str], O: float, M: in
     "nac_ue",
     family="activation_gradient",
     display="NAC-UE",
-    defaults={"O": 50, "M": 50, "alpha": 100.0},
     grid={"O": NAC_O_GRID},
     needs=("h", "logits", "W"),
     fit=fit_nac,
@@ -169,16 +166,15 @@ def nac_ue(arrays: Arrays, state: Any = None, *, O: float = 50, M: int = 50, alp
     return nac_score(arrays, state, (), O, M, alpha)
 
 
-def fit_nac_stages(train: Arrays, **params: Any) -> dict[str, Any]:
+def fit_nac_stages(train: Arrays, *, O: float = 50, M: int = 50, alpha: float = 100.0, **_: Any) -> dict[str, Any]:
     """:func:`fit_nac` with the inner stages layer1..layer3."""
-    return fit_nac(train, stages=tuple(NAC_STAGE_SETTINGS), **params)
+    return nac_tables(train, O, M, alpha, tuple(NAC_STAGE_SETTINGS))
 
 
 @register(
     "nac_ue_stages",
     family="activation_gradient",
     display="NAC-UE (4 layers)",
-    defaults={"O": 50, "M": 50, "alpha": 100.0},
     grid={"O": NAC_O_GRID},
     needs=("h", "logits", "W", "nac_layer3", "nac_layer2", "nac_layer1"),
     fit=fit_nac_stages,
@@ -268,7 +264,6 @@ def grood_gradients(h: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     "grood",
     family="activation_gradient",
     display="GROOD",
-    defaults={"k": 1},
     grid={"k": GROOD_K_GRID},
     needs=("h",),
     fit=fit_grood,
