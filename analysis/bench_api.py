@@ -1,4 +1,4 @@
-"""Time the Python API (``ood_core.api.evaluate``) on the study's CIFAR-10 ResNet-18.
+"""Time the Python API (``ood_core.api.evaluation.evaluate``) on the study's CIFAR-10 ResNet-18.
 
     python -m analysis.bench_api --train-rows 2000 --rows 1000
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ood_core.api import evaluate
+from ood_core.api.evaluation import evaluate
 from ood_core.checkpoint import load_checkpoint
 from ood_core.config import load_profile
 from ood_core.data import ImageSet, load_dataset

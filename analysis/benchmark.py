@@ -9,7 +9,7 @@ checks the splits)::
     <analysis_dir>/head.npz       W, b
     <analysis_dir>/splits.npz     <name>__val, <name>__test for id_test and every OOD set
 
-For every method (``ood_core.benchmark.run_methods``, the core the Python API shares): fit on train
+For every method (``ood_core.evaluation.benchmark.run_methods``, the core the Python API shares): fit on train
 (memoised per fit-relevant parameters), choose parameters on the validation parts under the
 protocol, score the TEST parts, compute metrics (+ bootstrap std of AUROC). This stage adds the
 sweeps and ablations and writes the tables.
@@ -17,7 +17,7 @@ sweeps and ablations and writes the tables.
 Output in ``fig_dir``: metrics.csv/.md/.tex, ablation_grodin.*, ablation_rg_percentile.*,
 ablation_lowdim_k.*, ablation_lowdim_subspace.*, sweep_odin.csv, sweep_react.csv, sweep_knn.csv,
 chosen_hyperparams.json, reference.md, skipped.csv, paired.csv/.md (paired bootstrap of the near / far
-AUROC differences, ``ood_core.paired_table``; ``benchmark.bootstrap`` resamples, as the std in
+AUROC differences, ``ood_core.reporting.paired_table``; ``benchmark.bootstrap`` resamples, as the std in
 metrics.csv); and ``<analysis_dir>/scores/<name>.npz`` (test-part scores, float64 as scored;
 ``_test_idx`` = indices into that set's arrays; ``_protocol`` the protocol; in the ID file
 ``<method>__vs__<ood>`` holds the ID scores at the parameters used for that OOD set, ``<method>`` when
@@ -40,19 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ood_core import tables
 from ood_core.analysis_cache import AnalysisCache
-from ood_core.benchmark import BenchmarkData, Scorer, missing_arrays, run_methods, tune_method
 from ood_core.cache import write_text
-from ood_core.cuts import profile_cuts
-from ood_core.grid import point_available
-from ood_core.grid_selection import choose_settings
-from ood_core.paired_table import COLUMNS as PAIRED_COLUMNS
-from ood_core.paired_table import paired_markdown, paired_rows, resolve_pairs
-from ood_core.reference_compare import write_reference_md
+from ood_core.evaluation.benchmark import BenchmarkData, Scorer, missing_arrays, run_methods, tune_method
+from ood_core.evaluation.cuts import profile_cuts
+from ood_core.evaluation.tuning import PROTOCOLS, FitCache
+from ood_core.extraction.grid import point_available
+from ood_core.extraction.grid_selection import choose_settings
+from ood_core.reporting import tables
+from ood_core.reporting.paired_table import COLUMNS as PAIRED_COLUMNS
+from ood_core.reporting.paired_table import paired_markdown, paired_rows, resolve_pairs
+from ood_core.reporting.reference_compare import write_reference_md
+from ood_core.reporting.table_csv import json_default, write_csv, write_metrics_csv
 from ood_core.scores import registry  # importing the package registers every score
-from ood_core.table_csv import json_default, write_csv, write_metrics_csv
-from ood_core.tuning import PROTOCOLS, FitCache
 
 log = logging.getLogger("analysis.benchmark")
 
@@ -93,7 +93,7 @@ def run_benchmark(
 
     ``strict=False`` turns unexpected errors of a method into a skipped.csv entry instead of raising;
     missing arrays always lead to a skip with the reason logged. ``paired``: the pairs of paired.csv
-    (``benchmark.paired``; None: the best method of each family, see ``ood_core.paired_table``)."""
+    (``benchmark.paired``; None: the best method of each family, see ``ood_core.reporting.paired_table``)."""
     for item in paired or ():
         for m in [item] if isinstance(item, str) else item:
             registry.get(m)  # a wrong name fails before the long part, listing the known ones
@@ -258,7 +258,7 @@ def _sweep_odin(m, spec, data: BenchmarkData, scorer: Scorer, tr, grid, fits: Fi
 def _grodin_ablation(m, sweep: list[dict], data: BenchmarkData, protocol: str, held_out: str | None) -> list[dict]:
     """vanilla (eps0, T0) / only eps (T=T0) / only T (eps=eps0) / both, chosen on validation AUROC
     (own set's val part, or the held-out set's under held_out_ood) by
-    :func:`ood_core.grid_selection.choose_settings` (eps0 = 0 and T0 = 1 when on the grid, else the
+    :func:`ood_core.extraction.grid_selection.choose_settings` (eps0 = 0 and T0 = 1 when on the grid, else the
     smallest grid value; recorded in the rows)."""
     out = []
     for o in data.ood_names:

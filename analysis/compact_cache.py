@@ -19,7 +19,7 @@ import numpy as np
 
 from ood_core.analysis_cache import TEST_IDX_KEY, AnalysisCache
 from ood_core.cache import save_npz, write_json
-from ood_core.grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
+from ood_core.extraction.grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
 
 FILE_LIMIT = 16 * 2**20
 

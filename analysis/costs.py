@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ood_core.analysis_cache import AnalysisCache
-from ood_core.grid import full_points, point_available
+from ood_core.extraction.grid import full_points, point_available
+from ood_core.reporting.table_csv import write_csv
 from ood_core.scores import registry
-from ood_core.table_csv import write_csv
 
 log = logging.getLogger("analysis.costs")
 

@@ -1,5 +1,5 @@
 """Stage 2 — low-dim gradient subspaces, then one extraction pass per dataset: the profile's
-settings and datasets handed to the extraction orchestrator (``ood_core.extract_sets``) with the
+settings and datasets handed to the extraction orchestrator (``ood_core.extraction.orchestrator``) with the
 analysis cache as its store, then ``meta.json`` and the timings.
 
     python -m analysis.extract --profile demo
@@ -11,7 +11,7 @@ set), ``meta.json`` and ``timings.csv``. Each file records the hash of what it w
 Subspaces (Wu et al.) go to ``<cache>/lowdim/<name>.pt``.
 
 On several processes (CPU: gloo; GPUs: NCCL), each takes a shard of whole batches of every set and
-the results are joined into the same cache a single process writes (``ood_core.distributed``)::
+the results are joined into the same cache a single process writes (``ood_core.extraction.distributed``)::
 
     torchrun --standalone --nproc-per-node 2 -m analysis.extract --profile demo
 
@@ -29,10 +29,10 @@ from pathlib import Path
 from ood_core.cache import atomic_path, save_npz, write_json
 from ood_core.config import odin_grid
 from ood_core.data.sources import PreprocessedImages
-from ood_core.distributed import Ranks, init_ranks, shutdown
-from ood_core.extract import Preprocess, head_arrays
-from ood_core.extract_sets import ID_TEST, TRAIN, extract_sets, grid_test_points
-from ood_core.extract_store import DiskStore
+from ood_core.extraction.arrays import Preprocess, head_arrays
+from ood_core.extraction.distributed import Ranks, init_ranks, shutdown
+from ood_core.extraction.orchestrator import ID_TEST, TRAIN, extract_sets, grid_test_points
+from ood_core.extraction.store import DiskStore
 
 from .common import Context, add_common_args, make_context, record_run
 from .datasets import all_specs, load_named, spec_key

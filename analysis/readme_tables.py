@@ -9,7 +9,7 @@ A table lives in README.md between two marker lines::
 ``methods`` (optional; default: every method of the CSV) picks and orders the rows by their code
 names. Each row: family, display name, AUROC averaged over all OOD sets, FPR95 (ID-positive
 convention) averaged likewise, and the AUROC average of each OOD group (near, far, ...); all in %,
-the best of each column in bold. The averages are ``ood_core.tables.summary``'s, i.e. the
+the best of each column in bold. The averages are ``ood_core.reporting.tables.summary``'s, i.e. the
 ``all avg`` / ``<group> avg`` columns of ``metrics.md``.
 
     python -m analysis.readme_tables            # rewrite the tables whose metrics.csv exists
@@ -24,14 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ood_core import (
-    scores,  # noqa: F401  (registers every score, so display names resolve)
-    tables,
-)
+from ood_core import scores  # noqa: F401  (registers every score, so display names resolve)
 from ood_core.cache import write_text
+from ood_core.reporting import tables
+from ood_core.reporting.table_csv import read_metrics_csv
+from ood_core.reporting.table_render import best_rows
 from ood_core.scores import registry
-from ood_core.table_csv import read_metrics_csv
-from ood_core.table_render import best_rows
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -6,7 +6,7 @@
 A run is a benchmark output folder holding metrics.csv (or the path of a metrics.csv); its label is
 the folder's name. Output in ``--out`` (default: ``--fig-dir``, else figures/<profile>):
 seeds_metrics.csv (per protocol, method and set, and per near / far average: n_seeds, mean, std and
-the per-seed values of AUROC and both FPR95s; ``ood_core.seeds``) and seeds_metrics.md (display
+the per-seed values of AUROC and both FPR95s; ``ood_core.evaluation.seeds``) and seeds_metrics.md (display
 names; with one seed its header says so). A missing or malformed input is one error line naming the
 file. Not part of ``analysis.run``: run it once the seeds' benchmarks exist.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ood_core.cache import write_text
-from ood_core.seeds import COLUMNS, SeedsInputError, aggregate, read_run, run_labels, seeds_markdown
-from ood_core.table_csv import write_csv
+from ood_core.evaluation.seeds import COLUMNS, SeedsInputError, aggregate, read_run, run_labels, seeds_markdown
+from ood_core.reporting.table_csv import write_csv
 
 from .common import REPO, main_guard, one_line_errors
 

@@ -141,7 +141,7 @@ def load_model(ctx: Context) -> tuple[OODModel, dict]:
 
 
 def _tensors(ctx: Context, name: str):
-    from ood_core.extract import Preprocess
+    from ood_core.extraction.arrays import Preprocess
 
     ds = load_named(ctx, name)
     num_classes = ctx.cfg["model"]["kwargs"].get("num_classes")

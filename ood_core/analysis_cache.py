@@ -29,9 +29,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .cache import DamagedFileError, load_npz, save_npz
-from .grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
-from .table_render import markdown_grid
+from ood_core.cache import DamagedFileError, load_npz, save_npz
+from ood_core.extraction.grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
+from ood_core.reporting.table_render import markdown_grid
 
 # which pipeline stage writes which file (used in error messages)
 PRODUCERS = {
@@ -147,17 +147,10 @@ class AnalysisCache:
         return self.meta.get("ood", {}).get(name, "id")
 
     @property
-    def class_names(self) -> list[str]:
-        """``meta['class_names']``; else the known names of the ID dataset (CIFAR-10) when the class
-        count matches; else '0', '1', ..."""
-        c = int(self.meta.get("num_classes", 0))
-        if self.meta.get("class_names"):
-            return list(self.meta["class_names"])
-        from .data.openood_splits import CIFAR10_CLASSES
-
-        if self.meta.get("id_dataset") == "cifar10" and c == len(CIFAR10_CLASSES):
-            return list(CIFAR10_CLASSES)
-        return [str(i) for i in range(c)]
+    def class_names(self) -> list[str] | None:
+        """``meta['class_names']``, None when the extract stage had none."""
+        names = self.meta.get("class_names")
+        return list(names) if names else None
 
     @property
     def id_dataset(self) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .cache import atomic_path, sha256_file, write_json
+from ood_core.cache import atomic_path, sha256_file, write_json
 
 
 class CheckpointError(RuntimeError):

@@ -142,7 +142,7 @@ class TorchvisionResNet50(OODModel):
 
         net = torchvision.models.resnet50(weights=None, num_classes=num_classes)
         if weights_path is not None:
-            from .checkpoint import load_state_dict_file
+            from ood_core.checkpoint import load_state_dict_file
 
             net.load_state_dict(load_state_dict_file(Path(weights_path)))
         self.head = net.fc

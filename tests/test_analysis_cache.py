@@ -163,7 +163,7 @@ def test_write_scores_refuses_a_bad_split_before_writing(adir):
 
 # --------------------------------------------------------------------------------------- users
 def test_benchmark_reads_through_the_cache(adir):
-    from ood_core.benchmark import BenchmarkData
+    from ood_core.evaluation.benchmark import BenchmarkData
 
     cache = AnalysisCache(adir)
     data = BenchmarkData.from_cache(cache)

@@ -1,4 +1,4 @@
-"""The Python API (ood_core.api.evaluate, ood_core.detector.Detector) against the pipeline: the same
+"""The Python API (ood_core.api.evaluation.evaluate, ood_core.api.detector.Detector) against the pipeline: the same
 model, data and settings give metrics.csv's rows to 1e-12; errors for inputs it cannot use."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import yaml
 
-from ood_core.api import evaluate, study_settings
-from ood_core.detector import Detector
-from ood_core.inputs import InputError
+from ood_core.api.detector import Detector
+from ood_core.api.evaluation import evaluate, study_settings
+from ood_core.api.inputs import InputError
 from ood_core.scores import registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_evaluate_equals_the_pipelines_metrics_csv(tmp_path, grid_points):
     _assert_same_rows(ev.metrics, csv)
     assert set(ev.metrics["method"]) == set(registry.names())
     # the per-sample scores behind a row give its AUROC
-    from ood_core.metrics import auroc
+    from ood_core.evaluation.metrics import auroc
 
     row = ev.metrics[(ev.metrics.method == "grodin_g") & (ev.metrics.ood_set == "digits_5to9")].iloc[0]
     s_id, s_ood = ev.id_and_ood_scores("grodin_g", "digits_5to9")

@@ -110,13 +110,13 @@ def test_benchmark_code_digest_covers_every_library_module_the_stage_imports():
     assert {
         "analysis/benchmark.py",
         "analysis/costs.py",
-        "ood_core/grid.py",
-        "ood_core/grid_selection.py",
+        "ood_core/extraction/grid.py",
+        "ood_core/extraction/grid_selection.py",
         "ood_core/cache.py",
-        "ood_core/tuning.py",
-        "ood_core/metrics.py",
-        "ood_core/tables.py",
-        "ood_core/reference.py",
+        "ood_core/evaluation/tuning.py",
+        "ood_core/evaluation/metrics.py",
+        "ood_core/reporting/tables.py",
+        "ood_core/reporting/reference.py",
         "ood_core/config.py",
         "ood_core/scores/memo.py",
         "ood_core/scores/lowdim.py",
@@ -270,7 +270,7 @@ def test_stamp_does_not_call_a_stage_with_a_damaged_or_missing_output_cached(tmp
 
 
 def test_recompute_line_names_the_file_and_why():
-    from ood_core.extract_store import recompute_line
+    from ood_core.extraction.store import recompute_line
 
     assert recompute_line("svhn", "is damaged (bad CRC in h.npy)", finished=True) == (
         "recomputing svhn: arrays/svhn.npz is damaged (bad CRC in h.npy)"

@@ -1,10 +1,10 @@
-"""A profile's cuts (ood_core/cuts.py) are read from the profile and written into reference.md."""
+"""A profile's cuts (ood_core/evaluation/cuts.py) are read from the profile and written into reference.md."""
 
 from __future__ import annotations
 
 from ood_core.config import load_profile
-from ood_core.cuts import profile_cuts
-from ood_core.reference_compare import reference_markdown
+from ood_core.evaluation.cuts import profile_cuts
+from ood_core.reporting.reference_compare import reference_markdown
 
 
 def test_cifar10_cuts_name_every_cut_of_the_cpu_profile():

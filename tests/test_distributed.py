@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ood_core.distributed import Ranks
+from ood_core.extraction.distributed import Ranks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_batch_shard_partitions_whole_batches(n, bs, world):
 
 
 def test_join_rows_follows_the_grid_layout():
-    from ood_core.extract_sets import join_rows
+    from ood_core.extraction.orchestrator import join_rows
 
     a = {"h": np.ones((2, 3)), "odin_s": np.zeros((2, 1, 2)), "odin_T": np.array([1.0])}
     b = {"h": 2 * np.ones((1, 3)), "odin_s": np.ones((2, 1, 1)), "odin_T": np.array([1.0])}

@@ -17,7 +17,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ood_core import style  # noqa: E402
 from ood_core.analysis_cache import AnalysisCache  # noqa: E402
 from ood_core.explore import (  # noqa: E402
     benchmark_figures,
@@ -30,7 +29,8 @@ from ood_core.explore import (  # noqa: E402
     tsne,
 )
 from ood_core.explore.session import Session, load_table, ood_order, part_rows  # noqa: E402
-from ood_core.grid import GridPointUnavailable  # noqa: E402
+from ood_core.extraction.grid import GridPointUnavailable  # noqa: E402
+from ood_core.reporting import style  # noqa: E402
 from ood_core.scores import display_name  # noqa: E402
 
 try:  # tests/ is on sys.path under pytest's default (rootdir-based) import mode
@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover
 
 
 def mw_auroc(s_id, s_ood) -> float:
-    """Mann-Whitney AUROC, ID = positive, ties 1/2 (independent of ood_core.metrics)."""
+    """Mann-Whitney AUROC, ID = positive, ties 1/2 (independent of ood_core.evaluation.metrics)."""
     a, b = np.asarray(s_id, float)[:, None], np.asarray(s_ood, float)[None, :]
     return float((a > b).mean() + 0.5 * (a == b).mean())
 
@@ -167,7 +167,7 @@ def test_embed_is_deterministic_and_plot_draws_one_panel_per_view(cache):
     assert {t.get_text() for t in top.get_texts()} >= {"ant", "OOD (all sets)"}  # classes by name
     assert [t.get_text() for t in bottom.get_texts()][:2] == ["toy near", "toy far"]  # display names
     tab = tsne.table(emb, tsne.roles(picks), y_id, cache)
-    assert len(tab) == 40 * len(emb) and set(tab.loc[tab["set"] == fx.ID_TEST, "class"]) <= set(cache.class_names)
+    assert len(tab) == 40 * len(emb) and set(tab.loc[tab["set"] == fx.ID_TEST, "class"]) <= set(tsne.class_names(cache))
 
 
 # ---------------------------------------------------------------------------------------- densities

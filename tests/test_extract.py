@@ -1,4 +1,4 @@
-"""ood_core.extract.extract_arrays: the hooks path (one main pass per chunk) gives the arrays of the
+"""ood_core.extraction.arrays.extract_arrays: the hooks path (one main pass per chunk) gives the arrays of the
 vmap path (a forward, then one gradient pass per quantity)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from ood_core.api.inputs import as_source
 from ood_core.config import DEFAULTS
-from ood_core.extract import Subspace, extract_arrays
+from ood_core.extraction.arrays import Subspace, extract_arrays
 from ood_core.grads.lowdim import last_block_prefixes, resolve_params
-from ood_core.inputs import as_source
 from ood_core.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -129,9 +129,9 @@ def test_switches_and_no_stages():
 
 def test_extract_arrays_switch():
     """``extract.activation_grads`` adds the arrays (float32, one row per image) and their timing."""
+    from ood_core.api.inputs import as_source
     from ood_core.config import DEFAULTS
-    from ood_core.extract import extract_arrays
-    from ood_core.inputs import as_source
+    from ood_core.extraction.arrays import extract_arrays
 
     torch.manual_seed(3)
     x = torch.randn(7, 2, 6, 6)

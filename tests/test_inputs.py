@@ -1,4 +1,4 @@
-"""ood_core.inputs: a user's data (arrays, tensors, Dataset, DataLoader) as a batch source (issue #17)."""
+"""ood_core.api.inputs: a user's data (arrays, tensors, Dataset, DataLoader) as a batch source (issue #17)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from ood_core.api.inputs import DatasetSource, InputError, TensorSource, as_source, check_compatible
 from ood_core.data import ImageSet
 from ood_core.data.sources import BatchSource, Preprocess, PreprocessedImages
-from ood_core.inputs import DatasetSource, InputError, TensorSource, as_source, check_compatible
 
 N = 10
 PRE = Preprocess(size=8, channels=3, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])

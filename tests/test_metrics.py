@@ -1,4 +1,4 @@
-"""ood_core.metrics: hand-computed cases, sklearn cross-checks, bootstrap, input validation."""
+"""ood_core.evaluation.metrics: hand-computed cases, sklearn cross-checks, bootstrap, input validation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from ood_core import metrics as M
+from ood_core.evaluation import metrics as M
 
 
 # --------------------------------------------------------------------------- hand-computed cases

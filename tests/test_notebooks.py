@@ -312,7 +312,7 @@ def test_notebook_tables_show_display_names(executed):
 
 
 def _mw_auroc(s_id, s_ood) -> float:
-    """Mann-Whitney AUROC, ID = positive, ties 1/2 (independent of ood_core.metrics)."""
+    """Mann-Whitney AUROC, ID = positive, ties 1/2 (independent of ood_core.evaluation.metrics)."""
     import numpy as np
 
     a, b = np.asarray(s_id, float)[:, None], np.asarray(s_ood, float)[None, :]
@@ -478,7 +478,7 @@ def test_notebooks_on_a_selected_cells_cache(tmp_path):
     off = ~(np.isclose(sw["eps"], grid_eps[0]) & np.isclose(sw["T"], grid_T[0]))
     sw.loc[off, "auroc_test"] = np.nan
     sw.to_csv(fig_dir / "sweep_odin.csv", index=False)
-    # the benchmark's choices are cells every row has (ood_core.grid_selection marks them): here the only one
+    # the benchmark's choices are cells every row has (ood_core.extraction.grid_selection marks them): here the only one
     chosen = json.loads((fig_dir / "chosen_hyperparams.json").read_text())
     for spec in chosen["methods"].values():
         for entry in spec["per_set"].values():

@@ -1,4 +1,4 @@
-"""ood_core.own_model: a user's classifier as features + linear head (issue #17), its checks, and
+"""ood_core.api.own_model: a user's classifier as features + linear head (issue #17), its checks, and
 per-sample gradients of the wrapped model against a float64 brute-force autograd loop."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from ood_core.api.own_model import LinearHeadModel, OwnModelError, as_ood_model, check_grad_support, check_head
 from ood_core.grads import UnsupportedModuleError, energy_delta, per_sample_sq_norms
 from ood_core.models import SmallCNN
-from ood_core.own_model import LinearHeadModel, OwnModelError, as_ood_model, check_grad_support, check_head
 
 RTOL = 1e-6
 

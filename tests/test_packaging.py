@@ -73,14 +73,14 @@ def test_wheel_ships_the_profiles_and_an_installed_copy_knows_them(tmp_path):
     # the Python API of the installed copy works on its own: no analysis/ module is imported
     api_code = (
         "import sys, torch, torch.nn as nn\n"
-        "from ood_core.api import evaluate\n"
+        "from ood_core.api.evaluation import evaluate\n"
         "torch.manual_seed(0)\n"
         "m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),"
         " nn.Linear(4, 3)).eval()\n"
         "x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 3, (40,))\n"
         "ev = evaluate(m, train=(x, y), id_test=(x + 0.1, y), ood={'o': x + 3}, methods=['msp', 'grodin_g'],"
         " config={'extract': {'odin_T': [1, 10], 'odin_eps': [0.0, 0.002]}, 'benchmark': {'bootstrap': 2}})\n"
-        "import ood_core.api as api\n"
+        "import ood_core.api.evaluation as api\n"
         "print(api.__file__)\n"
         "print(len(ev.metrics), sorted(n for n in sys.modules if n.split('.')[0] == 'analysis'))\n"
     )

@@ -1,4 +1,4 @@
-"""Paired bootstrap of AUROC differences (ood_core.paired, ood_core.paired_table) on tiny inputs."""
+"""Paired bootstrap of AUROC differences (ood_core.evaluation.paired, ood_core.reporting.paired_table) on tiny inputs."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ood_core import metrics
-from ood_core.paired import (
+from ood_core.evaluation import metrics
+from ood_core.evaluation.paired import (
     paired_auroc_diff,
     paired_mean_auroc_diff,
     resample_rows,
     resampled_aurocs,
     summarize,
 )
-from ood_core.paired_table import paired_markdown, paired_rows, resolve_pairs, top_per_family
+from ood_core.reporting.paired_table import paired_markdown, paired_rows, resolve_pairs, top_per_family
 
 
 def _auc(s_id: np.ndarray, s_ood: np.ndarray) -> float:
@@ -193,8 +193,8 @@ def test_paired_rows_equal_the_direct_paired_difference(tmp_path):
     assert rows[0]["boot_mean"] == pytest.approx(near_d.mean(), abs=1e-12)
     assert loop.shape == (30,) and rows[0]["n_id"] == 40 and rows[0]["bootstrap_n"] == 30
 
-    from ood_core.paired_table import COLUMNS
-    from ood_core.table_csv import write_csv
+    from ood_core.reporting.paired_table import COLUMNS
+    from ood_core.reporting.table_csv import write_csv
 
     path = write_csv(rows, tmp_path / "paired.csv", COLUMNS)
     with open(path, newline="") as f:

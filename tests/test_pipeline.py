@@ -63,7 +63,7 @@ def test_extraction_matches_forward_and_cache_hits_and_misses(tmp_path):
     from analysis import extract, train
     from analysis.common import add_common_args, make_context
     from analysis.datasets import load_named
-    from ood_core.extract import Preprocess
+    from ood_core.extraction.arrays import Preprocess
 
     prof = tiny_profile(tmp_path)
     args = stage_args(prof, tmp_path)
@@ -254,7 +254,7 @@ def test_selected_grid_cells_equal_the_full_grid(tmp_path):
     import csv
 
     from analysis import benchmark, extract, train
-    from ood_core.grid import full_points
+    from ood_core.extraction.grid import full_points
 
     grid = {"odin_T": [1, 10, 100, 1000], "odin_eps": [0.0, 0.002, 0.004]}
     methods = ["odin", "grodin_s", "grodin_g", "grodin_sg"]

@@ -1,4 +1,4 @@
-"""Spearman's rho of our AUROC ranking vs OpenOOD v1.5's (ood_core.reference_compare) on tiny rows."""
+"""Spearman's rho of our AUROC ranking vs OpenOOD v1.5's (ood_core.reporting.reference_compare) on tiny rows."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from ood_core import reference as ref
-from ood_core.reference_compare import openood_rank_correlation, reference_markdown, spearman
+from ood_core.reporting import reference as ref
+from ood_core.reporting.reference_compare import openood_rank_correlation, reference_markdown, spearman
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published"
 LEADERBOARD = PUBLISHED / "openood_leaderboard_f969dfa_results_cifar10.csv"

@@ -38,7 +38,9 @@ def readme_blocks(language: str) -> list[tuple[int, str]]:
 
 def test_readme_has_the_own_model_examples():
     code = "\n".join(c for _, c in readme_blocks("python"))
-    assert "from ood_core.api import evaluate" in code and "from ood_core.detector import Detector" in code
+    assert (
+        "from ood_core.api.evaluation import evaluate" in code and "from ood_core.api.detector import Detector" in code
+    )
 
 
 @pytest.mark.slow

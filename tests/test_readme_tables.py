@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analysis import readme_tables as rt
-from ood_core.table_csv import read_metrics_csv, write_metrics_csv
+from ood_core.reporting.table_csv import read_metrics_csv, write_metrics_csv
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -190,7 +190,7 @@ def test_vim_dim_D_minus_1_vs_eigh(train):
 
 
 def test_vim_dim_at_or_above_D_is_not_applicable_and_tuning_skips_it(train):
-    from ood_core import tuning
+    from ood_core.evaluation import tuning
     from ood_core.scores.registry import NotApplicable
 
     with pytest.raises(NotApplicable, match=f"dim = {D} leaves no residual of the D = {D} features"):

@@ -1,4 +1,4 @@
-"""Mean ± std over training seeds (ood_core.seeds, analysis.seeds) on tiny fake metrics.csv files."""
+"""Mean ± std over training seeds (ood_core.evaluation.seeds, analysis.seeds) on tiny fake metrics.csv files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from analysis.seeds import main, write_seeds_tables
-from ood_core.seeds import SeedsInputError, aggregate, read_run, run_labels
-from ood_core.table_csv import write_metrics_csv
+from ood_core.evaluation.seeds import SeedsInputError, aggregate, read_run, run_labels
+from ood_core.reporting.table_csv import write_metrics_csv
 
 SETS = {"tinyimagenet": "near", "mnist": "far", "dtd10": "far"}
 METHODS = {"knn": "forward", "grodin_g": "gradient"}

@@ -1,4 +1,4 @@
-"""ood_core.style: the figure conventions the notebooks share (colour scale at chance, log-axis labels,
+"""ood_core.reporting.style: the figure conventions the notebooks share (colour scale at chance, log-axis labels,
 family labels beside heatmap rows, ID points not buried under OOD points)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from ood_core import style  # noqa: E402
+from ood_core.reporting import style  # noqa: E402
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""ood_core.tables / table_csv / table_render / reference(_compare) / analysis.benchmark (end to end on a
+"""ood_core.reporting.tables / table_csv / table_render / reference(_compare) / analysis.benchmark (end to end on a
 synthetic analysis dir)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import re
 import numpy as np
 import pytest
 
-from ood_core import reference as R
-from ood_core import reference_compare as RC
-from ood_core import table_csv as CSV
-from ood_core import tables as TB
+from ood_core.reporting import reference as R
+from ood_core.reporting import reference_compare as RC
+from ood_core.reporting import table_csv as CSV
+from ood_core.reporting import tables as TB
 from ood_core.scores import registry
 
 
@@ -120,7 +120,7 @@ def test_ablation_table_bold(tmp_path):
 
 # ------------------------------------------------------------------------------------- renderer
 def test_bold_best_marks_every_displayed_tie_and_never_a_missing_value():
-    from ood_core.table_render import Table, best_rows, markdown
+    from ood_core.reporting.table_render import Table, best_rows, markdown
 
     col = [80.001, 79.998, 79.99, None, float("nan")]  # the first two both show 80.00
     assert best_rows(col, "max") == {0, 1}
@@ -146,7 +146,7 @@ def test_bold_best_marks_every_displayed_tie_and_never_a_missing_value():
 
 
 def test_latex_variant_renders_the_same_table():
-    from ood_core.table_render import Table, latex, markdown
+    from ood_core.reporting.table_render import Table, latex, markdown
 
     t = Table(
         label_header=["family", "method"],
@@ -182,7 +182,7 @@ def test_latex_variant_renders_the_same_table():
 
 
 def test_tex_escape_every_special_character_once():
-    from ood_core.table_render import tex_escape
+    from ood_core.reporting.table_render import tex_escape
 
     assert tex_escape("a\\b") == r"a\textbackslash{}b"  # not re-escaped into \textbackslash\{\}
     assert tex_escape("&%$#_{}~^") == r"\&\%\$\#\_\{\}\textasciitilde{}\^{}"
@@ -566,7 +566,7 @@ def test_benchmark_end_to_end(bm_scores, bench, analysis_dir, tmp_path):
 
 def test_paired_csv_equals_the_pairs_recomputed_from_the_stored_scores(bm_scores, bench, analysis_dir, tmp_path):
     from ood_core.analysis_cache import AnalysisCache
-    from ood_core.paired_table import paired_from_cache
+    from ood_core.reporting.paired_table import paired_from_cache
 
     fig = tmp_path / "fig_paired"
     methods = ["_test_bm_msp", "_test_bm_odin", "_test_bm_grodin", "_test_bm_react"]
@@ -625,7 +625,7 @@ def test_stored_scores_reproduce_the_table_exactly(bm_scores, bench, analysis_di
     """Every metric of metrics.csv, recomputed from <analysis_dir>/scores/*.npz, is equal (==) to the
     table's: scores are stored as scored (float64), not rounded (float32 made the saturated score's
     ties: AUROC 0.5 from the stored scores)."""
-    from ood_core import metrics as M
+    from ood_core.evaluation import metrics as M
 
     fig = tmp_path / "fig_rt"
     methods = ["_test_bm_msp", "_test_bm_saturated", "_test_bm_odin", "_test_bm_react"]

@@ -1,11 +1,11 @@
-"""ood_core.tuning: validation-only selection, leakage guard, protocols, memoised fits."""
+"""ood_core.evaluation.tuning: validation-only selection, leakage guard, protocols, memoised fits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ood_core import tuning as T
+from ood_core.evaluation import tuning as T
 from ood_core.scores import registry
 
 SEEN_ROWS: list[np.ndarray] = []
@@ -247,7 +247,7 @@ def test_fit_memoised_on_fit_parameters(name, expected_fits):
 
 
 def test_choose_settings_picks_the_validation_best_cell_of_each_setting():
-    from ood_core.grid_selection import anchor_values, choose_settings
+    from ood_core.extraction.grid_selection import anchor_values, choose_settings
 
     auc = {
         (0.0, 1.0): 0.60,
@@ -271,7 +271,7 @@ def test_choose_settings_picks_the_validation_best_cell_of_each_setting():
 def test_params_key_is_order_free_and_keeps_value_types():
     import numpy as np
 
-    from ood_core.tuning import params_key
+    from ood_core.evaluation.tuning import params_key
 
     assert params_key({"T": 1.0, "eps": 0.0}) == params_key({"eps": 0.0, "T": 1.0})
     assert params_key({"T": np.float64(2.0)}) == params_key({"T": 2.0})

@@ -9,15 +9,15 @@ OpenOOD v1.5's CIFAR-10 benchmark lists, mapped to rows by identifiers: ``openoo
 """
 
 # isort: off
-from . import npz, torchvision_formats, folders, digits, noise  # noqa: F401  (register loaders)
+from ood_core.data import npz, torchvision_formats, folders, digits, noise  # noqa: F401  (register loaders)
 
 # isort: on
-from .base import DATASETS, DatasetError, ImageSet, load_dataset, register_loader
-from .corruptions import CIFAR_C_PARAMS, CORRUPTIONS, corrupt
-from .noise import gaussian_noise_images, uniform_noise_images
-from .splits import assert_disjoint, split_indices
-from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, iter_batches, to_tensor
-from .verify import SHARED_DATA_MANIFEST, sha256_file, shared_data_dir, verify_files
+from ood_core.data.base import DATASETS, DatasetError, ImageSet, load_dataset, register_loader
+from ood_core.data.corruptions import CIFAR_C_PARAMS, CORRUPTIONS, corrupt
+from ood_core.data.noise import gaussian_noise_images, uniform_noise_images
+from ood_core.data.splits import assert_disjoint, split_indices
+from ood_core.data.transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, iter_batches, to_tensor
+from ood_core.data.verify import SHARED_DATA_MANIFEST, sha256_file, shared_data_dir, verify_files
 
 __all__ = [
     "DATASETS",

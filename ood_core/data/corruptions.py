@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
-from .base import ImageSet, PathLike, fail, load_dataset, register_loader
+from ood_core.data.base import ImageSet, PathLike, fail, load_dataset, register_loader
 
 CIFAR_C_PARAMS: dict[str, list[Any]] = {
     "gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10],

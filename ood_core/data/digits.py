@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import ImageSet, PathLike, fail, register_loader
+from ood_core.data.base import ImageSet, PathLike, fail, register_loader
 
 TEST_SIZE = 0.3
 SPLIT_SEED = 0

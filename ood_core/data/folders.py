@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ImageSet, PathLike, fail, register_loader, require_dir
+from ood_core.data.base import ImageSet, PathLike, fail, register_loader, require_dir
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 

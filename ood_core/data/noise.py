@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ImageSet, PathLike, register_loader
+from ood_core.data.base import ImageSet, PathLike, register_loader
 
 
 def _to_uint8(v: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DatasetError, ImageSet, PathLike, fail, register_loader
+from ood_core.data.base import DatasetError, ImageSet, PathLike, fail, register_loader
 
 
 @register_loader("npz")

@@ -42,8 +42,8 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from .base import DatasetError, ImageSet, PathLike
-from .folders import list_image_folder
+from ood_core.data.base import DatasetError, ImageSet, PathLike
+from ood_core.data.folders import list_image_folder
 
 LIST_DIR = Path(__file__).resolve().parent / "openood_v1_5"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -7,7 +7,7 @@ a contiguous block (a view where the source can give one, so a batch of it is bi
 same batch of the whole source).
 
 The study's own source is :class:`PreprocessedImages` (uint8 ``ImageSet`` + :class:`Preprocess`);
-``ood_core.inputs`` turns a user's tensors, arrays, ``Dataset`` or ``DataLoader`` into a source.
+``ood_core.api.inputs`` turns a user's tensors, arrays, ``Dataset`` or ``DataLoader`` into a source.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Iterator, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .base import ImageSet
-from .transforms import iter_batches, to_tensor
+from ood_core.data.base import ImageSet
+from ood_core.data.transforms import iter_batches, to_tensor
 
 
 @runtime_checkable

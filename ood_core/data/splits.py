@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from .base import fail
+from ood_core.data.base import fail
 
 
 def split_indices(n: int, n_val: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ImageSet, PathLike, fail, register_loader, require_dir
+from ood_core.data.base import ImageSet, PathLike, fail, register_loader, require_dir
 
 # Globals a CIFAR pickle (Python 2 cPickle or Python 3, numpy arrays) may reference; anything else
 # is refused, so a tampered pickle cannot run code.

@@ -9,8 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Mapping
 
-from ..cache import sha256_file, write_json
-from .base import PathLike, fail
+from ood_core.cache import sha256_file, write_json
+from ood_core.data.base import PathLike, fail
 
 # shared/data (see its MANIFEST.md): file -> (size in bytes, sha256)
 SHARED_DATA_MANIFEST: dict[str, tuple[int, str]] = {

@@ -16,7 +16,7 @@ benchmark_figures   05          ODIN/GRODIN, KNN, ReAct sweeps; compute cost; AU
 
 Everything here reads the analysis cache (:class:`ood_core.analysis_cache.AnalysisCache`) and the
 benchmark's tables; scores come from the registry (:mod:`ood_core.scores`), metrics from
-:mod:`ood_core.metrics`, the figure style from :mod:`ood_core.style`.
+:mod:`ood_core.evaluation.metrics`, the figure style from :mod:`ood_core.reporting.style`.
 """
 
-from .session import Session, note  # noqa: F401
+from ood_core.explore.session import Session, note  # noqa: F401

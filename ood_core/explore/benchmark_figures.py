@@ -2,7 +2,7 @@
 
 * ODIN / GRODIN (``sweep_odin.csv``): AUROC vs eps at the chosen T and vs T at the chosen eps, where the
   chosen cell of a method and OOD set is the one the benchmark's GRODIN ablation calls ``both``
-  (:func:`ood_core.grid_selection.choose_settings` on the set's own validation AUROCs, ties to the
+  (:func:`ood_core.extraction.grid_selection.choose_settings` on the set's own validation AUROCs, ties to the
   first cell in grid order; under the ``per_ood_val`` protocol the cell of ``metrics.csv``).
 * KNN / ReAct / RG (``sweep_knn.csv``, ``sweep_react.csv``): test AUROC vs one parameter.
 * Compute cost (``method_costs.csv``, else the extraction's ``timings.csv``): seconds per 1,000 images.
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import style
-from ..analysis_cache import AnalysisCache
-from ..grid_selection import choose_settings
-from ..scores import display_name, family_display
-from ..scores.registry import FAMILIES
-from .metric_tables import families
-from .session import load_table, model_label, note, ood_order, set_label
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.explore.metric_tables import families
+from ood_core.explore.session import load_table, model_label, note, ood_order, set_label
+from ood_core.extraction.grid_selection import choose_settings
+from ood_core.reporting import style
+from ood_core.scores import display_name, family_display
+from ood_core.scores.registry import FAMILIES
 
 
 def sweep_column(sw: pd.DataFrame) -> str:

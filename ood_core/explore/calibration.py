@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import style
-from ..analysis_cache import AnalysisCache
-from ..grid import grid_axes
-from ..scores.decomposition import V_msp
-from .session import note
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.explore.session import note
+from ood_core.extraction.grid import grid_axes
+from ood_core.reporting import style
+from ood_core.scores.decomposition import V_msp
 
 
 def reliability(conf: np.ndarray, correct: np.ndarray, edges: np.ndarray) -> pd.DataFrame:

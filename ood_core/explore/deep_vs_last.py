@@ -8,7 +8,7 @@ Two comparisons on the test parts, each between two registered scores (higher = 
   ``grodin_sg_lastlayer`` at T = 1 (-||p - e_yhat||^2 (||h||^2 + 1)).
 
 Agreement is the Spearman rank correlation over all test samples pooled, and the AUROC of each score
-per OOD set (:func:`ood_core.metrics.auroc`).
+per OOD set (:func:`ood_core.evaluation.metrics.auroc`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import metrics, style
-from ..analysis_cache import AnalysisCache
-from ..grid import GridPointUnavailable
-from ..scores import registry
-from .factorisation import subsample
-from .session import note, set_label
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.evaluation import metrics
+from ood_core.explore.factorisation import subsample
+from ood_core.explore.session import note, set_label
+from ood_core.extraction.grid import GridPointUnavailable
+from ood_core.reporting import style
+from ood_core.scores import registry
 
 
 @dataclass

@@ -2,7 +2,7 @@
 Figs. 3-4; notebook 02).
 
 Top-dimension rule: each dimension of ``lowdim_<subspace>`` is scored by its one-dimensional AUROC
-(ID vs all OOD sets pooled, :func:`ood_core.metrics.auroc`) on the validation parts; the ``n_top`` with
+(ID vs all OOD sets pooled, :func:`ood_core.evaluation.metrics.auroc`) on the validation parts; the ``n_top`` with
 the largest |AUROC - 0.5| are plotted on the test parts. AUROC < 0.5 means *inverted*: ID values tend
 to be lower than OOD ones.
 
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import metrics, style
-from ..analysis_cache import AnalysisCache
-from .session import note, part_rows, set_label
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.evaluation import metrics
+from ood_core.explore.session import note, part_rows, set_label
+from ood_core.reporting import style
 
 
 def lowdim_arrays(cache: AnalysisCache, subspace: str) -> dict[str, np.ndarray] | None:
@@ -109,7 +110,7 @@ def plot_density_panels(
     caption: str | None = None,
 ):
     """One panel per dimension (:func:`density_curves`): ID test filled blue, each OOD test set a line
-    in its own colour and line style (:func:`ood_core.style.ood_styles`); one legend right of the panels."""
+    in its own colour and line style (:func:`ood_core.reporting.style.ood_styles`); one legend right of the panels."""
     import matplotlib.pyplot as plt
 
     ID, styles = cache.id_name, style.ood_styles(cache.ood_names)

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import style
-from ..analysis_cache import AnalysisCache
-from ..scores import registry
-from ..scores._common import softmax
-from ..scores.decomposition import V_l1u, V_msp, V_sqnorm, exgrad_factors, gradnorm_factors
-from .session import note, set_label
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.explore.session import note, set_label
+from ood_core.reporting import style
+from ood_core.scores import registry
+from ood_core.scores._common import softmax
+from ood_core.scores.decomposition import V_l1u, V_msp, V_sqnorm, exgrad_factors, gradnorm_factors
 
 SCORES = ("GradNorm", "ExGrad")
 TERMS = {"GradNorm": "‖h‖₁·‖p−u‖₁", "ExGrad": "(‖h‖²+1)(1−‖p‖²)"}

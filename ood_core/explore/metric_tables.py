@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..analysis_cache import AnalysisCache, to_markdown
-from ..scores import display_name
-from ..scores.registry import FAMILIES
-from .session import ood_order
+from ood_core.analysis_cache import AnalysisCache, to_markdown
+from ood_core.explore.session import ood_order
+from ood_core.scores import display_name
+from ood_core.scores.registry import FAMILIES
 
 
 def pivot(mdf: pd.DataFrame, ood_names: list[str], metric: str = "auroc") -> pd.DataFrame:

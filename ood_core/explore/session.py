@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import style
-from ..analysis_cache import AnalysisCache, read_csv
+from ood_core.analysis_cache import AnalysisCache, read_csv
+from ood_core.reporting import style
 
 PARTS = ("val", "test")
 
@@ -40,12 +40,12 @@ def part_rows(cache: AnalysisCache, name: str, which: str) -> np.ndarray:
 
 
 def set_label(cache: AnalysisCache, name: str) -> str:
-    """A set's name in figures (:func:`ood_core.style.set_name`): the ID test set as 'CIFAR-10 test (ID)'."""
+    """A set's name in figures (:func:`ood_core.reporting.style.set_name`): the ID test set as 'CIFAR-10 test (ID)'."""
     return style.set_name(name, cache.id_name, cache.id_dataset)
 
 
 def model_label(cache: AnalysisCache) -> str:
-    """The model's name in figures (:func:`ood_core.style.display`)."""
+    """The model's name in figures (:func:`ood_core.reporting.style.display`)."""
     return style.display(str(cache.meta.get("model", "")))
 
 
@@ -119,7 +119,7 @@ class Session:
     def save(self, fig, stem: str, numbers) -> list[Path]:
         """``style.savefig`` into ``fig_dir``: PNG + PDF and ``numbers`` (a DataFrame of what the figure
         shows) as ``<stem>.csv``, remembered in ``written``. A text of the figure that still shows a code
-        name (:func:`ood_core.style.code_names_in`) is printed as a warning."""
+        name (:func:`ood_core.reporting.style.code_names_in`) is printed as a warning."""
         bad = style.code_names_in(fig, style.code_names(self.cache))
         if bad:
             print(f"[style] warning: {stem} shows code names in {bad}")

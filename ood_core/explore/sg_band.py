@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import metrics, style
-from ..analysis_cache import AnalysisCache
-from ..grid import GridPointUnavailable, point_available
-from ..scores import registry
-from .session import note, set_label
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.evaluation import metrics
+from ood_core.explore.session import note, set_label
+from ood_core.extraction.grid import GridPointUnavailable, point_available
+from ood_core.reporting import style
+from ood_core.scores import registry
 
 CHOSEN_FILE = "chosen_hyperparams.json"  # written by the benchmark stage beside metrics.csv
 SATURATION = 0.95  # median ID S above this: S saturates, the band is found on logit S
@@ -60,7 +61,7 @@ def pick_cell(
 ) -> dict[str, float]:
     """:func:`chosen_cell`, with T (when > 0) and eps (when >= 0) overridden. The cell must be on the
     cached grid (``ValueError`` otherwise) and computed on every row of the ID and the OOD set
-    (:class:`~ood_core.grid.GridPointUnavailable` otherwise)."""
+    (:class:`~ood_core.extraction.grid.GridPointUnavailable` otherwise)."""
     cell = chosen_cell(fig_dir, method, ood_set)
     if float(T) > 0:
         cell["T"] = float(T)

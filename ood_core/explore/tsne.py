@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import style
-from ..analysis_cache import AnalysisCache
-from .session import model_label, note, set_label
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.explore.session import model_label, note, set_label
+from ood_core.reporting import style
+
+
+def class_names(cache: AnalysisCache) -> list[str]:
+    """The ID classes' names: the cache's ``class_names``; else CIFAR-10's when the ID dataset is
+    CIFAR-10 with 10 classes; else '0', '1', ..."""
+    if cache.class_names:
+        return cache.class_names
+    from ood_core.data.openood_splits import CIFAR10_CLASSES
+
+    c = int(cache.meta.get("num_classes", 0))
+    if cache.meta.get("id_dataset") == "cifar10" and c == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return [str(i) for i in range(c)]
 
 
 def sample_rows(cache: AnalysisCache, rng: np.random.Generator, n_points: int) -> list[tuple[str, np.ndarray]]:
@@ -82,7 +95,7 @@ def table(emb: dict[str, np.ndarray], role: np.ndarray, y_id: np.ndarray, cache:
     """The plotted points: one row per (view, sampled row) with set, class (ID rows; '' for OOD), x, y."""
     import pandas as pd
 
-    names = cache.class_names
+    names = class_names(cache)
     cls = np.full(len(role), "", dtype=object)
     cls[role == cache.id_name] = [names[c] if c < len(names) else str(c) for c in np.asarray(y_id, int)]
     return pd.concat(
@@ -94,11 +107,11 @@ def table(emb: dict[str, np.ndarray], role: np.ndarray, y_id: np.ndarray, cache:
 def plot_tsne(emb: dict[str, np.ndarray], role: np.ndarray, y_id: np.ndarray, cache: AnalysisCache):
     """Two rows of panels, one column per view. Top: ID test rows coloured by class name (no class in
     grey), OOD rows as light-grey context. Bottom: each OOD set in its own colour and marker
-    (:func:`ood_core.style.ood_styles`), ID rows as light-blue context. Legends outside the panels."""
+    (:func:`ood_core.reporting.style.ood_styles`), ID rows as light-blue context. Legends outside the panels."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    ID, names = cache.id_name, cache.class_names
+    ID, names = cache.id_name, class_names(cache)
     cls_colors = style.class_colors(int(cache.meta["num_classes"]))
     styles = style.ood_styles(cache.ood_names)
     width = style.TEXT_WIDTH if len(emb) > 1 else style.COLUMN_WIDTH * 1.6

@@ -5,11 +5,11 @@ with layers/ (one rule per layer type) and vmap (torch.func reference); perturb 
 grodin (ODIN/GRODIN grid; its method="vmap" in grodin_vmap), stream (per-sample gradients over a
 data iterator) and lowdim (low-dimensional gradients)."""
 
-from .deltas import ce_pred_delta, energy_delta, kl_uniform_delta
-from .grodin import grodin_grid, kl_allweights_sqnorm
-from .hooks import HookEngine
-from .layers import UnsupportedModuleError
-from .lowdim import (
+from ood_core.grads.deltas import ce_pred_delta, energy_delta, kl_uniform_delta
+from ood_core.grads.grodin import grodin_grid, kl_allweights_sqnorm
+from ood_core.grads.hooks import HookEngine
+from ood_core.grads.layers import UnsupportedModuleError
+from ood_core.grads.lowdim import (
     class_mean_subspace,
     gradient_stats,
     iter_whitened_grads,
@@ -19,9 +19,9 @@ from .lowdim import (
     resolve_params,
     whiten,
 )
-from .per_sample import per_sample_grads_flat, per_sample_sq_norms
-from .perturb import apply_sign_step, input_grad_sign, odin_perturb
-from .selection import select_param_names
+from ood_core.grads.per_sample import per_sample_grads_flat, per_sample_sq_norms
+from ood_core.grads.perturb import apply_sign_step, input_grad_sign, odin_perturb
+from ood_core.grads.selection import select_param_names
 
 __all__ = [
     "HookEngine",

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .runtime import eval_mode, upcast
+from ood_core.grads.runtime import eval_mode, upcast
 
 __all__ = [
     "GAIA_KEYS",

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .runtime import upcast
+from ood_core.grads.runtime import upcast
 
 __all__ = ["DeltaFn", "ce_pred_delta", "energy_delta", "kl_uniform_delta"]
 

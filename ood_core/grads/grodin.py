@@ -20,13 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .deltas import ce_pred_delta, kl_uniform_delta
-from .grodin_vmap import grid_cells_vmap
-from .hooks import DEFAULT_MAX_BYTES, HookEngine
-from .per_sample import check_method, per_sample_sq_norms
-from .perturb import SPACES, apply_sign_step
-from .runtime import model_device_dtype
-from .selection import ParamSpec
+from ood_core.grads.deltas import ce_pred_delta, kl_uniform_delta
+from ood_core.grads.grodin_vmap import grid_cells_vmap
+from ood_core.grads.hooks import DEFAULT_MAX_BYTES, HookEngine
+from ood_core.grads.per_sample import check_method, per_sample_sq_norms
+from ood_core.grads.perturb import SPACES, apply_sign_step
+from ood_core.grads.runtime import model_device_dtype
+from ood_core.grads.selection import ParamSpec
 
 __all__ = ["grodin_grid", "kl_allweights_sqnorm"]
 

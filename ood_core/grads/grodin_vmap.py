@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .deltas import DeltaFn, ce_pred_delta
-from .per_sample import per_sample_sq_norms
-from .perturb import apply_sign_step
-from .runtime import autocast, eval_mode, model_device_dtype
-from .selection import ParamSpec
+from ood_core.grads.deltas import DeltaFn, ce_pred_delta
+from ood_core.grads.per_sample import per_sample_sq_norms
+from ood_core.grads.perturb import apply_sign_step
+from ood_core.grads.runtime import autocast, eval_mode, model_device_dtype
+from ood_core.grads.selection import ParamSpec
 
 __all__ = ["grid_cells_vmap"]
 

@@ -20,10 +20,10 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
-from .deltas import DeltaFn
-from .layers import LayerRule, UnsupportedModuleError, rule_for
-from .runtime import autocast, eval_mode, model_device_dtype, upcast
-from .selection import ParamSpec, select_param_names
+from ood_core.grads.deltas import DeltaFn
+from ood_core.grads.layers import LayerRule, UnsupportedModuleError, rule_for
+from ood_core.grads.runtime import autocast, eval_mode, model_device_dtype, upcast
+from ood_core.grads.selection import ParamSpec, select_param_names
 
 __all__ = ["DEFAULT_MAX_BYTES", "HookEngine", "run_chunks"]
 

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..distributed import Ranks
-from .deltas import DeltaFn, energy_delta
-from .runtime import model_device_dtype
-from .selection import ParamSpec, last_block_prefixes, resolve_params  # noqa: F401  (re-exported)
-from .stream import HEAD_NAMES, head_grads_closed_form, iter_raw_grads, num_selected_params
+from ood_core.extraction.distributed import Ranks
+from ood_core.grads.deltas import DeltaFn, energy_delta
+from ood_core.grads.runtime import model_device_dtype
+from ood_core.grads.selection import ParamSpec, last_block_prefixes, resolve_params  # noqa: F401  (re-exported)
+from ood_core.grads.stream import HEAD_NAMES, head_grads_closed_form, iter_raw_grads, num_selected_params
 
 if TYPE_CHECKING:
     pass

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .deltas import energy_delta, kl_uniform_delta
-from .hooks import DEFAULT_MAX_BYTES, HookEngine
-from .runtime import model_device_dtype, upcast
-from .selection import ParamSpec, resolve_params
-from .stream import gradient_buffer
+from ood_core.grads.deltas import energy_delta, kl_uniform_delta
+from ood_core.grads.hooks import DEFAULT_MAX_BYTES, HookEngine
+from ood_core.grads.runtime import model_device_dtype, upcast
+from ood_core.grads.selection import ParamSpec, resolve_params
+from ood_core.grads.stream import gradient_buffer
 
 __all__ = ["FoldedBasis", "MainPassResult", "main_pass"]
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .deltas import DeltaFn
-from .hooks import DEFAULT_MAX_BYTES, HookEngine, run_chunks
-from .runtime import model_device_dtype
-from .selection import ParamSpec, select_param_names
-from .vmap import VMAP_DEFAULT_CHUNK, vmap_grads_flat, vmap_sq_norms
+from ood_core.grads.deltas import DeltaFn
+from ood_core.grads.hooks import DEFAULT_MAX_BYTES, HookEngine, run_chunks
+from ood_core.grads.runtime import model_device_dtype
+from ood_core.grads.selection import ParamSpec, select_param_names
+from ood_core.grads.vmap import VMAP_DEFAULT_CHUNK, vmap_grads_flat, vmap_sq_norms
 
 __all__ = ["METHODS", "check_method", "per_sample_grads_flat", "per_sample_sq_norms"]
 

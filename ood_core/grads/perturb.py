@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .runtime import autocast, eval_mode, model_device_dtype, upcast
+from ood_core.grads.runtime import autocast, eval_mode, model_device_dtype, upcast
 
 __all__ = ["apply_sign_step", "input_grad_sign", "odin_perturb"]
 

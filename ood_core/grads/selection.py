@@ -38,7 +38,7 @@ def select_param_names(model: nn.Module, params: ParamSpec = "all") -> list[str]
 
 def last_block_prefixes(model: nn.Module) -> list[str]:
     """Parameter-name prefixes of the last residual stage + head for the zoo's models."""
-    from .. import models as zoo
+    from ood_core import models as zoo
 
     if isinstance(model, zoo.ResNet18Cifar):
         return ["layer4", "head"]

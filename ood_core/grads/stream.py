@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Iterable, Iterator, TypeGuard
 import torch
 import torch.nn as nn
 
-from .deltas import DeltaFn
-from .hooks import HookEngine
-from .per_sample import check_method, per_sample_grads_flat
-from .runtime import eval_mode, model_device_dtype
+from ood_core.grads.deltas import DeltaFn
+from ood_core.grads.hooks import HookEngine
+from ood_core.grads.per_sample import check_method, per_sample_grads_flat
+from ood_core.grads.runtime import eval_mode, model_device_dtype
 
 if TYPE_CHECKING:
-    from ..models import OODModel
+    from ood_core.models import OODModel
 
 __all__ = ["HEAD_NAMES", "gradient_buffer", "head_grads_closed_form", "iter_raw_grads", "num_selected_params"]
 

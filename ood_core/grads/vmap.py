@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .deltas import DeltaFn
-from .runtime import autocast, eval_mode, model_device_dtype, upcast
+from ood_core.grads.deltas import DeltaFn
+from ood_core.grads.runtime import autocast, eval_mode, model_device_dtype, upcast
 
 __all__ = ["VMAP_DEFAULT_CHUNK", "vmap_grads_flat", "vmap_sq_norms"]
 

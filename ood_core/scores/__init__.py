@@ -6,11 +6,11 @@ lowdim, ensemble).
 """
 
 # isort: off
-from . import forward, forward_recent, lastlayer, grodin, activation_grad, decomposition, lowdim  # noqa: F401,E402  (registers scores, in this order)
+from ood_core.scores import forward, forward_recent, lastlayer, grodin, activation_grad, decomposition, lowdim  # noqa: F401,E402  (registers scores, in this order)
 
 # isort: on
-from .memo import Memo  # noqa: F401
-from .registry import (  # noqa: F401
+from ood_core.scores.memo import Memo  # noqa: F401
+from ood_core.scores.registry import (  # noqa: F401
     ScoreSpec,
     Sweep,
     compute,

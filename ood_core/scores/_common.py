@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import DEFAULTS, odin_eps_grid
-from ..grid import GridPointUnavailable, full_points, grid_index
+from ood_core.config import DEFAULTS, odin_eps_grid
+from ood_core.extraction.grid import GridPointUnavailable, full_points, grid_index
 
 # The ODIN / GRODIN grid (Liang et al. 2018; GRODIN §3.1): the profiles' default extraction grid
 # (ood_core.config.DEFAULTS), i.e. the grid the cache is computed on unless a profile narrows it.

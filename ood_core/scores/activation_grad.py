@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import as_2d, check_fitted_param, f64, kth_nn_distance, require_state, softmax
-from .registry import Arrays, register
+from ood_core.scores._common import as_2d, check_fitted_param, f64, kth_nn_distance, require_state, softmax
+from ood_core.scores.registry import Arrays, register
 
 # NAC-UE, the authors' CIFAR-10 setting (ood_coverage configs/postprocessors/nac/resnet/nac_cifar10.yml):
 # the avgpool layer with O = 50, M = 50, alpha = 100; their sweep is O in {10, 50}; 1,000 training

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._common import as_2d, log_softmax, logsumexp, one_minus_p, softmax
-from .registry import Arrays, register
+from ood_core.scores._common import as_2d, log_softmax, logsumexp, one_minus_p, softmax
+from ood_core.scores.registry import Arrays, register
 
 
 # --------------------------------------------------------------------------- feature term N(h)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import (
+from ood_core.scores._common import (
     KNN_K_GRID,
     ODIN_EPS_GRID,
     ODIN_T_GRID,
@@ -28,8 +28,8 @@ from ._common import (
     require_state,
     softmax,
 )
-from .memo import Memo
-from .registry import Arrays, NotApplicable, Sweep, register
+from ood_core.scores.memo import Memo
+from ood_core.scores.registry import Arrays, NotApplicable, Sweep, register
 
 
 # --------------------------------------------------------------------------- output-only scores

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import (
+from ood_core.scores._common import (
     as_2d,
     check_fitted_param,
     class_means_tied_precision,
@@ -24,9 +24,9 @@ from ._common import (
     require_state,
     softmax,
 )
-from .forward import NN_TABLE_K
-from .memo import Memo
-from .registry import Arrays, register
+from ood_core.scores.forward import NN_TABLE_K
+from ood_core.scores.memo import Memo
+from ood_core.scores.registry import Arrays, register
 
 # OpenOOD's sweep for ASH and SCALE (ash.yml, scale.yml), in percent
 SHAPING_PERCENTILE_GRID: list[float] = [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ._common import ODIN_EPS_GRID, ODIN_T_GRID, cached_slice, f64
-from .registry import Arrays, Sweep, register
+from ood_core.scores._common import ODIN_EPS_GRID, ODIN_T_GRID, cached_slice, f64
+from ood_core.scores.registry import Arrays, Sweep, register
 
 _NEEDS = ("odin_s", "grodin_sqnorm", "odin_eps", "odin_T")
 _GRID = {"eps": ODIN_EPS_GRID, "T": ODIN_T_GRID}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import (
+from ood_core.scores._common import (
     ODIN_T_GRID,
     PERCENTILE_GRID,
     as_2d,
@@ -24,8 +24,8 @@ from ._common import (
     softmax,
     sq_dist_to_onehot_top,
 )
-from .forward import fit_react, react_logits
-from .registry import Arrays, Sweep, register
+from ood_core.scores.forward import fit_react, react_logits
+from ood_core.scores.registry import Arrays, Sweep, register
 
 
 @register(

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import (
+from ood_core.scores._common import (
     KNN_K_GRID,
     PERCENTILE_GRID,
     as_2d,
@@ -37,9 +37,9 @@ from ._common import (
     require_state,
     softmax,
 )
-from .forward import fit_react, knn_bank, knn_score, react
-from .memo import Memo
-from .registry import Arrays, Sweep, register
+from ood_core.scores.forward import fit_react, knn_bank, knn_score, react
+from ood_core.scores.memo import Memo
+from ood_core.scores.registry import Arrays, Sweep, register
 
 PAPER = "Wu, Li, Cheng, Yang, Huang, arXiv 2310.17163 (2023)"
 PROBE_DEFAULTS: dict[str, Any] = {"probe_epochs": 10, "probe_lr": 0.1, "probe_schedule": "cosine", "probe_seed": 0}

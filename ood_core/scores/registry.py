@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..grid import GRID_VALUE_KEYS
+from ood_core.extraction.grid import GRID_VALUE_KEYS
 
 Arrays = Mapping[str, np.ndarray]
 ScoreFn = Callable[..., np.ndarray]

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch.nn as nn
 
-from .base import LayerRule, UnsupportedModuleError
-from .batchnorm import BatchNormRule
-from .conv2d import Conv2dRule
-from .linear import LinearRule
+from ood_core.grads.layers.base import LayerRule, UnsupportedModuleError
+from ood_core.grads.layers.batchnorm import BatchNormRule
+from ood_core.grads.layers.conv2d import Conv2dRule
+from ood_core.grads.layers.linear import LinearRule
 
 __all__ = ["RULES", "LayerRule", "UnsupportedModuleError", "rule_for"]
 

@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..runtime import compute_dtype
-from .base import UnsupportedModuleError
+from ood_core.grads.layers.base import UnsupportedModuleError
+from ood_core.grads.runtime import compute_dtype
 
 __all__ = ["BatchNormRule"]
 

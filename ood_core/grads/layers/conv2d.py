@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..runtime import compute_dtype
-from .base import UnsupportedModuleError
-from .outer import outer_bytes_per_sample, outer_sq_norms, sub_chunks
+from ood_core.grads.layers.base import UnsupportedModuleError
+from ood_core.grads.layers.outer import outer_bytes_per_sample, outer_sq_norms, sub_chunks
+from ood_core.grads.runtime import compute_dtype
 
 __all__ = ["GROUPED_MIN_POSITIONS", "Conv2dRule", "grouped_route_ok", "unfold_patches", "weight_grads_grouped"]
 

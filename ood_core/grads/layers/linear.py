@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..runtime import compute_dtype
-from .outer import outer_bytes_per_sample, outer_sq_norms, sub_chunks
+from ood_core.grads.layers.outer import outer_bytes_per_sample, outer_sq_norms, sub_chunks
+from ood_core.grads.runtime import compute_dtype
 
 __all__ = ["LinearRule"]
 

@@ -22,11 +22,11 @@ from typing import Callable, TypeGuard
 import torch
 import torch.nn as nn
 
-from .grads.hooks import HookEngine
-from .grads.layers import UnsupportedModuleError
-from .grads.runtime import eval_mode, model_device_dtype
-from .grads.selection import ParamSpec, resolve_params
-from .models import OODModel
+from ood_core.grads.hooks import HookEngine
+from ood_core.grads.layers import UnsupportedModuleError
+from ood_core.grads.runtime import eval_mode, model_device_dtype
+from ood_core.grads.selection import ParamSpec, resolve_params
+from ood_core.models import OODModel
 
 __all__ = ["LinearHeadModel", "OwnModelError", "as_ood_model", "check_grad_support", "check_head"]
 

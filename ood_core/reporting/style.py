@@ -3,7 +3,7 @@
 Sizes target a two-column paper: a single-column figure is ``COLUMN_WIDTH`` inches wide, a
 figure spanning both columns ``TEXT_WIDTH``. Fonts are ~8 pt so that figures are legible at 100 %.
 
-    from ood_core import style
+    from ood_core.reporting import style
     style.apply()
     fig, ax = plt.subplots(figsize=style.figsize(1, 1))
     ...
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import matplotlib
 import numpy as np
 
-from .cache import atomic_path
-from .cache import write_text as _write_text
+from ood_core.cache import atomic_path
+from ood_core.cache import write_text as _write_text
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -347,7 +347,7 @@ def display(name: str, kind: str = "") -> str:
     if m and m["base"] in DATASET_NAMES:
         kind = m["kind"].replace("_", " ").replace("gaussian", "Gaussian")
         return f"{DATASET_NAMES[m['base']]}-C {kind} (sev. {m['sev']})"
-    from .scores import display_name  # a method (lazy: importing the style stays light)
+    from ood_core.scores import display_name  # a method (lazy: importing the style stays light)
 
     shown = display_name(name)
     return shown if shown != name else name.replace("_", " ")
@@ -368,7 +368,7 @@ def code_names(cache) -> set[str]:
     """Names a figure of ``cache`` must never show verbatim: its sets, model, array keys, subspaces,
     device and every registered method whose display name differs (code names equal to their display
     name, such as 'logits', and names shorter than 3 characters, such as 'h', are left out)."""
-    from .scores.registry import names as method_names
+    from ood_core.scores.registry import names as method_names
 
     meta = cache.meta
     names = {cache.id_name, *cache.ood_names, str(meta.get("train", "")), str(meta.get("model", ""))}

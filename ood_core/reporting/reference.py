@@ -380,4 +380,4 @@ def entries(**where: Any) -> list[dict[str, Any]]:
     return [dict(e) for e in REFERENCE if all(e.get(k) == v for k, v in where.items())]
 
 
-from .reference_sets import ABSENT_NOTE, ABSENT_SETS, SET_MAP, our_sets_for  # noqa: E402, F401  (re-exported)
+from ood_core.reporting.reference_sets import ABSENT_NOTE, ABSENT_SETS, SET_MAP, our_sets_for  # noqa: E402, F401  (re-exported)

@@ -1,4 +1,4 @@
-"""Where the extraction orchestrator (:func:`ood_core.extract_sets.extract_sets`) keeps what it computes.
+"""Where the extraction orchestrator (:func:`ood_core.extraction.orchestrator.extract_sets`) keeps what it computes.
 
 * :class:`MemoryStore`: every set's arrays in memory, nothing reused between calls (the Python API).
 * :class:`DiskStore`: the analysis cache of the pipeline (layout in ``ood_core/analysis_cache.py``):
@@ -15,8 +15,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from .analysis_cache import arrays_file
-from .cache import atomic_path, cached_npz, load_npz, save_npz, zip_problem
+from ood_core.analysis_cache import arrays_file
+from ood_core.cache import atomic_path, cached_npz, load_npz, save_npz, zip_problem
 
 Arrays = dict[str, np.ndarray]
 

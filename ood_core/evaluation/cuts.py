@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .config import DEFAULTS, odin_eps_grid
+from ood_core.config import DEFAULTS, odin_eps_grid
 
 WU_POWER_ITERATIONS = 10  # Wu et al.'s randomized SVD
 

@@ -2,7 +2,7 @@
 
 For each pair (A, B) and each group g of OOD sets (near, far):
 D = mean_{s in g} AUROC_A(s) - mean_{s in g} AUROC_B(s), with its percentile interval and sign-flip
-fraction over the same resamples for every method (:mod:`ood_core.paired`). Pairs: the profile's
+fraction over the same resamples for every method (:mod:`ood_core.evaluation.paired`). Pairs: the profile's
 ``benchmark.paired`` (method names: every pair among them; [a, b]: that pair, as a - b), else the best
 method of each family by the mean of its near and far averages, every pair of those, the better one
 first. Values in the CSV are fractions (as metrics.csv), code names; the markdown shows points and
@@ -17,14 +17,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import metrics
-from .analysis_cache import SCORES_META_KEYS, AnalysisCache
-from .paired import LEVEL, method_scores, resampled_aurocs, summarize
-from .scores.registry import display_name
-from .table_render import markdown_grid
-from .tables import summary
+from ood_core.analysis_cache import SCORES_META_KEYS, AnalysisCache
+from ood_core.evaluation import metrics
+from ood_core.evaluation.paired import LEVEL, method_scores, resampled_aurocs, summarize
+from ood_core.reporting.table_render import markdown_grid
+from ood_core.reporting.tables import summary
+from ood_core.scores.registry import display_name
 
-log = logging.getLogger("ood_core.paired_table")
+log = logging.getLogger("ood_core.reporting.paired_table")
 
 GROUPS = ("near", "far")
 COLUMNS = [
@@ -48,7 +48,7 @@ COLUMNS = [
 
 def group_score(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Method -> mean over the near and far groups of its group-mean AUROC (percent), from the metric
-    rows (:func:`ood_core.tables.summary`); methods without a near or far average are left out."""
+    rows (:func:`ood_core.reporting.tables.summary`); methods without a near or far average are left out."""
     _, body = summary(rows, "auroc")
     out = {}
     for e in body:

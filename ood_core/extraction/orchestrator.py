@@ -2,14 +2,14 @@
 validation / test split of every scored set, Wu et al.'s subspaces and the timings.
 
 One function, :func:`extract_sets`, serves the pipeline's extract stage (``analysis/extract.py``:
-a :class:`~ood_core.extract_store.DiskStore` under the analysis cache, one process or torchrun
-ranks) and the Python API (``ood_core.api.evaluate``: a :class:`~ood_core.extract_store.MemoryStore`);
-:class:`~ood_core.detector.Detector` calls its two parts, :func:`fit_subspaces` and :func:`extract_one`.
+a :class:`~ood_core.extraction.store.DiskStore` under the analysis cache, one process or torchrun
+ranks) and the Python API (``ood_core.api.evaluation.evaluate``: a :class:`~ood_core.extraction.store.MemoryStore`);
+:class:`~ood_core.api.detector.Detector` calls its two parts, :func:`fit_subspaces` and :func:`extract_one`.
 So every caller gets the same arrays for the same model, data and settings.
 
-Per set: one batched pass (:func:`~ood_core.extract.extract_arrays`); under
+Per set: one batched pass (:func:`~ood_core.extraction.arrays.extract_arrays`); under
 ``grodin_test_points: selected`` the ODIN / GRODIN grid runs on the validation rows only, the cells
-chosen there (:func:`~ood_core.grid_selection.select_test_points`) then on the test rows.
+chosen there (:func:`~ood_core.extraction.grid_selection.select_test_points`) then on the test rows.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from .cache import hash_config
-from .config import ConfigError, odin_grid
-from .data.sources import BatchSource
-from .data.splits import set_split
-from .distributed import Ranks
-from .extract import ExtractResult, Subspace, extract_arrays, grid_cells_pass, grid_on_rows
-from .extract_store import Arrays, ExtractStore, MemoryStore
-from .grid import FULL_POINTS_KEY, GRID_AXIS_KEYS, GRID_VALUE_KEYS, full_points
-from .grid_selection import select_test_points
-from .inputs import InputError
-from .models import OODModel
-from .scores import registry
-from .subspaces import fit_subspace, subspace_params
-from .tuning import Split
+from ood_core.api.inputs import InputError
+from ood_core.cache import hash_config
+from ood_core.config import ConfigError, odin_grid
+from ood_core.data.sources import BatchSource
+from ood_core.data.splits import set_split
+from ood_core.evaluation.tuning import Split
+from ood_core.extraction.arrays import ExtractResult, Subspace, extract_arrays, grid_cells_pass, grid_on_rows
+from ood_core.extraction.distributed import Ranks
+from ood_core.extraction.grid import FULL_POINTS_KEY, GRID_AXIS_KEYS, GRID_VALUE_KEYS, full_points
+from ood_core.extraction.grid_selection import select_test_points
+from ood_core.extraction.store import Arrays, ExtractStore, MemoryStore
+from ood_core.extraction.subspaces import fit_subspace, subspace_params
+from ood_core.models import OODModel
+from ood_core.scores import registry
 
 TRAIN, ID_TEST = "train", "id_test"  # the names of the two ID sets (the OOD sets take the user's names)
 GRODIN_TEST_POINTS = ("grid", "selected")
@@ -47,7 +47,7 @@ SourceLike = Union[BatchSource, Callable[[], BatchSource]]
 
 def grid_test_points(extract: Mapping[str, Any]) -> str:
     """``extract.grodin_test_points``, checked: "grid" (every cell on every row) or "selected" (the
-    cells chosen on validation rows, on the other rows; ``ood_core.grid_selection``)."""
+    cells chosen on validation rows, on the other rows; ``ood_core.extraction.grid_selection``)."""
     mode = extract["grodin_test_points"]
     if mode not in GRODIN_TEST_POINTS:
         raise ConfigError(f"extract.grodin_test_points must be one of {GRODIN_TEST_POINTS}, got {mode!r}")
@@ -144,7 +144,7 @@ def fit_subspaces(
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[Subspace], dict[str, str]]:
     """Wu et al.'s subspaces ``names`` of ``cfg['lowdim']['subspaces']``, fitted on ``train``
-    (:func:`~ood_core.subspaces.fit_subspace`) or read from ``store`` when stored under the same key
+    (:func:`~ood_core.extraction.subspaces.fit_subspace`) or read from ``store`` when stored under the same key
     (model, ``train_id`` = what the training data is, subspace settings, seed). Returns the subspaces
     (on ``device``) and their keys."""
     store = store if store is not None else MemoryStore()
@@ -256,7 +256,7 @@ def extract_sets(
     in memory); a set stored under the same key (``model_id``, ``identity[set]`` = what the data is,
     the extract settings, the grid and the subspaces' keys) is not recomputed. Under torchrun
     (``ranks``) every rank computes its shard of whole batches and rank 0 joins them. ``grad_method``:
-    ``"hooks"`` or ``"vmap"`` (:func:`~ood_core.extract.extract_arrays`)."""
+    ``"hooks"`` or ``"vmap"`` (:func:`~ood_core.extraction.arrays.extract_arrays`)."""
     for role in (TRAIN, ID_TEST):
         if role not in sources:
             raise ValueError(f"extract_sets: no '{role}' set among {list(sources)}")

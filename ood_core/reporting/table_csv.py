@@ -3,7 +3,7 @@
 A *metric row* is a plain dict with the columns of :data:`METRIC_COLUMNS`, one per (method, OOD set).
 Metric values are fractions in [0, 1]; ``fpr95`` is the seed papers' ID-positive FPR95
 (``metrics.fpr95_id_pos``), ``fpr95_ood_pos`` the OpenOOD v1.5 one; ``aupr_*_ap`` are average
-precision, ``aupr_*_trapz`` the trapezoid rule of OpenOOD / pytorch-ood (see ``ood_core.metrics``).
+precision, ``aupr_*_trapz`` the trapezoid rule of OpenOOD / pytorch-ood (see ``ood_core.evaluation.metrics``).
 CSVs hold the methods' code names. Files are written atomically (``cache.atomic_path``).
 """
 
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .cache import atomic_path
+from ood_core.cache import atomic_path
 
 METRIC_COLUMNS = [
     "method",

@@ -1,6 +1,6 @@
 """Mean ± std over training seeds of the benchmark's metrics (several metrics.csv of one profile).
 
-Each run is the metrics.csv of one training seed (``ood_core.table_csv``). Per (protocol, method,
+Each run is the metrics.csv of one training seed (``ood_core.reporting.table_csv``). Per (protocol, method,
 OOD set) and per metric x in :data:`METRICS` over the seeds k = 1..n that have the row:
 
     mean = (1/n) sum_k x_k,   std = sqrt(sum_k (x_k - mean)^2 / (n - 1))   (sample std; none for n = 1)
@@ -18,10 +18,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .scores.registry import display_name, family_display
-from .table_csv import read_metrics_csv
-from .table_render import Table, markdown
-from .tables import GROUP_ORDER, _family_order, _ordered_unique
+from ood_core.reporting.table_csv import read_metrics_csv
+from ood_core.reporting.table_render import Table, markdown
+from ood_core.reporting.tables import GROUP_ORDER, _family_order, _ordered_unique
+from ood_core.scores.registry import display_name, family_display
 
 METRICS = ("auroc", "fpr95", "fpr95_ood_pos")
 REQUIRED = ("method", "family", "ood_set", "group", "protocol", *METRICS)

@@ -10,7 +10,7 @@ resample k, whatever else is computed. On a group of sets G (one set, or the nea
 
 is computed on all rows (``diff``) and on every resample (D_k); the 95 % interval is the 2.5 and
 97.5 percentiles of D_k, and ``sign_flip`` = #{k: sign(D_k) != sign(D)} / n (a D_k of 0 counts).
-AUROC per resample: :func:`ood_core.metrics.resampled_auroc` (exact, vectorised over rows).
+AUROC per resample: :func:`ood_core.evaluation.metrics.resampled_auroc` (exact, vectorised over rows).
 
 :func:`resampled_aurocs` gives one method's (resample x set) AUROC matrix; methods computed with the
 same seed, n and set sizes are paired, so a table of many pairs computes each method once.
@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import metrics
+from ood_core.evaluation import metrics
 
 LEVEL = 0.95
 

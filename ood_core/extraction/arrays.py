@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.sources import BatchSource, Preprocess  # noqa: F401  (Preprocess re-exported: the pipeline's import path)
-from .grads.runtime import exact_float32
-from .grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
+from ood_core.data.sources import BatchSource, Preprocess  # noqa: F401  (Preprocess re-exported: the pipeline's import path)
+from ood_core.extraction.grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
+from ood_core.grads.runtime import exact_float32
 
 if TYPE_CHECKING:
-    from .models import OODModel
+    from ood_core.models import OODModel
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _grid_of_batch(
     points: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`~ood_core.grads.grodin_grid` of one batch under the ``extract`` settings ``cfg``."""
-    from .grads import grodin_grid
+    from ood_core.grads import grodin_grid
 
     chunk, space = int(cfg["grad_chunk"]), cfg["eps_space"]
     return grodin_grid(
@@ -105,7 +105,7 @@ def _grid_of_batch(
 # --------------------------------------------------------------------------- activation gradients
 # NAC-UE and GAIA arrays (grads/activations.py), switched by ``extract.activation_grads``.
 def _activation_grads_on(cfg: Mapping[str, Any]) -> bool:
-    from .config import DEFAULTS
+    from ood_core.config import DEFAULTS
 
     return bool(cfg.get("activation_grads", DEFAULTS["extract"]["activation_grads"]))
 
@@ -118,7 +118,7 @@ def _activation_grads_of_batch(
     device: torch.device,
 ) -> None:
     """Append one batch's ``nac_<stage>``, ``gaia_z``, ``gaia_a`` to ``parts`` (timed as ``activation_grads``)."""
-    from .grads.activations import activation_arrays
+    from ood_core.grads.activations import activation_arrays
 
     t = time.perf_counter()
     for key, value in activation_arrays(model, xb).items():
@@ -156,9 +156,9 @@ def extract_arrays(
     cells come from :func:`grid_cells_pass`); None = every row. ``grad_method``: how per-sample
     gradients are computed, ``"hooks"`` (one batched backward; Linear, Conv2d, BatchNorm layers) or
     ``"vmap"`` (torch.func, any layer, slower)."""
-    from .grads import kl_allweights_sqnorm
-    from .grads.lowdim import fold_whitening, project
-    from .grads.main_pass import FoldedBasis, main_pass
+    from ood_core.grads import kl_allweights_sqnorm
+    from ood_core.grads.lowdim import fold_whitening, project
+    from ood_core.grads.main_pass import FoldedBasis, main_pass
 
     model.eval().to(device)
     odin_T, odin_eps = odin_T or [], odin_eps or []  # None: no ODIN/GRODIN grid

@@ -1,11 +1,11 @@
 """Score your own model: every method of the study on a user's classifier and data, in one call.
 
-    from ood_core.api import evaluate
+    from ood_core.api.evaluation import evaluate
     result = evaluate(model, train=train_set, id_test=test_set, ood={"svhn": svhn_set})
     result.metrics          # pandas DataFrame, the columns of the study's metrics.csv
 
-One extraction pass per set (``ood_core.extract_sets``: features, logits and the gradient arrays the
-chosen methods read), then the study's benchmark core (``ood_core.benchmark.run_methods``: fit on
+One extraction pass per set (``ood_core.extraction.orchestrator``: features, logits and the gradient arrays the
+chosen methods read), then the study's benchmark core (``ood_core.evaluation.benchmark.run_methods``: fit on
 train, tune on the validation parts, score the test parts, metrics with bootstrap std). Same code as
 the pipeline (``./run_all.sh``), so the same model, data and settings give the same rows.
 
@@ -24,21 +24,21 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .benchmark import BenchmarkData, run_methods
-from .cache import write_json
-from .config import load_profile, merge_settings, odin_grid
-from .data.sources import BatchSource, Preprocess
-from .extract import head_arrays
-from .extract_sets import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
-from .grads.layers import UnsupportedModuleError
-from .grads.per_sample import check_method
-from .grid import GRID_VALUE_KEYS
-from .inputs import InputError, as_source, check_compatible
-from .own_model import as_ood_model, check_grad_support, check_head
-from .scores import registry
-from .table_csv import metrics_frame, write_csv
-from .tables import write_metrics_tables
-from .versions import versions
+from ood_core.api.inputs import InputError, as_source, check_compatible
+from ood_core.api.own_model import as_ood_model, check_grad_support, check_head
+from ood_core.cache import write_json
+from ood_core.config import load_profile, merge_settings, odin_grid
+from ood_core.data.sources import BatchSource, Preprocess
+from ood_core.evaluation.benchmark import BenchmarkData, run_methods
+from ood_core.extraction.arrays import head_arrays
+from ood_core.extraction.grid import GRID_VALUE_KEYS
+from ood_core.extraction.orchestrator import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
+from ood_core.grads.layers import UnsupportedModuleError
+from ood_core.grads.per_sample import check_method
+from ood_core.reporting.table_csv import metrics_frame, write_csv
+from ood_core.reporting.tables import write_metrics_tables
+from ood_core.scores import registry
+from ood_core.versions import versions
 
 # Wu et al.'s two subspaces (all weights), used when the settings name none: PCA of the whitened
 # training gradients (K = 50, 10 power iterations) and the class means.
@@ -58,7 +58,7 @@ def study_settings(config: Config = None) -> dict[str, Any]:
     if isinstance(config, (str, Path)):
         return load_profile(str(config))
     overrides: dict[str, Any] = dict(config) if isinstance(config, Mapping) else {}
-    cfg = merge_settings(overrides, "config=" if config is not None else "ood_core.api defaults")
+    cfg = merge_settings(overrides, "config=" if config is not None else "ood_core.api.evaluation defaults")
     if "subspaces" not in (overrides.get("lowdim") or {}):
         cfg["lowdim"]["subspaces"] = {k: dict(v) for k, v in DEFAULT_SUBSPACES.items()}
     return cfg
@@ -87,7 +87,7 @@ class Evaluation:
     """What :func:`evaluate` found.
 
     ``metrics``: one row per (method, OOD set) with the columns of the study's ``metrics.csv``
-    (``ood_core.table_csv.METRIC_COLUMNS``: AUROC with bootstrap std, both FPR95 conventions, AUPR,
+    (``ood_core.reporting.table_csv.METRIC_COLUMNS``: AUROC with bootstrap std, both FPR95 conventions, AUPR,
     the chosen hyperparameters as JSON). ``scores[set][key]``: float64 test-part scores, higher = more
     in-distribution; ``key`` is the method for an OOD set, and for the ID test set
     ``<method>__vs__<ood set>`` (the parameters chosen for that OOD set; also ``<method>`` when they are
@@ -167,7 +167,7 @@ def evaluate(
         preprocess: how uint8 images become inputs (``Preprocess`` or its fields as a mapping).
         groups: OOD set -> group (near / far / ...) for the table; default "ood".
         device: where the model runs. protocol / bootstrap_n / held_out: override the settings'
-            ``benchmark`` section (protocols: ``ood_core.tuning.PROTOCOLS``).
+            ``benchmark`` section (protocols: ``ood_core.evaluation.tuning.PROTOCOLS``).
         model_name: the ``model`` column (default: the class name). strict: False = a method that
             fails is skipped (listed in ``.skipped``) instead of raising.
         grad_method: how per-sample gradients are computed: ``"hooks"`` (one batched backward; the

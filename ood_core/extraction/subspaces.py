@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ConfigError
-from .data.sources import BatchSource
-from .distributed import Ranks
-from .extract import Subspace
-from .grads.runtime import exact_float32
+from ood_core.config import ConfigError
+from ood_core.data.sources import BatchSource
+from ood_core.extraction.arrays import Subspace
+from ood_core.extraction.distributed import Ranks
+from ood_core.grads.runtime import exact_float32
 
 SUBSPACE_KINDS = ("pca", "class_mean")
 SUBSPACE_KEYS = ("kind", "k", "n_iter", "params")
@@ -61,7 +61,7 @@ def fit_subspace(
 
     ``lowdim`` is the profile's ``lowdim`` section; ``n_samples`` there keeps a seeded random subset
     of the training rows (``seed``). ``grad_method``: ``"hooks"`` or ``"vmap"`` (any layer type). Returns V (P, K) with the whitening statistics it was fitted with."""
-    from .grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
+    from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
     check_subspace_spec(name, spec)
     norm = lowdim["normalisation"]

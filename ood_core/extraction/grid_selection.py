@@ -22,9 +22,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .grid import grid_axes, grid_index
-from .scores import registry
-from .tuning import Split, best_of, tune
+from ood_core.evaluation.tuning import Split, best_of, tune
+from ood_core.extraction.grid import grid_axes, grid_index
+from ood_core.scores import registry
 
 SETTINGS = ("vanilla", "only_eps", "only_T", "both")  # the GRODIN ablation's settings, in table order
 
@@ -39,7 +39,7 @@ def choose_settings(
     table: Sequence[tuple[Mapping[str, Any], float]], eps_name: str = "eps", T_name: str = "T"
 ) -> dict[str, dict[str, Any]]:
     """{setting: grid point} for one validation AUROC table ``[(point, auroc), ...]`` (grid order;
-    ties go to the first point, as in :func:`ood_core.tuning.best_of`)."""
+    ties go to the first point, as in :func:`ood_core.evaluation.tuning.best_of`)."""
     eps0, T0 = anchor_values([p[eps_name] for p, _ in table], [p[T_name] for p, _ in table])
     keep = {
         "vanilla": lambda p: p[eps_name] == eps0 and p[T_name] == T0,

@@ -1,12 +1,12 @@
 """One method at a time, pytorch-ood style: fit on ID training data, then score any batch.
 
-    from ood_core.detector import Detector
+    from ood_core.api.detector import Detector
     detector = Detector("energy", model).fit(train_images)
     s = detector.score(x)        # higher = more in-distribution (the study's sign)
     o = detector.predict(x)      # = -score: higher = more OOD (pytorch-ood's sign)
 
 The parameters are fixed (the registry's defaults, or given as keywords: ``Detector("odin", model,
-T=1000.0, eps=0.0014)``); :func:`ood_core.api.evaluate` tunes them on validation parts instead.
+T=1000.0, eps=0.0014)``); :func:`ood_core.api.evaluation.evaluate` tunes them on validation parts instead.
 Same extraction and score functions as the study.
 """
 
@@ -17,14 +17,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .api import Config, as_preprocess, study_settings
-from .data.sources import BatchSource, Preprocess
-from .extract import Subspace, head_arrays
-from .extract_sets import LOWDIM_PREFIX, extract_one, extract_settings, fit_subspaces
-from .grads.per_sample import check_method
-from .inputs import as_source
-from .own_model import as_ood_model, check_head
-from .scores import registry
+from ood_core.api.evaluation import Config, as_preprocess, study_settings
+from ood_core.api.inputs import as_source
+from ood_core.api.own_model import as_ood_model, check_head
+from ood_core.data.sources import BatchSource, Preprocess
+from ood_core.extraction.arrays import Subspace, head_arrays
+from ood_core.extraction.orchestrator import LOWDIM_PREFIX, extract_one, extract_settings, fit_subspaces
+from ood_core.grads.per_sample import check_method
+from ood_core.scores import registry
 
 
 class Detector:
@@ -32,12 +32,12 @@ class Detector:
 
     Args:
         method: the method's name, e.g. ``"energy"``, ``"knn"``, ``"grodin_g"``, ``"lowdim_knn"``.
-        model: a classifier ending in an ``nn.Linear`` (see :func:`ood_core.api.evaluate` for
+        model: a classifier ending in an ``nn.Linear`` (see :func:`ood_core.api.evaluation.evaluate` for
             ``head`` / ``features``).
-        config: the settings (:func:`ood_core.api.study_settings`): batch sizes, the low-dim subspaces.
+        config: the settings (:func:`ood_core.api.evaluation.study_settings`): batch sizes, the low-dim subspaces.
         preprocess: how uint8 images become inputs (``Preprocess`` or a mapping of its fields).
         device: where the model runs. grad_method: ``"hooks"`` or ``"vmap"`` (any layer type; see
-            :func:`ood_core.api.evaluate`).
+            :func:`ood_core.api.evaluation.evaluate`).
         **params: the method's parameters (default: its registered defaults, ``.params``); a grid
             method takes one ``T`` and one ``eps``.
     """
@@ -97,7 +97,7 @@ class Detector:
 
     def fit(self, train: Any) -> Detector:
         """Fit the method's training statistics (and its low-dim subspace) on ID training data with
-        labels 0..C-1 (the types :func:`ood_core.api.evaluate` accepts). Returns ``self``."""
+        labels 0..C-1 (the types :func:`ood_core.api.evaluation.evaluate` accepts). Returns ``self``."""
         source = as_source(train, name="train", preprocess=self.pre)
         probe, _ = next(iter(source.batches(2, self.device)))
         check_head(self.model, probe)  # once: the model does not change between fit and score
@@ -119,7 +119,7 @@ class Detector:
 
     def score(self, data: Any) -> np.ndarray:
         """Scores (N,) float64 of ``data`` (a batch tensor (N, C, H, W), or any input
-        :func:`ood_core.api.evaluate` accepts), higher = more in-distribution."""
+        :func:`ood_core.api.evaluation.evaluate` accepts), higher = more in-distribution."""
         if not self.fitted:
             raise RuntimeError(f"Detector({self.method!r}): call .fit(train) before .score()")
         source = as_source(data, name="input", preprocess=self.pre)

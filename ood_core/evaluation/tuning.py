@@ -27,10 +27,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import metrics
-from .grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
-from .scores import registry
-from .scores.memo import Memo
+from ood_core.evaluation import metrics
+from ood_core.extraction.grid import GRID_AXIS_KEYS, GRID_VALUE_KEYS
+from ood_core.scores import registry
+from ood_core.scores.memo import Memo
 
 Arrays = Mapping[str, np.ndarray]
 Params = dict[str, Any]

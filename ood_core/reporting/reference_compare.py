@@ -1,10 +1,10 @@
-"""Our numbers beside the published ones of :mod:`ood_core.reference` (reference.md).
+"""Our numbers beside the published ones of :mod:`ood_core.reporting.reference` (reference.md).
 
 Each published entry for the same ID dataset whose OOD set maps to ours (``reference.SET_MAP``) is
 paired with our value on the mapped set(s) (their mean, in percent) and the gap ``ours - theirs``;
 AUROC gaps above :data:`GAP_THRESHOLD` points are listed with what differs between the two setups.
 :func:`openood_rank_correlation`: Spearman's rho of our method ranking vs OpenOOD v1.5's leaderboard
-(its values from :mod:`ood_core.reference`, ours on the mapped sets).
+(its values from :mod:`ood_core.reporting.reference`, ours on the mapped sets).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import reference as ref
-from .cache import write_text
-from .scores.registry import display_name
-from .table_render import DASH, fmt_number, markdown_grid
+from ood_core.cache import write_text
+from ood_core.reporting import reference as ref
+from ood_core.reporting.table_render import DASH, fmt_number, markdown_grid
+from ood_core.scores.registry import display_name
 
 GAP_THRESHOLD = 2.0  # AUROC points
 _COLUMN_OF = {"auroc": "auroc", "fpr95_id_pos": "fpr95", "fpr95_ood_pos": "fpr95_ood_pos"}  # metric -> metrics.csv
@@ -89,7 +89,7 @@ def reference_markdown(
     refs: Sequence[Mapping[str, Any]] | None = None,
     cuts: Sequence[str] = (),
 ) -> str:
-    """reference.md: the cuts of this run (``ood_core.cuts``), the comparison table, the AUROC gaps
+    """reference.md: the cuts of this run (``ood_core.evaluation.cuts``), the comparison table, the AUROC gaps
     above the threshold, the set mapping."""
     comp = reference_comparison(rows, id_dataset, refs)
     lines = [

@@ -1,14 +1,14 @@
 """The benchmark's core: fit, tune on validation parts, score test parts, compute the metric rows.
 
 Shared by the pipeline's benchmark stage (``analysis/benchmark.py``, which adds the sweeps and writes
-the tables) and the Python API (``ood_core.api``), so both give the same rows for the same arrays.
+the tables) and the Python API (``ood_core.api.evaluation``), so both give the same rows for the same arrays.
 
 Input: a :class:`BenchmarkData` (the arrays of the training set, the ID test set and every OOD set,
-each with the head's W, b; the validation/test :class:`~ood_core.tuning.Split` of every scored set;
+each with the head's W, b; the validation/test :class:`~ood_core.evaluation.tuning.Split` of every scored set;
 meta). For every method: fit on train (memoised per fit-relevant parameters), choose parameters on
-the validation parts under the protocol (``ood_core.tuning``), score the TEST parts, compute metrics
+the validation parts under the protocol (``ood_core.evaluation.tuning``), score the TEST parts, compute metrics
 (both FPR95 conventions, AUPR, bootstrap std of AUROC). A row has the columns of ``metrics.csv``
-(``ood_core.table_csv.METRIC_FIELDS``).
+(``ood_core.reporting.table_csv.METRIC_FIELDS``).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import metrics
-from .analysis_cache import AnalysisCache
-from .grid import grid_axes
-from .scores import registry  # importing the package registers every score
-from .table_csv import json_default
-from .tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, params_key, tune
+from ood_core.analysis_cache import AnalysisCache
+from ood_core.evaluation import metrics
+from ood_core.evaluation.tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, params_key, tune
+from ood_core.extraction.grid import grid_axes
+from ood_core.reporting.table_csv import json_default
+from ood_core.scores import registry  # importing the package registers every score
 
-log = logging.getLogger("ood_core.benchmark")
+log = logging.getLogger("ood_core.evaluation.benchmark")
 
 
 @dataclass
@@ -216,7 +216,7 @@ def tune_method(
     protocol: str,
     held_out: str | None = None,
 ) -> TuneResult:
-    """:func:`ood_core.tuning.tune` of method ``m`` over ``grid`` on the validation parts of ``data``."""
+    """:func:`ood_core.evaluation.tuning.tune` of method ``m`` over ``grid`` on the validation parts of ``data``."""
     return tune(
         m,
         protocol=protocol,

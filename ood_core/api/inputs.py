@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, Subset, default_convert
 
-from .data.base import DatasetError, ImageSet
-from .data.sources import BatchSource, Preprocess, PreprocessedImages
+from ood_core.data.base import DatasetError, ImageSet
+from ood_core.data.sources import BatchSource, Preprocess, PreprocessedImages
 
 __all__ = ["DatasetSource", "InputError", "TensorSource", "as_source", "check_compatible"]
 

@@ -1,0 +1,3 @@
+"""Reporting: tables (csv / markdown / LaTeX), published reference numbers and the comparison with
+them, and the figures' style (display names, colours).
+"""
