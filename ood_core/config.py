@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "odin_eps": {"start": 0.0, "stop": 0.004, "num": 21},
         "eps_space": "normalized",
         "grodin": True,
+        "iodin": True,  # iODIN's one-element perturbation beside every ODIN cell (ood_core/grads/grodin.py)
         "kl_allweights": True,
         "grad_chunk": 64,
         "grodin_test_points": "grid",

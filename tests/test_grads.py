@@ -322,6 +322,42 @@ def test_grodin_grid_selected_points_match_full_grid():
         grodin_grid(model, x, Ts, epss, points=np.ones((2, 3), bool))
 
 
+def _loop_iodin(model, x, eps, T, std=None):
+    """iODIN by hand, one sample at a time: the step on the element of largest |grad_x| only."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        f = model(xi)
+        (g,) = torch.autograd.grad(F.cross_entropy(f / T, f.argmax(1)), xi)
+        step = torch.zeros_like(g).flatten()
+        j = int(g.abs().flatten().argmax())
+        step[j] = g.flatten()[j].sign()
+        step = step.view_as(g) if std is None else step.view_as(g) / std.view(1, -1, 1, 1)
+        with torch.no_grad():
+            out.append(torch.softmax(model(xi - eps * step) / T, 1).amax(1))
+    return torch.cat(out).numpy()
+
+
+@pytest.mark.parametrize("method", ["hooks", "vmap"])
+@pytest.mark.parametrize("name,space", [("small_cnn", "normalized"), ("convlin", "pixel")])
+def test_iodin_cells_match_loop(name, space, method):
+    model, x = _build(name)
+    x = x[:4]
+    std = STD if space == "pixel" else None
+    Ts, epss = [1.0, 7.0], [0.0, 0.02]
+    res = grodin_grid(model, x, Ts, epss, chunk=3, space=space, std=std, iodin=True, method=method)
+    assert np.array_equal(res["iodin_s"][0], res["odin_s"][0])  # eps = 0: no step, ODIN's value
+    for t, T in enumerate(Ts):
+        ref = _loop_iodin(model, x, epss[1], T, std)
+        np.testing.assert_allclose(res["iodin_s"][1, t], ref, rtol=1e-6)
+    assert not np.allclose(res["iodin_s"][1], res["odin_s"][1])  # one element differs from the full step
+    assert "iodin_s" not in grodin_grid(model, x, Ts, epss, chunk=3, space=space, std=std, method=method)
+    mask = np.zeros((2, 2), bool)
+    mask[1, 0] = True
+    part = grodin_grid(model, x, Ts, epss, chunk=3, space=space, std=std, iodin=True, method=method, points=mask)
+    assert np.array_equal(part["iodin_s"][mask], res["iodin_s"][mask]) and np.isnan(part["iodin_s"][~mask]).all()
+
+
 @pytest.mark.parametrize("name,space", [("small_cnn", "normalized"), ("convlin", "pixel")])
 def test_grodin_grid_matches_loop(name, space):
     model, x = _build(name)

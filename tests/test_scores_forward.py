@@ -31,6 +31,7 @@ def _arrays(h, W, b, y=None, seed=0, lowdim=None):
         "odin_T": np.array([1.0, 2, 5, 10, 20, 50, 100, 200, 500, 1000]),
         "odin_s": r.uniform(0.25, 1, (21, 10, n)).astype(np.float32),
         "grodin_sqnorm": r.uniform(0, 10, (21, 10, n)).astype(np.float32),
+        "iodin_s": r.uniform(0.25, 1, (21, 10, n)).astype(np.float32),
         "kl_allw_sqnorm": r.uniform(0, 10, n).astype(np.float32),
         "lowdim_pca": r.normal(size=(n, K)) if lowdim is None else lowdim,
         "gaia_z": r.uniform(0, 1, n).astype(np.float32),
@@ -85,6 +86,8 @@ def test_odin_reads_grid_slice():
     a = _arrays(np.ones((5, D)), W, b)
     assert np.array_equal(S.compute("odin", a), a["odin_s"][0, 9].astype(float))  # T=1000, eps=0
     assert np.array_equal(S.compute("odin", a, T=20, eps=0.0014), a["odin_s"][7, 4].astype(float))
+    assert np.array_equal(S.compute("iodin", a), a["iodin_s"][7, 9].astype(float))  # T=1000, eps=0.0014
+    assert np.array_equal(S.compute("iodin", a, T=20, eps=0.0), a["iodin_s"][0, 4].astype(float))
     with pytest.raises(ValueError, match="not on the cached grid"):
         S.compute("odin", a, eps=0.0015)
     with pytest.raises(ValueError, match="not on the cached grid"):

@@ -220,7 +220,7 @@ def test_registry_entry_states_inputs_grid_use_and_sweeps():
     assert low.inputs() == ("lowdim_pca",) and low.inputs({"subspace": "avg"}) == ("lowdim_avg",)
     assert registry.get("lowdim_knn_react").inputs({"subspace": "head"}) == ("h", "W", "b", "lowdim_head")
     assert all(registry.get(n).inputs() for n in _package_scores())  # every score says what it reads
-    assert registry.names(uses_grid=True) == ["odin", "grodin_s", "grodin_sg", "grodin_g"]
+    assert registry.names(uses_grid=True) == ["odin", "iodin", "grodin_s", "grodin_sg", "grodin_g"]
     assert [s.ablation for s in low.sweeps] == ["lowdim_k", "lowdim_subspace"]
     swept = {n: [s.params for s in registry.get(n).sweeps] for n in _package_scores() if registry.get(n).sweeps}
     assert swept == {

@@ -98,16 +98,26 @@ def _grid_of_batch(
 
     chunk, space = int(cfg["grad_chunk"]), cfg["eps_space"]
     return grodin_grid(
-        model, xb, odin_T, odin_eps, chunk=chunk, space=space, std=input_std, points=points, method=grad_method
+        model,
+        xb,
+        odin_T,
+        odin_eps,
+        chunk=chunk,
+        space=space,
+        std=input_std,
+        points=points,
+        method=grad_method,
+        iodin=_switch(cfg, "iodin"),
     )
 
 
 # --------------------------------------------------------------------------- activation gradients
 # NAC-UE and GAIA arrays (grads/activations.py), switched by ``extract.activation_grads``.
-def _activation_grads_on(cfg: Mapping[str, Any]) -> bool:
+def _switch(cfg: Mapping[str, Any], key: str) -> bool:
+    """An on/off key of the ``extract`` section (its default when a caller's dict lacks it)."""
     from ood_core.config import DEFAULTS
 
-    return bool(cfg.get("activation_grads", DEFAULTS["extract"]["activation_grads"]))
+    return bool(cfg.get(key, DEFAULTS["extract"][key]))
 
 
 def _activation_grads_of_batch(
@@ -217,9 +227,9 @@ def extract_arrays(
             g = _grid_of_batch(model, xb, cfg, odin_T, odin_eps, input_std, grad_method)
             _sync(device)
             seconds["grodin_grid"] += time.perf_counter() - t
-            for key in GRID_VALUE_KEYS:
-                parts[key].append(np.asarray(g[key], dtype=np.float32))
-        if _activation_grads_on(cfg):
+            for key, values in g.items():
+                parts[key].append(np.asarray(values, dtype=np.float32))
+        if _switch(cfg, "activation_grads"):
             _activation_grads_of_batch(model, xb, parts, seconds, device)
         if fused:
             continue
@@ -279,8 +289,9 @@ def grid_on_rows(
     everywhere (``grid_cells_pass`` adds cells later), and the grid's axes."""
     out: dict[str, np.ndarray] = {}
     for key in GRID_VALUE_KEYS:
-        out[key] = np.full((len(odin_eps), len(odin_T), n), np.nan, np.float32)
-        out[key][..., rows] = grid[key]
+        if key in grid:
+            out[key] = np.full((len(odin_eps), len(odin_T), n), np.nan, np.float32)
+            out[key][..., rows] = grid[key]
     out[FULL_POINTS_KEY] = np.zeros((len(odin_eps), len(odin_T)), bool)
     out["odin_T"], out["odin_eps"] = np.asarray(odin_T, np.float64), np.asarray(odin_eps, np.float64)
     return out
@@ -313,8 +324,8 @@ def grid_cells_pass(
         leave=False,
     ):
         g = _grid_of_batch(model, xb, cfg, odin_T, odin_eps, input_std, grad_method, points)
-        for key in GRID_VALUE_KEYS:
-            parts[key].append(g[key])
+        for key, values in g.items():
+            parts[key].append(values)
     _sync(device)
     n = len(data)
     arrays = {k: np.concatenate(v, axis=-1) for k, v in parts.items()}

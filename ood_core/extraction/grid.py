@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 GRID_AXIS_KEYS = ("odin_eps", "odin_T", "grodin_full_points")  # not per-sample: never sliced by rows
-GRID_VALUE_KEYS = ("odin_s", "grodin_sqnorm")  # per-sample along the last axis
+GRID_VALUE_KEYS = ("odin_s", "grodin_sqnorm", "iodin_s")  # per-sample along the last axis (iodin_s optional)
 FULL_POINTS_KEY = "grodin_full_points"
 
 

@@ -62,11 +62,12 @@ def arrays_needed(methods: Iterable[str]) -> set[str]:
 
 def extract_settings(extract: Mapping[str, Any], needs: set[str] | None) -> dict[str, Any]:
     """The ``extract`` section with the passes no method needs switched off (the ODIN / GRODIN grid,
-    the all-weights KL norm, the activation gradients): one pass per batch computes only what is read. ``needs`` None: as given."""
+    the all-weights KL norm, iODIN's cells, the activation gradients): one pass per batch computes only what is read. ``needs`` None: as given."""
     out = dict(extract)
     if needs is not None:
         out["grodin"] = bool(extract["grodin"]) and bool(needs & set(GRID_VALUE_KEYS))
         out["kl_allweights"] = bool(extract["kl_allweights"]) and "kl_allw_sqnorm" in needs
+        out["iodin"] = bool(extract["iodin"]) and "iodin_s" in needs
         out["activation_grads"] = bool(extract["activation_grads"]) and any(
             k.startswith(ACTIVATION_PREFIXES) for k in needs
         )
@@ -469,7 +470,7 @@ def _fill_selected_cells(
             continue
         a = out.store.get(name)
         have = full_points(a)
-        for key in GRID_VALUE_KEYS:
+        for key in set(GRID_VALUE_KEYS) & set(got) & set(a):
             for e, t in np.argwhere(todo):
                 a[key][e, t, rows] = got[key][e, t]
         a[FULL_POINTS_KEY] = have | todo

@@ -2,7 +2,9 @@
 
 For every (eps, T): x~ = ODIN-perturbed x (eps, T); S = max softmax(f(x~)/T) (= ODIN's score = GRODIN
 S); SG = ||grad_theta CE(f(x~)/T, yhat(x~))||^2 over ALL trainable weights (GRODIN; loss at the label
-predicted at x~). GRODIN's G score is SG / S^2 (grad = S * G; ood_core/scores/grodin.py).
+predicted at x~). GRODIN's G score is SG / S^2 (grad = S * G; ood_core/scores/grodin.py). With
+``iodin``: S_i = max softmax(f(x^)/T) at iODIN's x^, the same step on the one input element of largest
+|grad_x| per sample (``perturb.single_element_sign``; = S at eps = 0).
 
 The logit gradient softmax(f/T) - onehot(yhat) and S are computed from float64 logits: near
 S = 1 the difference cancels, and in float32 it lost up to 3e-3 relative precision.
@@ -24,7 +26,7 @@ from ood_core.grads.deltas import ce_pred_delta, kl_uniform_delta
 from ood_core.grads.grodin_vmap import grid_cells_vmap
 from ood_core.grads.hooks import DEFAULT_MAX_BYTES, HookEngine
 from ood_core.grads.per_sample import check_method, per_sample_sq_norms
-from ood_core.grads.perturb import SPACES, apply_sign_step
+from ood_core.grads.perturb import SPACES, apply_sign_step, single_element_sign
 from ood_core.grads.runtime import model_device_dtype
 from ood_core.grads.selection import ParamSpec
 
@@ -45,8 +47,10 @@ def grodin_grid(
     amp_dtype: torch.dtype | None = None,
     points: np.ndarray | None = None,
     method: str = "hooks",
+    iodin: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Returns ``{"odin_s": (nE, nT, N) float32, "grodin_sqnorm": (nE, nT, N) float32}``.
+    """Returns ``{"odin_s": (nE, nT, N) float32, "grodin_sqnorm": (nE, nT, N) float32}``, and
+    ``"iodin_s"`` (same shape) when ``iodin`` (one more forward per selected (eps > 0, T)).
 
     ``points`` (nE, nT) bool computes only those grid cells (the others are NaN); None = every cell.
     Work per chunk: one forward at x, one backward per T that has a selected cell, one forward +
@@ -67,13 +71,15 @@ def grodin_grid(
     fill = np.nan if points is not None else 0.0
     odin_s = np.full((nE, nT, n), fill, np.float32)
     sqn = np.full((nE, nT, n), fill, np.float32)
+    iod = np.full((nE, nT, n), fill, np.float32) if iodin else None
     is_zero = np.array([v == 0.0 for v in epss], bool)
     # per T: which eps = 0 cells and which eps > 0 cells are wanted
     zero_at = [np.flatnonzero(mask[:, t] & is_zero) for t in range(nT)]
     pert_at = [np.flatnonzero(mask[:, t] & ~is_zero) for t in range(nT)]
     active = [t for t in range(nT) if zero_at[t].size or pert_at[t].size]
+    out = {"odin_s": odin_s, "grodin_sqnorm": sqn, **({"iodin_s": iod} if iod is not None else {})}
     if n == 0 or not active:
-        return {"odin_s": odin_s, "grodin_sqnorm": sqn}
+        return out
     if method == "vmap":
         grid_cells_vmap(
             model,
@@ -84,13 +90,14 @@ def grodin_grid(
             pert_at,
             odin_s,
             sqn,
+            iod,
             chunk=chunk,
             space=space,
             std=std,
             params=params,
             amp_dtype=amp_dtype,
         )
-        return {"odin_s": odin_s, "grodin_sqnorm": sqn}
+        return out
     eng = HookEngine(model, params, max_bytes=max_bytes)
     with eng:
         for s in range(0, n, chunk):
@@ -100,12 +107,15 @@ def grodin_grid(
             logits = eng.forward(xc, amp_dtype=amp_dtype)
             z = logits.detach().double()  # softmax(z/T) - onehot cancels near 1: float64 (float32 lost 3e-3)
             signs: dict[int, torch.Tensor] = {}
+            one_element: dict[int, torch.Tensor] = {}  # iODIN's sign, per T
             for t in active:
                 T, need_sign = Ts[t], bool(pert_at[t].size)
                 delta, retain = ce_pred_delta(T)(z), t != active[-1]
                 if need_sign:
                     sq, gx = eng.sq_norms_and_input_grad(delta, retain_graph=retain)
                     signs[t] = gx.sign().to(torch.int8)
+                    if iod is not None:
+                        one_element[t] = single_element_sign(signs[t], gx)
                 else:
                     sq = eng.sq_norms(delta, retain_graph=retain)
                 if zero_at[t].size:
@@ -113,6 +123,8 @@ def grodin_grid(
                     for e in zero_at[t]:
                         odin_s[e, t, sl] = S
                         sqn[e, t, sl] = sq.cpu().numpy()
+                        if iod is not None:
+                            iod[e, t, sl] = S
             eng.logits = None
             # perturbed inputs: one forward + backward per selected (eps != 0, T)
             for t in active:
@@ -123,7 +135,11 @@ def grodin_grid(
                     sq = eng.sq_norms(ce_pred_delta(Ts[t])(zt))
                     odin_s[e, t, sl] = torch.softmax(zt / Ts[t], dim=1).amax(1).cpu().numpy()
                     sqn[e, t, sl] = sq.cpu().numpy()
-    return {"odin_s": odin_s, "grodin_sqnorm": sqn}
+                    if iod is not None:
+                        xi = apply_sign_step(xc, one_element[t], epss[e], space=space, std=std)
+                        zi = eng.forward_unrecorded(xi, amp_dtype=amp_dtype).double()
+                        iod[e, t, sl] = torch.softmax(zi / Ts[t], dim=1).amax(1).cpu().numpy()
+    return out
 
 
 def kl_allweights_sqnorm(

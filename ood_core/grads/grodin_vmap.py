@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ood_core.grads.deltas import DeltaFn, ce_pred_delta
 from ood_core.grads.per_sample import per_sample_sq_norms
-from ood_core.grads.perturb import apply_sign_step
+from ood_core.grads.perturb import apply_sign_step, single_element_sign
 from ood_core.grads.runtime import autocast, eval_mode, model_device_dtype
 from ood_core.grads.selection import ParamSpec
 
@@ -43,6 +43,7 @@ def grid_cells_vmap(
     pert_at: list[np.ndarray],
     odin_s: np.ndarray,
     sqn: np.ndarray,
+    iodin_s: np.ndarray | None,
     *,
     chunk: int,
     space: str,
@@ -50,7 +51,7 @@ def grid_cells_vmap(
     params: ParamSpec,
     amp_dtype: torch.dtype | None,
 ) -> None:
-    """Fills ``odin_s[e, t]`` and ``sqn[e, t]`` ((nE, nT, N) arrays) for the eps = 0 cells ``zero_at[t]``
+    """Fills ``odin_s[e, t]``, ``sqn[e, t]`` and ``iodin_s[e, t]`` when given ((nE, nT, N) arrays) for the eps = 0 cells ``zero_at[t]``
     and the eps > 0 cells ``pert_at[t]`` of every T (indices into ``epss``), as ``grodin_grid`` does.
     ``chunk`` samples per forward; at most min(chunk, 32) samples' gradients are materialised at
     once (``per_sample_sq_norms``'s vmap default)."""
@@ -77,11 +78,14 @@ def grid_cells_vmap(
                 logits = model(xg)
             z = logits.detach().double()
             signs: dict[int, torch.Tensor] = {}
+            one_element: dict[int, torch.Tensor] = {}  # iODIN's sign, per T
             for t in sign_ts:
                 delta = ce_pred_delta(Ts[t])(z)
                 loss = (logits.to(delta.dtype) * delta).sum()
                 (gx,) = torch.autograd.grad(loss, xg, retain_graph=t != sign_ts[-1])
                 signs[t] = gx.sign().to(torch.int8)
+                if iodin_s is not None:
+                    one_element[t] = single_element_sign(signs[t], gx)
             del logits
             for t in active:
                 if zero_at[t].size:
@@ -90,6 +94,8 @@ def grid_cells_vmap(
                     for e in zero_at[t]:
                         odin_s[e, t, sl] = S
                         sqn[e, t, sl] = sq
+                        if iodin_s is not None:
+                            iodin_s[e, t, sl] = S
             # perturbed inputs: the vmap pass per selected (eps != 0, T)
             for t in sign_ts:
                 for e in pert_at[t]:
@@ -97,3 +103,8 @@ def grid_cells_vmap(
                     zt, sq = sq_norms(xt, t)
                     odin_s[e, t, sl] = max_softmax(zt, t)
                     sqn[e, t, sl] = sq
+                    if iodin_s is not None:
+                        xi = apply_sign_step(xc, one_element[t], epss[e], space=space, std=std)
+                        with torch.no_grad(), autocast(dev, amp_dtype):
+                            zi = model(xi).double()
+                        iodin_s[e, t, sl] = max_softmax(zi, t)

@@ -102,6 +102,7 @@ class HookEngine:
         self._clone: set[str] = set()  # modules whose output is modified in place downstream
         self._clone_in: set[str] = set()  # modules whose input is modified in place afterwards
         self._ctx: contextlib.ExitStack | None = None
+        self._muted = False  # hooks idle (forward_unrecorded)
         self._reset()
 
     @property
@@ -135,6 +136,8 @@ class HookEngine:
 
     def _make_hook(self, mname: str):
         def hook(mod, inp, out):
+            if self._muted:
+                return None
             if mname in self.outputs:
                 raise UnsupportedModuleError(
                     f"module '{mname}' ({type(mod).__name__}) is called more than once per forward; "
@@ -181,6 +184,16 @@ class HookEngine:
             )
         self.x, self.logits = x, logits
         return logits
+
+    def forward_unrecorded(self, x: torch.Tensor, *, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Logits of ``x`` with no graph and nothing recorded (the last recorded forward stays usable)."""
+        dev, pdt = model_device_dtype(self.model)
+        self._muted = True
+        try:
+            with torch.no_grad(), autocast(dev, amp_dtype):
+                return self.model(x.to(device=dev, dtype=pdt))
+        finally:
+            self._muted = False
 
     def _backward(
         self, delta: torch.Tensor, retain_graph: bool, input_grad: bool

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ood_core.grads.runtime import autocast, eval_mode, model_device_dtype, upcast
 
-__all__ = ["apply_sign_step", "input_grad_sign", "odin_perturb"]
+__all__ = ["apply_sign_step", "input_grad_sign", "odin_perturb", "single_element_sign"]
 
 SPACES = ("normalized", "pixel")
 
@@ -84,3 +84,11 @@ def odin_perturb(
         return x
     sign, _ = input_grad_sign(model, x, T, amp_dtype=amp_dtype)
     return apply_sign_step(x, sign, eps, space=space, std=std)
+
+
+def single_element_sign(sign: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``sign`` kept only at each sample's element of largest |grad| (over channels and positions),
+    0 elsewhere: iODIN's one-pixel perturbation (Jingkang50/OpenOOD ``iodin_postprocessor``)."""
+    flat = sign.reshape(sign.shape[0], -1)
+    top = grad.abs().reshape(grad.shape[0], -1).argmax(1, keepdim=True)
+    return torch.zeros_like(flat).scatter_(1, top, flat.gather(1, top)).view_as(sign)

@@ -81,6 +81,27 @@ def odin(arrays: Arrays, state: Any = None, *, T: float = 1000.0, eps: float = 0
     return cached_slice(arrays, "odin_s", eps, T)
 
 
+@register(
+    "iodin",
+    family="forward",
+    display="iODIN",
+    grid={"T": ODIN_T_GRID, "eps": ODIN_EPS_GRID},
+    needs=("iodin_s", "odin_eps", "odin_T"),
+    paper="OpenOOD v1.5 (Jingkang50/OpenOOD, iodin_postprocessor)",
+)
+def iodin(arrays: Arrays, state: Any = None, *, T: float = 1000.0, eps: float = 0.0014) -> np.ndarray:
+    """iODIN: ODIN with the step on one input element per sample: s = max_k softmax(f(x^)/T)_k,
+    x^ = x - eps * m * sign(grad_x CE(f(x)/T, yhat)) with m the indicator of the element of largest
+    |grad_x| over channels and positions (OpenOOD's ``IODINPostprocessor``; defaults T = 1000,
+    eps = 0.0014 and its sweep T in {1, 10, 100, 1000}, eps in {0.0014, 0.0028} as in OpenOOD's config).
+
+    Read from the cached ``iodin_s[i_eps, i_T]`` (``extract.iodin``); at eps = 0 it equals ODIN.
+    Deviations: a zero input gradient gives sign 0 here (OpenOOD: +1), which changes a sample only
+    when its largest |grad_x| is exactly 0; eps lives in the profile's ``eps_space`` (OpenOOD: pixel
+    space, eps / std per channel, our ``eps_space: pixel``)."""
+    return cached_slice(arrays, "iodin_s", eps, T)
+
+
 # --------------------------------------------------------------------------- ReAct
 def fit_react(train: Arrays, *, percentile: float = 90.0, **_: Any) -> dict[str, Any]:
     """c = ``percentile``-th percentile of ALL training activations h (flattened)."""
