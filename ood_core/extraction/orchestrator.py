@@ -146,8 +146,9 @@ def fit_subspaces(
 ) -> tuple[list[Subspace], dict[str, str]]:
     """Wu et al.'s subspaces ``names`` of ``cfg['lowdim']['subspaces']``, fitted on ``train``
     (:func:`~ood_core.extraction.subspaces.fit_subspace`) or read from ``store`` when stored under the same key
-    (model, ``train_id`` = what the training data is, subspace settings, seed). Returns the subspaces
-    (on ``device``) and their keys."""
+    (model, ``train_id`` = what the training data is, subspace settings, seed); a fit interrupted
+    before it was stored resumes after its last finished pass (``store.subspace_checkpoint``).
+    Returns the subspaces (on ``device``) and their keys."""
     store = store if store is not None else MemoryStore()
     lcfg = cfg["lowdim"]
     specs = lcfg["subspaces"]
@@ -169,6 +170,7 @@ def fit_subspaces(
             sub = Subspace(name, blob["V"], stats, params)
         else:
             t0 = time.perf_counter()
+            checkpoint = None if ranks.is_distributed else store.subspace_checkpoint(name, key)
             sub = fit_subspace(
                 model,
                 _resolve(train),
@@ -181,6 +183,7 @@ def fit_subspaces(
                 stats_memo=stats_memo,
                 ranks=ranks,
                 grad_method=grad_method,
+                checkpoint=checkpoint,
             )
             took = time.perf_counter() - t0
             if ranks.is_main:
@@ -188,6 +191,8 @@ def fit_subspaces(
                 if sub.stats is not None:
                     blob["mean"], blob["scale"] = sub.stats[0].cpu(), sub.stats[1].cpu()
                 store.save_subspace(name, key, blob)
+                if checkpoint is not None:
+                    checkpoint.clear()
                 if log:
                     log(f"subspace '{name}' ({spec['kind']}, K={sub.V.shape[1]}) in {took:.1f}s")
             ranks.barrier()

@@ -50,6 +50,10 @@ class ExtractStore(Protocol):
         """Drop every part of set ``name`` (once its joined arrays are saved)."""
         ...
 
+    def subspace_checkpoint(self, name: str, key: str) -> PassCheckpoint | None:
+        """Where subspace ``name``'s fit keeps its finished passes (None: nowhere)."""
+        ...
+
 
 class MemoryStore:
     """Arrays in memory; subspaces are fitted anew on every call."""
@@ -87,6 +91,9 @@ class MemoryStore:
     def remove_parts(self, name: str) -> None:
         for tag in [t for t in self._parts if t.split(".")[0] == name]:
             del self._parts[tag]
+
+    def subspace_checkpoint(self, name: str, key: str) -> PassCheckpoint | None:
+        return None
 
 
 class DiskStore:
@@ -155,6 +162,47 @@ class DiskStore:
     def remove_parts(self, name: str) -> None:
         for p in self.parts_dir.glob(f"{name}.*.rank*of*.npz"):
             p.unlink(missing_ok=True)
+
+    def subspace_checkpoint(self, name: str, key: str) -> PassCheckpoint | None:
+        path = self.lowdim_dir / f"{name}.partial.pt"
+        if self.force:
+            path.unlink(missing_ok=True)
+        return PassCheckpoint(path, key, log=self.log)
+
+
+class PassCheckpoint:
+    """A fit's finished passes in one file (``torch.save`` of a dict, written atomically), valid
+    under ``key`` only: an interrupted fit reruns from its last saved pass. A missing, damaged or
+    other-key file is an empty state (a damaged one is reported)."""
+
+    def __init__(self, path: Path, key: str, *, log: Callable[[str], None] = print) -> None:
+        self.path, self.key, self.log = Path(path), key, log
+        self.state: dict[str, Any] = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {}
+        damage = zip_problem(self.path)
+        if damage is not None:
+            self.log(f"ignoring {self.path.name}: damaged ({damage}); the fit starts over")
+            return {}
+        blob = torch.load(self.path, map_location="cpu", weights_only=True)
+        if blob.get("key") != self.key:
+            return {}
+        state = {k: v for k, v in blob.items() if k != "key"}
+        self.log(f"resuming from {self.path.name}: {', '.join(sorted(state))} kept")
+        return state
+
+    def update(self, **values: Any) -> None:
+        """Merge ``values`` into the state and save it."""
+        self.state.update(values)
+        with atomic_path(self.path, ".pt") as tmp:
+            torch.save({**self.state, "key": self.key}, tmp)
+
+    def clear(self) -> None:
+        """The fit is done (and stored): drop the file."""
+        self.state = {}
+        self.path.unlink(missing_ok=True)
 
 
 def recompute_line(name: str, why: str, finished: bool) -> str | None:

@@ -9,7 +9,7 @@ over the same parameters share one statistics pass through ``stats_memo``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from ood_core.data.sources import BatchSource
 from ood_core.extraction.arrays import Subspace
 from ood_core.extraction.distributed import Ranks
 from ood_core.grads.runtime import exact_float32
+
+if TYPE_CHECKING:
+    from ood_core.extraction.store import PassCheckpoint
 
 SUBSPACE_KINDS = ("pca", "class_mean")
 SUBSPACE_KEYS = ("kind", "k", "n_iter", "params")
@@ -56,11 +59,15 @@ def fit_subspace(
     stats_memo: dict[str, Any] | None = None,
     ranks: Ranks = Ranks(),
     grad_method: str = "hooks",
+    checkpoint: PassCheckpoint | None = None,
 ) -> Subspace:
     """Subspace ``name`` of ``spec`` fitted on ``train`` (every rank streams its shard of whole batches).
 
     ``lowdim`` is the profile's ``lowdim`` section; ``n_samples`` there keeps a seeded random subset
-    of the training rows (``seed``). ``grad_method``: ``"hooks"`` or ``"vmap"`` (any layer type). Returns V (P, K) with the whitening statistics it was fitted with."""
+    of the training rows (``seed``). ``grad_method``: ``"hooks"`` or ``"vmap"`` (any layer type).
+    ``checkpoint`` keeps the finished passes (whitening statistics, the PCA's power iterations), so
+    an interrupted fit resumes after the last one. Returns V (P, K) with the whitening statistics it
+    was fitted with."""
     from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
     check_subspace_spec(name, spec)
@@ -88,13 +95,30 @@ def fit_subspace(
         stats = None
     elif repr(params) in memo:  # the same parameters' whitening statistics: one pass serves all
         stats = memo[repr(params)]
+    elif checkpoint is not None and "stats_mean" in checkpoint.state:
+        kept = checkpoint.state
+        stats = memo[repr(params)] = (kept["stats_mean"].to(device), kept["stats_scale"].to(device))
     else:
         stats = memo[repr(params)] = gradient_stats(
             model, batches(), params, chunk=chunk, method=grad_method, ranks=ranks
         )
+        if checkpoint is not None:
+            checkpoint.update(stats_mean=stats[0].cpu(), stats_scale=stats[1].cpu())
     if spec["kind"] == "pca":
         k, n_iter = int(spec["k"]), int(spec.get("n_iter", 10))
-        V = pca_subspace(model, batches, k, n_iter, stats, seed, params, chunk=chunk, method=grad_method, ranks=ranks)
+        V = pca_subspace(
+            model,
+            batches,
+            k,
+            n_iter,
+            stats,
+            seed,
+            params,
+            chunk=chunk,
+            method=grad_method,
+            ranks=ranks,
+            resume=checkpoint,
+        )
     else:
         V = class_mean_subspace(
             model, batches(), num_classes, stats, params, chunk=chunk, method=grad_method, ranks=ranks

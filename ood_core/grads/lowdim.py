@@ -15,7 +15,7 @@ device; P x K must fit there (ResNet-18, K = 200: 2.2 G entries = 9 GB in float3
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,15 @@ DEFAULT_CHUNK = 16  # samples whose full gradients are materialised at once (Wu 
 
 # --------------------------------------------------------------------------------------------------
 # whitened per-sample gradients (streamed by stream.py)
+
+
+class PassState(Protocol):
+    """A long fit's finished passes, kept so that an interrupted fit resumes after the last one
+    (``ood_core.extraction.store.PassCheckpoint``): ``state`` as saved, ``update`` merges and saves."""
+
+    state: dict[str, Any]
+
+    def update(self, **values: Any) -> None: ...
 
 
 def whiten(g: torch.Tensor, stats: GradStats | None) -> torch.Tensor:
@@ -255,6 +264,7 @@ def pca_subspace(
     chunk: int = DEFAULT_CHUNK,
     method: str = "hooks",
     ranks: Ranks = Ranks(),
+    resume: PassState | None = None,
 ) -> torch.Tensor:
     """Top-k right singular vectors V (P, k) (orthonormal columns) of the whitened N x P gradient
     matrix A, by randomized truncated SVD (Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1):
@@ -265,7 +275,12 @@ def pca_subspace(
     l = k + oversample; ``batches_factory()`` must replay the same samples in the same order on each
     of the 2 + 2 n_iter passes. (N x l) products are float64; (P x l) accumulators float64 when
     they fit in 1 GiB, else float32. Under several ``ranks`` each streams a shard of the rows:
-    A @ M is gathered (rows in rank order), A^T @ Q summed over the ranks."""
+    A @ M is gathered (rows in rank order), A^T @ Q summed over the ranks.
+
+    ``resume`` (one process only) keeps Q (N x l, small) after the start and after every power
+    iteration: a rerun continues from the last one kept (the same Q, so the same V)."""
+    if resume is not None and ranks.is_distributed:
+        raise ValueError("pca_subspace: resume keeps one process's rows; it is not available under torchrun")
     names = resolve_params(model, params)
     dev, _ = model_device_dtype(model)
     P = num_selected_params(model, names, method)
@@ -275,7 +290,9 @@ def pca_subspace(
         raise ValueError(f"k = {k} exceeds the number of parameters P = {P}")
     l = min(P, k + max(0, int(oversample)))
     acc = _acc_dtype(model, P, l)
-    omega = _random_start(P, l, seed, acc, dev)
+    kept = {} if resume is None else resume.state
+    if "q" in kept and (kept["q"].shape[1] != l or kept.get("n_iter") != int(n_iter)):
+        kept = {}  # another fit's state
 
     # The whitening is folded into the small factors, never applied to the (chunk, P) gradients:
     #   A m   = G (s * m) - 1 <mean * s, m>          A^T q = s * (G^T q - mean (1^T q))
@@ -339,13 +356,19 @@ def pca_subspace(
             out.addr_(stats[0].to(acc), q.sum(0).to(acc), alpha=-1.0).mul_(scale[:, None])
         return out
 
-    q = _orth(times(omega))
-    del omega
+    if "q" in kept:
+        q, done = kept["q"].to(device=dev, dtype=torch.float64), int(kept["done"])
+    else:
+        q, done = _orth(times(_random_start(P, l, seed, acc, dev))), 0
+        if resume is not None:
+            resume.update(q=q.cpu(), done=0, n_iter=int(n_iter))
     if q.shape[1] < k:
         raise ValueError(f"k = {k} exceeds the number of samples N = {q.shape[0]}")
-    for _ in range(int(n_iter)):
+    for i in range(done, int(n_iter)):
         z = _orth(t_times(q), overwrite=True)
         q = _orth(times(z))
+        if resume is not None:
+            resume.update(q=q.cpu(), done=i + 1)
     bt = t_times(q)  # (P, l) = B^T, B = Q^T A
     q2, r2 = orthonormalize(bt, overwrite=True, return_r=True)  # B^T = Q2 R2: SVD(R2) = U S W^T
     ur, _, _ = torch.linalg.svd(r2, full_matrices=False)
