@@ -7,19 +7,23 @@ checks the splits)::
                                   ood {name: group}, lowdim_subspaces [...], grid {odin_T, odin_eps}
     <analysis_dir>/arrays/<name>.npz   per-dataset arrays (docs/architecture.md)
     <analysis_dir>/head.npz       W, b
-    <analysis_dir>/splits.npz     <name>__val, <name>__test for id_test and every OOD set
+    <analysis_dir>/splits.npz     <name>__val, <name>__test for id_test, every OOD set and the
+                                  validation sets (meta's ``validation``; all rows val)
 
 For every method (``ood_core.evaluation.benchmark.run_methods``, the core the Python API shares): fit on train
 (memoised per fit-relevant parameters), choose parameters on the validation parts under the
-protocol, score the TEST parts, compute metrics (+ bootstrap std of AUROC). This stage adds the
-sweeps and ablations and writes the tables.
+protocol, score the TEST parts, compute metrics (+ bootstrap std of AUROC); once per protocol of
+``benchmark.protocols`` (metrics.csv's ``protocol`` column; one section each in metrics.md, paired.md).
+This stage adds the sweeps and ablations (under the headline protocol) and writes the tables.
 
 Output in ``fig_dir``: metrics.csv/.md/.tex, ablation_grodin.*, ablation_rg_percentile.*,
 ablation_lowdim_k.*, ablation_lowdim_subspace.*, sweep_odin.csv, sweep_react.csv, sweep_knn.csv,
 chosen_hyperparams.json, reference.md, skipped.csv, paired.csv/.md (paired bootstrap of the near / far
 AUROC differences, ``ood_core.reporting.paired_table``; ``benchmark.bootstrap`` resamples, as the std in
 metrics.csv); and ``<analysis_dir>/scores/<name>.npz`` (test-part scores, float64 as scored;
-``_test_idx`` = indices into that set's arrays; ``_protocol`` the protocol; in the ID file
+``_test_idx`` = indices into that set's arrays; ``_protocol`` the protocol; the headline protocol's
+(``benchmark.protocol``) in ``scores/``, each other one of ``benchmark.protocols`` in
+``scores/<protocol>/``; in the ID file
 ``<method>__vs__<ood>`` holds the ID scores at the parameters used for that OOD set, ``<method>`` when
 they are the same for all).
 
@@ -36,15 +40,16 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ood_core.analysis_cache import AnalysisCache
 from ood_core.cache import write_text
-from ood_core.evaluation.benchmark import BenchmarkData, Scorer, missing_arrays, run_methods, tune_method
+from ood_core.config import ConfigError, validation_sets
+from ood_core.evaluation.benchmark import BenchmarkData, Scorer, missing_arrays, run_protocols, tune_method
 from ood_core.evaluation.cuts import profile_cuts
-from ood_core.evaluation.tuning import PROTOCOLS, FitCache
+from ood_core.evaluation.tuning import PROTOCOLS, FitCache, TuneResult
 from ood_core.extraction.grid import point_available
 from ood_core.extraction.grid_selection import choose_settings
 from ood_core.reporting import tables
@@ -70,8 +75,24 @@ class BenchmarkResult:
     rows: list[dict[str, Any]]  # the metric rows of metrics.csv
     chosen: dict[str, Any]  # method -> chosen parameters (chosen_hyperparams.json)
     skipped: list[dict[str, Any]]  # method, family, reason (skipped.csv)
-    protocol: str
+    protocol: str  # the headline protocol
     held_out: str | None
+    protocols: list[str] = field(default_factory=list)  # every protocol reported, the headline first
+
+
+def protocol_list(protocol: str, protocols: Sequence[str] | None) -> list[str]:
+    """The protocols a benchmark reports: the headline ``protocol`` first, then the others of
+    ``protocols`` (``benchmark.protocols``; None: the headline only), each once and known."""
+    out = list(dict.fromkeys([protocol, *(protocols or ())]))
+    bad = [p for p in out if p not in PROTOCOLS]
+    if bad:
+        raise ConfigError(f"benchmark.protocols: unknown protocol {bad[0]!r}; choose from {', '.join(PROTOCOLS)}")
+    return out
+
+
+def protocol_label(protocol: str, held_out: str | None) -> str:
+    """How tables and the scores' ``_protocol`` name a protocol (``held_out_ood`` with its set)."""
+    return f"held_out_ood (held-out: {held_out})" if protocol == "held_out_ood" else protocol
 
 
 # ---------------------------------------------------------------------------------- main stage
@@ -81,6 +102,7 @@ def run_benchmark(
     fig_dir: Path,
     methods: list[str] | None = None,
     protocol: str = "per_ood_val",
+    protocols: Sequence[str] | None = None,
     bootstrap_n: int = 100,
     seed: int = 0,
     held_out: str | None = None,
@@ -88,33 +110,40 @@ def run_benchmark(
     cuts: Sequence[str] = (),
     paired: Sequence[Any] | None = None,
 ) -> BenchmarkResult:
-    """Run every (or the given) registered method; write the tables to ``fig_dir`` and the test-part
-    scores to ``<analysis_dir>/scores/``.
+    """Run every (or the given) registered method under the headline ``protocol`` and the other
+    ``protocols``; write the tables to ``fig_dir`` and the test-part scores to
+    ``<analysis_dir>/scores/`` (the headline's; ``scores/<protocol>/`` for each other one).
 
-    ``strict=False`` turns unexpected errors of a method into a skipped.csv entry instead of raising;
-    missing arrays always lead to a skip with the reason logged. ``paired``: the pairs of paired.csv
-    (``benchmark.paired``; None: the best method of each family, see ``ood_core.reporting.paired_table``)."""
+    Metric rows of every protocol go to metrics.csv (column ``protocol``; metrics.md / .tex one
+    section per protocol), paired.csv holds every protocol's pairs; sweeps, ablations and
+    reference.md follow the headline. ``strict=False`` turns unexpected errors of a method into a
+    skipped.csv entry instead of raising; missing arrays always lead to a skip with the reason
+    logged. ``paired``: the pairs of paired.csv (``benchmark.paired``; None: the best method of each
+    family of the headline's rows, see ``ood_core.reporting.paired_table``)."""
     for item in paired or ():
         for m in [item] if isinstance(item, str) else item:
             registry.get(m)  # a wrong name fails before the long part, listing the known ones
+    reported = protocol_list(protocol, protocols)
     analysis_dir, fig_dir = Path(analysis_dir), Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     cache = AnalysisCache(analysis_dir)
     data = BenchmarkData.from_cache(cache)
     meta = data.meta
     fits = FitCache(data.train)
-    res = run_methods(
+    runs = run_protocols(
         data,
         methods,
-        protocol=protocol,
+        protocols=reported,
         held_out=held_out,
         bootstrap_n=bootstrap_n,
         seed=seed,
         strict=strict,
         fits=fits,
     )
+    res = runs[protocol]
     held_out = res.held_out
-    rows, chosen, skipped = res.rows, res.chosen, res.skipped
+    rows = [r for p in reported for r in runs[p].rows]
+    chosen, skipped = res.chosen, res.skipped
     sweeps: dict[tuple[str, ...], list[dict[str, Any]]] = {params: [] for params in SWEEP_CSV}
     ablations: dict[str, tuple[registry.Sweep, list[dict[str, Any]]]] = {}
     for m, mres in res.methods.items():
@@ -123,23 +152,23 @@ def run_benchmark(
         for sweep in spec.sweeps:
             if sweep.params == GRID_SWEEP:
                 sw = _sweep_odin(m, spec, data, scorer, tr, grid, fits)
-                abl = _grodin_ablation(m, sw, data, protocol, held_out) if sweep.ablation and sw else []
+                abl = _grodin_ablation(m, sw, data, tr) if sweep.ablation and sw else []
             else:
                 sw = abl = _sweep_param(m, spec, data, scorer, sweep.param, _sweep_values(sweep, grid, meta))
             sweeps.setdefault(sweep.params, []).extend(sw)
             if sweep.ablation and abl:
                 ablations.setdefault(sweep.ablation, (sweep, []))[1].extend(abl)
 
+    labels = {p: protocol_label(p, runs[p].held_out) for p in reported}
     info = {
         "model": meta.get("model"),
         "id_accuracy": meta.get("id_accuracy"),
-        "protocol": protocol,
+        "protocol": labels[protocol],
         "n_id": int(data.splits[data.id_name].test.size),
         "bootstrap_n": bootstrap_n,
         "title": f"{meta.get('profile', '')} / {meta.get('model', '')}",
+        "protocol_notes": {p: data.rows_note(p, runs[p].held_out) for p in reported},
     }
-    if protocol == "held_out_ood":
-        info["protocol"] = f"held_out_ood (held-out: {held_out})"
     metrics_csv = fig_dir / "metrics.csv"
     if rows:
         tables.write_metrics_tables(rows, fig_dir, info)
@@ -158,7 +187,8 @@ def run_benchmark(
                 "seed": seed,
                 "profile": meta.get("profile"),
                 "model": meta.get("model"),
-                "methods": chosen,
+                "methods": chosen,  # the headline protocol's choices
+                "other_protocols": {p: runs[p].chosen for p in reported[1:]},
             },
             indent=2,
             sort_keys=False,
@@ -166,7 +196,7 @@ def run_benchmark(
         ),
     )
     write_reference_md(
-        rows,
+        res.rows,
         fig_dir / "reference.md",
         id_dataset=cache.id_dataset,
         model=str(meta.get("model")),
@@ -174,19 +204,46 @@ def run_benchmark(
         preprocessing=str(meta.get("preprocessing", "see the profile config")),
         cuts=cuts,
     )
-    for ds, scores in res.scores.items():
-        cache.write_scores(ds, scores, protocol=str(info["protocol"]))
-    pairs = resolve_pairs(paired, rows) if rows and bootstrap_n >= 2 else []
-    prows = paired_rows(
-        res.scores, data.id_name, data.groups, pairs, n=bootstrap_n, seed=seed, protocol=str(info["protocol"])
-    )
+    _write_scores(analysis_dir, {p: runs[p].scores for p in reported}, labels)
+    pairs = resolve_pairs(paired, res.rows) if res.rows and bootstrap_n >= 2 else []
+    prows = [
+        r
+        for p in reported
+        for r in paired_rows(
+            runs[p].scores, data.id_name, data.groups, pairs, n=bootstrap_n, seed=seed, protocol=labels[p]
+        )
+    ]
     write_csv(prows, fig_dir / "paired.csv", PAIRED_COLUMNS)
     write_text(fig_dir / "paired.md", paired_markdown(prows, str(info["title"])))
     if skipped:
         log.warning("skipped %d method(s); see %s", len(skipped), fig_dir / "skipped.csv")
     return BenchmarkResult(
-        metrics_csv=metrics_csv, rows=rows, chosen=chosen, skipped=skipped, protocol=protocol, held_out=held_out
+        metrics_csv=metrics_csv,
+        rows=rows,
+        chosen=chosen,
+        skipped=skipped,
+        protocol=protocol,
+        held_out=held_out,
+        protocols=reported,
     )
+
+
+def _write_scores(
+    analysis_dir: Path, scores: Mapping[str, Mapping[str, Mapping[str, Any]]], labels: Mapping[str, str]
+) -> None:
+    """Each protocol's test-part scores: the headline's (first) in ``scores/``, every other one's in
+    ``scores/<protocol>/``; a ``scores/<protocol>/`` of a protocol not reported now is removed."""
+    import shutil
+
+    headline = next(iter(scores))
+    for p in PROTOCOLS:
+        stale = analysis_dir / "scores" / p
+        if (p == headline or p not in scores) and stale.is_dir():
+            shutil.rmtree(stale)
+    for p, per_set in scores.items():
+        cache = AnalysisCache(analysis_dir, scores_of=None if p == headline else p)
+        for ds, sc in per_set.items():
+            cache.write_scores(ds, sc, protocol=labels[p])
 
 
 # ----------------------------------------------------------------------------------- sweeps
@@ -255,15 +312,20 @@ def _sweep_odin(m, spec, data: BenchmarkData, scorer: Scorer, tr, grid, fits: Fi
     return out
 
 
-def _grodin_ablation(m, sweep: list[dict], data: BenchmarkData, protocol: str, held_out: str | None) -> list[dict]:
+def _grodin_ablation(m, sweep: list[dict], data: BenchmarkData, tr: TuneResult) -> list[dict]:
     """vanilla (eps0, T0) / only eps (T=T0) / only T (eps=eps0) / both, chosen on validation AUROC
-    (own set's val part, or the held-out set's under held_out_ood) by
+    (the table the protocol tuned on: the set's own val part, the held-out set's under held_out_ood,
+    the OOD validation sets' under openood; the own val part under paper_defaults) by
     :func:`ood_core.extraction.grid_selection.choose_settings` (eps0 = 0 and T0 = 1 when on the grid, else the
     smallest grid value; recorded in the rows)."""
+    en, tn = GRID_SWEEP
     out = []
     for o in data.ood_names:
-        src = held_out if protocol == "held_out_ood" else o
-        table = [({"eps": r["eps"], "T": r["T"]}, r["auroc_val"]) for r in sweep if r["ood_set"] == src]
+        src = tr.tuned_on(o) or o
+        if src in data.ood_names:
+            table = [({"eps": r["eps"], "T": r["T"]}, r["auroc_val"]) for r in sweep if r["ood_set"] == src]
+        else:  # the OOD validation sets' table (openood)
+            table = [({"eps": p[en], "T": p[tn]}, v) for p, v in tr.tables[src]]
         val_of = {(p["eps"], p["T"]): v for p, v in table}
         test_of = {(r["eps"], r["T"]): r["auroc_test"] for r in sweep if r["ood_set"] == o}
         for setting, p in choose_settings(table).items():
@@ -295,7 +357,7 @@ def _write_sweeps_and_ablations(fig_dir: Path, sweeps, ablations, protocol: str)
         write_csv(sweeps[params], fig_dir / name, cols)
     for name, (sweep, rows) in ablations.items():
         if sweep.params == GRID_SWEEP:
-            tables.write_grodin_ablation(rows, fig_dir, note=f"selection: {protocol}")
+            tables.write_grodin_ablation(rows, fig_dir, note=f"selection: {protocol}")  # the headline's
         else:
             tables.write_sweep_ablation(rows, sweep.param, fig_dir / f"ablation_{name}", sweep.caption)
 
@@ -338,19 +400,22 @@ def _stored_stamp(path: Path) -> str | None:
         return None
 
 
-def outputs_problem(analysis_dir: Path, fig_dir: Path) -> str | None:
+def outputs_problem(analysis_dir: Path, fig_dir: Path, others: Sequence[str] = ()) -> str | None:
     """Why the benchmark's last outputs cannot be reused: ``metrics.csv`` missing, or a
-    ``scores/<set>.npz`` of the ID or an OOD set missing or damaged (failed CRC check)."""
+    ``scores/<set>.npz`` (``scores/<protocol>/<set>.npz`` for the ``others`` protocols) of the ID or
+    an OOD set missing or damaged (failed CRC check)."""
     from ood_core.analysis_cache import AnalysisCache
     from ood_core.cache import zip_problem
 
     if not (fig_dir / "metrics.csv").is_file():
         return "metrics.csv is missing"
-    cache = AnalysisCache(analysis_dir)
-    for name in [cache.id_name, *cache.ood_names]:
-        why = zip_problem(cache.scores_path(name))
-        if why:
-            return f"scores/{name}.npz " + ("is missing" if why == "missing" else f"is damaged ({why})")
+    for p in [None, *others]:
+        cache = AnalysisCache(analysis_dir, scores_of=p)
+        for name in [cache.id_name, *cache.ood_names]:
+            why = zip_problem(cache.scores_path(name))
+            if why:
+                where = cache.scores_path(name).relative_to(analysis_dir).as_posix()
+                return f"{where} " + ("is missing" if why == "missing" else f"is damaged ({why})")
     return None
 
 
@@ -365,7 +430,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument(
         "--methods", nargs="*", default=None, help="score names (default: the profile's, else all registered)"
     )
-    ap.add_argument("--protocol", choices=PROTOCOLS, default=None, help="tuning protocol (default: the profile's)")
+    ap.add_argument(
+        "--protocol", choices=PROTOCOLS, default=None, help="the one tuning protocol (default: the profile's)"
+    )
     ap.add_argument("--bootstrap-n", type=int, default=None, help="bootstrap resamples (default: the profile's)")
     ap.add_argument("--held-out", default=None, help="held-out OOD set for --protocol held_out_ood")
     ap.add_argument("--keep-going", action="store_true", help="skip (not raise on) methods that error")
@@ -378,6 +445,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     b = ctx.cfg["benchmark"]
     methods = a.methods or b["methods"] or None
     protocol = a.protocol or b["protocol"]
+    protocols = protocol_list(protocol, None if a.protocol else b["protocols"])
+    if "openood" in protocols and not validation_sets(ctx.cfg):
+        raise ConfigError(
+            f"{ctx.profile}: protocol 'openood' tunes on validation sets; the profile's data.validation has none"
+        )
     boot = a.bootstrap_n if a.bootstrap_n is not None else int(b["bootstrap"])
     held_out = a.held_out or b["held_out"]
     paired = b["paired"]
@@ -386,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         _inputs_digest(ctx.analysis_dir),
         _code_digest(),
         methods,
-        protocol,
+        protocols,
         boot,
         held_out,
         ctx.cfg["seed"],
@@ -395,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     stamp_file = ctx.fig_dir / ".benchmark_stamp.json"
     if not ctx.force and _stored_stamp(stamp_file) == stamp:
-        why = outputs_problem(ctx.analysis_dir, ctx.fig_dir)
+        why = outputs_problem(ctx.analysis_dir, ctx.fig_dir, protocols[1:])
         if why is None:
             print(f"[benchmark] cached: {ctx.fig_dir / 'metrics.csv'}")
             return ctx.fig_dir / "metrics.csv"
@@ -406,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         fig_dir=ctx.fig_dir,
         methods=methods,
         protocol=protocol,
+        protocols=protocols,
         bootstrap_n=boot,
         seed=int(ctx.cfg["seed"]),
         held_out=held_out,
@@ -419,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if costs:
         print(f"[benchmark] compute cost per method: {costs}")
     write_json(stamp_file, {"stamp": stamp})
-    record_run(ctx, "benchmark", time.perf_counter() - t0, {"protocol": protocol, "bootstrap": boot})
+    record_run(ctx, "benchmark", time.perf_counter() - t0, {"protocols": protocols, "bootstrap": boot})
     print(f"[benchmark] {out} in {time.perf_counter() - t0:.1f}s")
     return out
 

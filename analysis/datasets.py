@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ood_core.cache import hash_config
-from ood_core.config import ConfigError, check_row_selection
+from ood_core.config import ConfigError, check_row_selection, validation_sets
 from ood_core.data import SHARED_DATA_MANIFEST, DatasetError, ImageSet, load_dataset, openood_splits, verify_files
 from ood_core.data.base import fail
 
@@ -29,9 +29,10 @@ TABLE_ONLY_KEYS = ("group",)
 
 
 def all_specs(cfg: dict) -> dict[str, dict]:
-    """Every dataset of the profile by name: ``train``, ``id_test`` and each OOD set."""
+    """Every dataset of the profile by name: ``train``, ``id_test``, each OOD set, then the
+    validation sets (``id_val`` and each OOD validation set) when the profile has them."""
     d = cfg["data"]
-    return {"train": d["train"], "id_test": d["id_test"], **d["ood"]}
+    return {"train": d["train"], "id_test": d["id_test"], **d["ood"], **validation_sets(cfg)}
 
 
 def spec_key(cfg: dict, name: str) -> str:

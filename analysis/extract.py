@@ -4,10 +4,12 @@ analysis cache as its store, then ``meta.json`` and the timings.
 
     python -m analysis.extract --profile demo
 
-Writes the analysis cache (docs/architecture.md): ``arrays/<name>.npz`` for train, id_test and
-each OOD set, ``head.npz``, ``splits.npz`` (seeded validation/test parts of id_test and every OOD
-set), ``meta.json`` and ``timings.csv``. Each file records the hash of what it was made from
-(model sha256 + dataset spec + preprocessing + extraction config) and is reused when it matches.
+Writes the analysis cache (docs/architecture.md): ``arrays/<name>.npz`` for train, id_test,
+each OOD set and the validation sets (``data.validation``: ``id_val`` and the OOD ones), ``head.npz``,
+``splits.npz`` (seeded validation/test parts of id_test and every OOD set; a validation set's rows are
+all validation; beside an ``id_val``, id_test's are all test), ``meta.json`` and ``timings.csv``.
+Each file records the hash of what it was made from (model sha256 + dataset spec + preprocessing +
+extraction config) and is reused when it matches.
 Subspaces (Wu et al.) go to ``<cache>/lowdim/<name>.pt``.
 
 On several processes (CPU: gloo; GPUs: NCCL), each takes a shard of whole batches of every set and
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 from ood_core.cache import atomic_path, save_npz, write_json
-from ood_core.config import odin_grid
+from ood_core.config import ID_VAL, odin_grid
 from ood_core.data.sources import PreprocessedImages
 from ood_core.extraction.arrays import Preprocess, head_arrays
 from ood_core.extraction.distributed import Ranks, init_ranks, shutdown
@@ -67,13 +69,14 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     def loader(name: str):
         def load() -> PreprocessedImages:  # called only for a set that is not cached
             ds = load_named(ctx, name, memo)
-            if name in (TRAIN, ID_TEST):
+            if name in (TRAIN, ID_TEST, ID_VAL):
                 ds.check_labels(num_classes)
             return PreprocessedImages(ds, pre)
 
         return load
 
     specs = all_specs(ctx.cfg)
+    val_oods = list(ctx.cfg["data"]["validation"]["ood"])
     sets = extract_sets(
         model,
         {name: loader(name) for name in specs},
@@ -86,6 +89,7 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
         model_id=meta_ck["sha256"],
         identity={name: spec_key(ctx.cfg, name) for name in specs},
         log=log if ranks.is_main else None,
+        val_oods=val_oods,
     )
     if not ranks.is_main:
         return out
@@ -117,6 +121,8 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
         "seed": ctx.cfg["seed"],
         "device": ctx.device_name,
     }
+    if ID_VAL in specs:  # the sets that only tune (data.validation)
+        meta["validation"] = {"id": ID_VAL, "ood": val_oods}
     if ranks.is_distributed:
         meta["ranks"] = ranks.world
     write_json(out / "meta.json", meta)

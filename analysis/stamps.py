@@ -157,9 +157,10 @@ def output_roots(stage: str, ctx: Context) -> list[Path]:
 
 def _data_paths(ctx: Context) -> list[Path]:
     """The files and folders the profile's data sets are read from."""
-    d = ctx.cfg["data"]
+    from .datasets import all_specs
+
     paths = [ctx.data_root]
-    for spec in [d["train"], d["id_test"], *d["ood"].values()]:
+    for spec in all_specs(ctx.cfg).values():
         if isinstance(spec, dict) and "path" in spec:
             p = Path(str(spec["path"])).expanduser()
             paths.append(p if p.is_absolute() else ctx.data_root / p)

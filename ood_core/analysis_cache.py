@@ -12,7 +12,13 @@ Layout (written by the pipeline stages, see docs/architecture.md)::
     <analysis_dir>/scores/<name>.npz   one key per method: test-part scores (float64), higher = ID; (benchmark)
                                        ``_test_idx`` = the rows of arrays/<name>.npz scored; in the ID
                                        file ``<method>__vs__<ood>`` where parameters differ per OOD set;
-                                       ``_protocol`` = the tuning protocol they were scored under
+                                       ``_protocol`` = the tuning protocol they were scored under (the
+                                       headline protocol; ``benchmark.protocol``)
+    <analysis_dir>/scores/<protocol>/<name>.npz   the same under each other protocol reported
+                                       (``benchmark.protocols``; read with ``AnalysisCache(..., scores_of=protocol)``)
+
+meta.json's roles: ``train``, ``id_test``, ``ood`` {name: group} and, when the profile has validation
+sets, ``validation`` {``id``: the ID validation set, ``ood``: [OOD validation sets]} (tuning only).
 
     cache = AnalysisCache("../cache/demo/analysis")
     h = cache.arrays(cache.meta["id_test"])["h"]
@@ -85,10 +91,16 @@ class AnalysisCache:
     """Memoised reader of one analysis directory: meta, arrays, head, validated splits, scores,
     timings; and the writer of its ``scores/<name>.npz`` (atomic, ``cache.save_npz``).
 
-    ``arrays_dir`` / ``head_file`` point the reader at arrays kept elsewhere (``analysis.score``)."""
+    ``arrays_dir`` / ``head_file`` point the reader at arrays kept elsewhere (``analysis.score``);
+    ``scores_of`` reads and writes the scores of another protocol than the headline (``scores/<protocol>/``)."""
 
     def __init__(
-        self, analysis_dir: str | Path, *, arrays_dir: str | Path | None = None, head_file: str | Path | None = None
+        self,
+        analysis_dir: str | Path,
+        *,
+        arrays_dir: str | Path | None = None,
+        head_file: str | Path | None = None,
+        scores_of: str | None = None,
     ):
         self.root = Path(analysis_dir)
         if not self.root.is_dir():
@@ -98,6 +110,7 @@ class AnalysisCache:
             )
         self.arrays_dir = Path(arrays_dir) if arrays_dir is not None else self.root / "arrays"
         self.head_file = Path(head_file) if head_file is not None else self.root / "head.npz"
+        self.scores_dir = self.root / "scores" / (scores_of or "")  # None: the headline protocol's scores
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self._scores: dict[str, dict[str, np.ndarray]] = {}
         self._split: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -136,6 +149,16 @@ class AnalysisCache:
     def ood_names(self) -> list[str]:
         """OOD set names in meta order."""
         return list(self.meta.get("ood", {}))
+
+    @property
+    def id_val_name(self) -> str | None:
+        """The ID validation set (tuning only; None when the profile has no validation sets)."""
+        return (self.meta.get("validation") or {}).get("id")
+
+    @property
+    def val_ood_names(self) -> list[str]:
+        """The OOD validation sets (tuning only, protocol ``openood``), in meta order."""
+        return list((self.meta.get("validation") or {}).get("ood", []))
 
     @property
     def groups(self) -> dict[str, str]:
@@ -296,7 +319,7 @@ class AnalysisCache:
 
     # ---- scores ---------------------------------------------------------------------------------
     def scores_path(self, name: str) -> Path:
-        return self.root / "scores" / f"{name}.npz"
+        return self.scores_dir / f"{name}.npz"
 
     def _raw_scores(self, name: str) -> dict[str, np.ndarray]:
         if name not in self._scores:

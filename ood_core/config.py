@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "analysis" / "configs"
+ID_VAL = "id_val"  # the name the ID validation set (data.validation.id) is extracted and cached under
 
 DEFAULTS: dict[str, Any] = {
     "profile": "demo",
@@ -35,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
         "ood": {},
         "preprocessing": {"size": 32, "channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
         "val": {"n_val": 0.2, "seed": 0},
+        # sets that only tune (OpenOOD v1.5): `id` = an ID validation set (extracted as ID_VAL), `ood` =
+        # {name: spec} of OOD validation sets; empty: every set's seeded `val` rows tune instead
+        "validation": {"id": {}, "ood": {}},
         "verify_manifest": False,
     },
     "model": {"name": "small_cnn", "kwargs": {}, "checkpoint": None},
@@ -77,7 +81,8 @@ DEFAULTS: dict[str, Any] = {
         "subspaces": {},
     },
     "benchmark": {
-        "protocol": "per_ood_val",
+        "protocol": "per_ood_val",  # the headline protocol (metrics.md's first table, reference.md, scores/)
+        "protocols": None,  # every protocol reported (the headline first); null: the headline only
         "held_out": None,
         "bootstrap": 100,  # resamples of the AUROC std (metrics.csv) and of the paired differences (paired.csv)
         "methods": None,
@@ -92,6 +97,8 @@ FREE_FORM = {
     ("data", "train"),
     ("data", "id_test"),
     ("data", "ood"),
+    ("data", "validation", "id"),
+    ("data", "validation", "ood"),
     ("model", "kwargs"),
     ("lowdim", "subspaces"),
     ("notebooks", "params"),
@@ -112,6 +119,7 @@ NULLABLE: dict[tuple[str, ...], tuple[type, ...]] = {
     ("lowdim", "n_samples"): (int,),
     ("benchmark", "held_out"): (str,),
     ("benchmark", "methods"): (list,),
+    ("benchmark", "protocols"): (list,),
     ("benchmark", "paired"): (list,),
 }
 ALSO_ALLOWED: dict[tuple[str, ...], tuple[type, ...]] = {
@@ -308,7 +316,36 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict[str, 
         check_row_selection(spec, f"{path}: data.{name}")
     if not cfg["data"]["ood"]:
         raise ConfigError(f"{path}: 'data.ood' lists no OOD set")
+    check_validation(cfg, str(path))
     return cfg
+
+
+def validation_sets(cfg: Mapping[str, Any]) -> dict[str, dict]:
+    """The profile's validation sets by name (``data.validation``): ``ID_VAL`` then each OOD
+    validation set; empty when the profile has none."""
+    v = cfg["data"].get("validation") or {}  # a hand-built settings dict may leave the section out
+    return {ID_VAL: v["id"], **v.get("ood", {})} if v.get("id") else {}
+
+
+def check_validation(cfg: Mapping[str, Any], source: str) -> None:
+    """Raise ``ConfigError`` (one line) unless ``data.validation`` is empty or names an ID set and at
+    least one OOD set, each a dataset spec with a ``kind``, under names no other set of the profile has."""
+    v, d = cfg["data"]["validation"], cfg["data"]
+    if not v["id"] and not v["ood"]:
+        return
+    if not v["id"] or not v["ood"]:
+        missing = "data.validation.id" if not v["id"] else "data.validation.ood"
+        raise ConfigError(f"{source}: validation sets need an ID set and at least one OOD set; '{missing}' is empty")
+    taken = {"train", "id_test", *d["ood"]}
+    for name, spec in validation_sets(cfg).items():
+        where = "data.validation.id" if name == ID_VAL else f"data.validation.ood.{name}"
+        if not isinstance(spec, dict) or "kind" not in spec:
+            raise ConfigError(
+                f"{source}: '{where}' must be a dataset spec with a 'kind' (e.g. npz), got {_describe(spec)}"
+            )
+        if name in taken:
+            raise ConfigError(f"{source}: '{where}' takes the name of another set ('{name}'); rename it")
+        check_row_selection(spec, f"{source}: {where}")
 
 
 def check_row_selection(spec: Mapping[str, Any], where: str) -> None:

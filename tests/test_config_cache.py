@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ood_core.cache import atomic_path, hash_config, load_npz, npz_key, save_npz
 from ood_core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_file, save_checkpoint
-from ood_core.config import ConfigError, load_profile, odin_eps_grid
+from ood_core.config import CONFIG_DIR, ConfigError, load_profile, odin_eps_grid
 
 
 def test_every_shipped_profile_loads():
@@ -28,6 +29,53 @@ def test_typo_key_is_rejected_with_its_path(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'; allowed keys at this level: .*epochs"):
         load_profile(str(p))
+
+
+@pytest.mark.parametrize(
+    "validation, said",
+    [
+        (
+            {"ood": {"val_noise": {"kind": "digits"}}},
+            r"need an ID set and at least one OOD set; 'data.validation.id' is empty",
+        ),
+        ({"id": {"kind": "digits"}}, r"'data.validation.ood' is empty"),
+        (
+            {"id": {"kind": "digits"}, "ood": {"val_noise": {"n": 5}}},
+            r"'data.validation.ood.val_noise' must be a dataset spec with a 'kind'",
+        ),
+        (
+            {"id": {"kind": "digits"}, "ood": {"val_noise": "digits"}},
+            r"'data.validation.ood.val_noise' must be a dataset spec",
+        ),
+        (
+            {"id": {"kind": "digits"}, "ood": {"gaussian_noise": {"kind": "digits"}}},
+            r"takes the name of another set \('gaussian_noise'\)",
+        ),
+        ({"id": "digits", "ood": {}}, r"'data.validation.id' must be a mapping"),
+        (
+            {"id": {"kind": "digits"}, "ood": {"v": {"kind": "npz", "openood_split": "val_tin", "rows": 5}}},
+            r"'openood_split' and 'rows' both select rows",
+        ),
+    ],
+)
+def test_a_bad_validation_spec_is_one_line_naming_it(tmp_path, validation, said):
+    raw = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
+    raw["data"]["validation"] = validation
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=said) as e:
+        load_profile(str(p))
+    assert "\n" not in str(e.value)
+
+
+def test_validation_sets_are_extracted_beside_the_others():
+    from analysis.datasets import all_specs
+
+    raw = load_profile("demo")
+    assert raw["data"]["validation"] == {"id": {}, "ood": {}} and "id_val" not in all_specs(raw)
+    cfg = load_profile("cifar10_openood")
+    assert list(all_specs(cfg))[-2:] == ["id_val", "val_tin"]
+    assert cfg["benchmark"]["protocol"] == "openood" and cfg["benchmark"]["protocols"] == ["openood", "per_ood_val"]
 
 
 def test_unknown_profile_lists_known_ones():

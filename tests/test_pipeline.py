@@ -334,3 +334,72 @@ def _overwrite(path: Path) -> None:
         f.seek(st.st_size // 2)
         f.write(np.random.default_rng(0).bytes(300))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_validation_sets_give_the_openood_protocol_beside_per_ood_val(tmp_path):
+    """A profile with validation sets (data.validation) under ``grodin_test_points: selected``:
+    they are extracted with the whole grid and never scored; id_test is tested on all its rows;
+    ``openood`` (ID val vs the OOD validation set, one choice for every set) and ``per_ood_val`` (ID
+    val vs each set's own validation rows) report on the same test rows, each in its own section of
+    metrics.md and its own scores folder; the cells openood picks exist on every test row."""
+    import csv
+    import json
+
+    from analysis import benchmark, extract, train
+    from ood_core.analysis_cache import AnalysisCache
+    from ood_core.extraction.grid import full_points, point_available
+    from ood_core.reporting.paired_table import paired_from_cache
+
+    prof = tiny_profile(tmp_path, grodin_test_points="selected", kl_allweights=False, activation_grads=False)
+    cfg = yaml.safe_load(prof.read_text())
+    # ID val / OOD val from the digits' training split (rows the test sets do not hold)
+    cfg["data"]["validation"] = {
+        "id": {"kind": "digits", "classes": [0, 1, 2, 3, 4], "split": "train", "rows": 120},
+        "ood": {"val_digits": {"kind": "digits", "classes": [5, 6, 7, 8, 9], "split": "train", "rows": 100}},
+    }
+    cfg["benchmark"].update(protocol="openood", protocols=["openood", "per_ood_val"], methods=["msp", "odin", "knn"])
+    prof.write_text(yaml.safe_dump(cfg))
+    args = stage_args(prof, tmp_path)
+    train.main(args)
+    extract.main(args)
+    benchmark.main(args)
+
+    adir = tmp_path / "cache" / "analysis"
+    cache = AnalysisCache(adir)
+    assert cache.id_val_name == "id_val" and cache.val_ood_names == ["val_digits"]
+    assert "id_val" not in cache.ood_names and "val_digits" not in cache.ood_names
+    n_id = cache.n_rows("id_test")
+    assert cache.split("id_test")[0].size == 0 and cache.split("id_test")[1].size == n_id  # all rows tested
+    for v in ("id_val", "val_digits"):
+        val, test = cache.split(v)
+        assert test.size == 0 and val.size == cache.n_rows(v) and full_points(cache.arrays(v)).all()
+    assert (cache.arrays("id_val")["y"] >= 0).all() and (cache.arrays("val_digits")["y"] == -1).all()
+
+    with open(tmp_path / "fig" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["protocol"].split(" ")[0] for r in rows][: len(rows) // 2] == ["openood"] * (len(rows) // 2)
+    by = {(r["protocol"].split(" ")[0], r["method"], r["ood_set"]): r for r in rows}
+    sets = cache.ood_names
+    for m in ("msp", "odin", "knn"):
+        for o in sets:
+            a, b = by[("openood", m, o)], by[("per_ood_val", m, o)]
+            assert a["n_id"] == b["n_id"] == str(n_id) and a["n_ood"] == b["n_ood"]  # the same test rows
+        assert len({by[("openood", m, o)]["hyperparams"] for o in sets}) == 1  # one choice for every set
+    chosen = json.loads((tmp_path / "fig" / "chosen_hyperparams.json").read_text())
+    odin = chosen["methods"]["odin"]["per_set"]
+    assert {v["tuned_on"] for v in odin.values()} == {"val_digits"}
+    for o in sets:  # the openood cell was computed on every test row (grid selection knows openood)
+        p = odin[o]["params"]
+        assert all(point_available(cache.arrays(d), p["eps"], p["T"]) for d in ("id_test", o))
+    assert chosen["other_protocols"]["per_ood_val"]["odin"]["per_set"][sets[0]]["tuned_on"] == sets[0]
+
+    md = (tmp_path / "fig" / "metrics.md").read_text()
+    assert md.index("## Protocol `openood`") < md.index("## Protocol `per_ood_val`")
+    assert "openood: tuned on id_val (120 rows) vs val_digits (100 rows); tested on id_test" in md
+    assert AnalysisCache(adir).scores_protocol("id_test") == "openood"
+    other = AnalysisCache(adir, scores_of="per_ood_val")
+    assert other.scores_protocol(sets[0]) == "per_ood_val" and not (adir / "scores" / "openood").exists()
+    assert not (adir / "scores" / "id_val.npz").exists()  # validation sets are never scored
+    pair = [("msp", "knn")]
+    for c in (AnalysisCache(adir), other):
+        assert paired_from_cache(c, pair, n=10)[0]["protocol"] == c.scores_protocol("id_test")

@@ -97,10 +97,14 @@ def _setup(rng):
 
 
 # ------------------------------------------------------------------------------------- leakage
-@pytest.mark.parametrize("protocol", ["per_ood_val", "held_out_ood"])
+VAL_OFFSET = 3000  # the OOD validation set's rows (openood): all of them tune, none is a test row
+
+
+@pytest.mark.parametrize("protocol", ["per_ood_val", "held_out_ood", "openood"])
 def test_tuning_never_scores_test_rows(protocol):
     rng = np.random.default_rng(0)
     id_a, oods, splits = _setup(rng)
+    val_ood = _dataset(50, -2.0, rng, VAL_OFFSET)
     SEEN_ROWS.clear()
     res = T.tune(
         "_test_tune_rec",
@@ -111,18 +115,24 @@ def test_tuning_never_scores_test_rows(protocol):
         ood_splits={o: splits[o] for o in oods},
         fitted_state_fn=lambda **p: None,
         held_out="o2",
+        val_ood_arrays={"v": val_ood},
+        val_ood_splits={"v": T.Split(np.arange(50), np.zeros(0, np.int64))},
     )
     assert SEEN_ROWS, "the fake score was never called"
     seen = set(np.concatenate(SEEN_ROWS).tolist())
-    val = {OFFSETS[d] + i for d in OFFSETS for i in splits[d].val.tolist()}
+    val_set = set(range(VAL_OFFSET, VAL_OFFSET + 50))
+    val = {OFFSETS[d] + i for d in OFFSETS for i in splits[d].val.tolist()} | val_set
     test = {OFFSETS[d] + i for d in OFFSETS for i in splits[d].test.tolist()}
     assert not (seen & test), f"{len(seen & test)} test rows reached the tuning step"
     assert seen <= val
     id_val = {OFFSETS["id"] + i for i in splits["id"].val.tolist()}
     assert sum(set(r.tolist()) == id_val for r in SEEN_ROWS) == 2  # once per grid point, not per OOD set
     o1_val = {OFFSETS["o1"] + i for i in splits["o1"].val.tolist()}
+    o2_val = {OFFSETS["o2"] + i for i in splits["o2"].val.tolist()}
     assert (o1_val <= seen) == (protocol == "per_ood_val")  # held-out protocol only looks at o2's val
     assert not (o1_val & seen) or protocol == "per_ood_val"
+    assert (o2_val <= seen) == (protocol != "openood")  # openood: no row of any OOD test set
+    assert (val_set <= seen) == (protocol == "openood")  # ... only the OOD validation set's rows
     assert res.protocol == protocol
 
 
@@ -196,6 +206,49 @@ def test_protocols_pick_the_right_grid_point():
     assert dflt.params == {"o1": {"col": 0}, "o2": {"col": 0}} and dflt.tables == {}
     with pytest.raises(ValueError, match="held-out"):
         T.tune("_test_tune_col", protocol="held_out_ood", **kw)
+
+
+def test_openood_tunes_once_on_the_validation_sets_for_every_ood_set():
+    """openood: one choice, on ID val vs the OOD validation sets (never the test sets' rows), for
+    every OOD set; with two validation sets the criterion is their mean AUROC."""
+    rng = np.random.default_rng(5)
+    id_a, oods = _feature_sets(rng)
+    _, vals = _feature_sets(rng)  # like o1 (col 1 separates) and like o2 (col 2 separates)
+    every = {v: T.Split(np.arange(150), np.zeros(0, np.int64)) for v in vals}
+    kw = dict(
+        id_arrays=id_a,
+        id_split=T.Split(np.arange(200), np.zeros(0, np.int64)),
+        ood_arrays=oods,
+        ood_splits={o: _split(150, 75, rng) for o in oods},
+        fitted_state_fn=lambda **p: None,
+    )
+
+    def openood(names):
+        return T.tune(
+            "_test_tune_col",
+            protocol="openood",
+            val_ood_arrays={v: vals[v] for v in names},
+            val_ood_splits={v: every[v] for v in names},
+            **kw,
+        )
+
+    like_o1 = openood(["o1"])
+    assert like_o1.params == {"o1": {"col": 1}, "o2": {"col": 1}}  # o2's own best (col 2) is never seen
+    assert like_o1.tuned_on("o2") == "o1" and [p for p, _ in like_o1.tables["o1"]] == [{"col": c} for c in range(3)]
+    both, like_o2 = openood(["o1", "o2"]), openood(["o2"])
+    assert list(both.tables) == ["o1+o2"]
+    for (p, auc), (_, a1), (_, a2) in zip(both.tables["o1+o2"], like_o1.tables["o1"], like_o2.tables["o2"]):
+        assert auc == pytest.approx((a1 + a2) / 2)
+    with pytest.raises(ValueError, match="OOD validation set"):
+        T.tune("_test_tune_col", protocol="openood", **kw)
+    with pytest.raises(T.LeakageError):  # a validation set whose parts overlap is refused
+        T.tune(
+            "_test_tune_col",
+            protocol="openood",
+            val_ood_arrays={"v": vals["o1"]},
+            val_ood_splits={"v": T.Split(np.arange(150), np.arange(1))},
+            **kw,
+        )
 
 
 def test_select_ties_go_to_first_in_grid_order():

@@ -5,7 +5,7 @@ the tables) and the Python API (``ood_core.api.evaluation``), so both give the s
 
 Input: a :class:`BenchmarkData` (the arrays of the training set, the ID test set and every OOD set,
 each with the head's W, b; the validation/test :class:`~ood_core.evaluation.tuning.Split` of every scored set;
-meta). For every method: fit on train (memoised per fit-relevant parameters), choose parameters on
+meta; optionally validation sets: an ID one and OOD ones, every row of which tunes). For every method: fit on train (memoised per fit-relevant parameters), choose parameters on
 the validation parts under the protocol (``ood_core.evaluation.tuning``), score the TEST parts, compute metrics
 (both FPR95 conventions, AUPR, bootstrap std of AUROC). A row has the columns of ``metrics.csv``
 (``ood_core.reporting.table_csv.METRIC_FIELDS``).
@@ -44,6 +44,8 @@ class BenchmarkData:
     groups: dict[str, str]
     arrays: dict[str, dict[str, np.ndarray]]
     splits: dict[str, Split]
+    id_val_name: str | None = None  # the ID validation set (all its rows tune), None: id_test's val part
+    val_oods: list[str] = field(default_factory=list)  # the OOD validation sets (``openood`` tunes on them)
 
     @property
     def ood_names(self) -> list[str]:
@@ -53,11 +55,17 @@ class BenchmarkData:
     def train(self) -> dict[str, np.ndarray]:
         return self.arrays[self.train_name]
 
+    @property
+    def tuning_id(self) -> str:
+        """The set whose validation part is the ID side of every tuning: ``id_val``, else ``id_test``."""
+        return self.id_val_name or self.id_name
+
     @classmethod
     def from_cache(cls, cache: AnalysisCache) -> BenchmarkData:
         """The inputs of an analysis directory, read (and their splits checked) by ``AnalysisCache``."""
         groups = dict(cache.meta_field("ood"))
-        scored = [cache.id_name, *groups]
+        id_val, val_oods = cache.id_val_name, cache.val_ood_names
+        scored = [cache.id_name, *groups, *([id_val] if id_val else []), *val_oods]
         return cls(
             meta=cache.meta,
             train_name=cache.train_name,
@@ -65,7 +73,22 @@ class BenchmarkData:
             groups=groups,
             arrays={n: cache.inputs(n) for n in [cache.train_name, *scored]},
             splits={n: Split(*cache.split(n)) for n in scored},
+            id_val_name=id_val,
+            val_oods=list(val_oods),
         )
+
+    def rows_note(self, protocol: str, held_out: str | None = None) -> str:
+        """Which rows ``protocol`` tunes on and which it tests on (a table caption's sentence)."""
+        n = {s: int(sp.val.size) for s, sp in self.splits.items()}
+        id_part = f"{self.tuning_id} ({n[self.tuning_id]:,} rows)"
+        tune_on = {
+            "per_ood_val": f"{id_part} vs each OOD set's own validation rows",
+            "held_out_ood": f"{id_part} vs the validation rows of {held_out}",
+            "openood": f"{id_part} vs " + ", ".join(f"{v} ({n[v]:,} rows)" for v in self.val_oods),
+            "paper_defaults": "nothing (registered defaults)",
+        }[protocol]
+        n_test = int(self.splits[self.id_name].test.size)
+        return f"{protocol}: tuned on {tune_on}; tested on {self.id_name} ({n_test:,} rows) vs each OOD set's test rows"
 
 
 def effective_grid(spec: registry.ScoreSpec, meta: Mapping[str, Any], id_arrays: Mapping[str, np.ndarray]) -> dict:
@@ -85,7 +108,8 @@ def missing_arrays(
 ) -> str | None:
     """Reason string if a needed array is missing in some dataset, else None."""
     need = spec.inputs(params)
-    datasets = [data.id_name, *data.ood_names] + ([data.train_name] if spec.fit is not None else [])
+    vals = [*([data.id_val_name] if data.id_val_name else []), *data.val_oods]
+    datasets = [data.id_name, *data.ood_names, *vals] + ([data.train_name] if spec.fit is not None else [])
     miss = {ds: [k for k in need if k not in data.arrays[ds]] for ds in datasets}
     miss = {ds: ks for ds, ks in miss.items() if ks}
     if miss:
@@ -163,6 +187,8 @@ def run_methods(
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
     if protocol == "held_out_ood":
         held_out = pick_held_out(held_out, data)
+    if protocol == "openood" and not data.val_oods:
+        raise ValueError("protocol 'openood' needs an OOD validation set (a profile's data.validation.ood)")
     names = list(registry.names()) if methods is None else list(methods)
     for m in names:
         registry.get(m)  # unknown names fail loudly, listing the known ones
@@ -195,6 +221,23 @@ def run_methods(
     return out
 
 
+def run_protocols(
+    data: BenchmarkData,
+    methods: Sequence[str] | None = None,
+    *,
+    protocols: Sequence[str] = ("per_ood_val",),
+    fits: FitCache | None = None,
+    **kw: Any,
+) -> dict[str, MethodsResult]:
+    """:func:`run_methods` under each of ``protocols`` (in order), sharing one :class:`FitCache`;
+    ``kw`` as :func:`run_methods`. Every protocol scores the same test rows."""
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
+    fits = FitCache(data.train) if fits is None else fits
+    return {p: run_methods(data, methods, protocol=p, fits=fits, **kw) for p in dict.fromkeys(protocols)}
+
+
 def pick_held_out(held_out: str | None, data: BenchmarkData) -> str:
     """The OOD set tuned on under ``held_out_ood``: the given one, else meta's, else Tiny-ImageNet or the first near set."""
     if held_out is None:
@@ -220,13 +263,15 @@ def tune_method(
     return tune(
         m,
         protocol=protocol,
-        id_arrays=data.arrays[data.id_name],
-        id_split=data.splits[data.id_name],
+        id_arrays=data.arrays[data.tuning_id],
+        id_split=data.splits[data.tuning_id],
         ood_arrays={o: data.arrays[o] for o in data.ood_names},
         ood_splits={o: data.splits[o] for o in data.ood_names},
         fitted_state_fn=fits.state_fn(m),
         grid=grid,
         held_out=held_out,
+        val_ood_arrays={v: data.arrays[v] for v in data.val_oods},
+        val_ood_splits={v: data.splits[v] for v in data.val_oods},
     )
 
 

@@ -6,6 +6,10 @@ Protocols (each result row records which one was used):
                     validation part.
 * ``held_out_ood``  OpenOOD v1.5 APS: one held-out OOD set's validation part (e.g. TinyImageNet for
                     CIFAR-10) chooses one parameter set, used for every OOD set.
+* ``openood``       OpenOOD v1.5 (Zhang et al. 2023): one parameter set chosen on ID validation
+                    images vs OOD *validation sets* that no test set shares (CIFAR-10: ``val_cifar10``
+                    vs ``val_tin``), used for every OOD set; the test distributions are never seen.
+                    With several OOD validation sets the criterion is their mean AUROC.
 * ``paper_defaults`` no tuning: the score's registered defaults.
 
 Selection maximises AUROC over the Cartesian product of the grid (keys in dict order, values in list
@@ -35,7 +39,13 @@ from ood_core.scores.memo import Memo
 Arrays = Mapping[str, np.ndarray]
 Params = dict[str, Any]
 
-PROTOCOLS = ("per_ood_val", "held_out_ood", "paper_defaults")
+PROTOCOLS = ("per_ood_val", "held_out_ood", "openood", "paper_defaults")
+
+
+def base_protocol(label: str) -> str:
+    """The protocol of a metric row's ``protocol`` label (``"per_ood_val (no grid: defaults)"`` -> ``per_ood_val``)."""
+    return str(label).split(" ", 1)[0]
+
 
 # arrays that are not per-sample (never sliced) and per-sample arrays whose sample axis is the last one
 STATIC_KEYS = frozenset({"W", "b", *GRID_AXIS_KEYS})
@@ -249,12 +259,16 @@ class TuneResult:
     held_out: str | None = None
 
     def tuned_on(self, ood_set: str) -> str | None:
-        """Which OOD set's validation part chose the parameters of ``ood_set``."""
-        if self.protocol == "per_ood_val" and self.tables:
-            return ood_set
-        if self.protocol == "held_out_ood" and self.tables:
-            return self.held_out
-        return None
+        """Which table chose the parameters of ``ood_set``: its own validation part (``per_ood_val``),
+        the held-out set's (``held_out_ood``) or the OOD validation sets' (``openood``; names joined by +)."""
+        if not self.tables:
+            return None
+        return ood_set if self.protocol == "per_ood_val" else next(iter(self.tables))
+
+
+def mean_table(tables: Sequence[Sequence[tuple[Params, float]]]) -> list[tuple[Params, float]]:
+    """Per grid point, the mean AUROC over several tables of the same points (in the first's order)."""
+    return [(p, float(np.mean([t[i][1] for t in tables]))) for i, (p, _) in enumerate(tables[0])]
 
 
 def tune(
@@ -268,11 +282,16 @@ def tune(
     fitted_state_fn: Callable[..., Any],
     grid: Mapping[str, list[Any]] | None = None,
     held_out: str | None = None,
+    val_ood_arrays: Mapping[str, Arrays] | None = None,
+    val_ood_splits: Mapping[str, Split] | None = None,
 ) -> TuneResult:
     """Choose the parameters of ``score_name`` for every OOD set under ``protocol``.
 
-    Takes FULL arrays and their splits; only validation parts are ever scored here. ``grid`` defaults
-    to the registered grid; an empty grid (or ``paper_defaults``) returns the registered defaults."""
+    Takes FULL arrays and their splits; only validation parts are ever scored here. ``id_arrays`` /
+    ``id_split``: the ID set whose validation part tunes (the ID validation set when there is one).
+    ``val_ood_arrays`` / ``val_ood_splits``: the OOD validation sets ``openood`` tunes on (their
+    validation parts: every row). ``grid`` defaults to the registered grid; an empty grid (or
+    ``paper_defaults``) returns the registered defaults."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
     spec = registry.get(score_name)
@@ -292,6 +311,20 @@ def tune(
         tables = _val_aurocs(score_name, val_id, val_oods, fitted_state_fn, grid)
         params = {o: {**defaults, **best_of(tables[o])} for o in ood_arrays}
         return TuneResult(protocol, params, tables, None)
+
+    if protocol == "openood":
+        if not val_ood_arrays:
+            raise ValueError("protocol 'openood' needs an OOD validation set (a profile's data.validation.ood)")
+        splits = dict(val_ood_splits or {})
+        missing = set(val_ood_arrays) - set(splits)
+        if missing:
+            raise KeyError(f"no split for OOD validation set(s) {sorted(missing)}")
+        val_sets = {v: val_part(val_ood_arrays[v], splits[v]) for v in val_ood_arrays}
+        per_set = _val_aurocs(score_name, val_id, val_sets, fitted_state_fn, grid)
+        key = "+".join(val_sets)
+        tables = {key: mean_table(list(per_set.values()))}
+        best = {**defaults, **best_of(tables[key])}
+        return TuneResult(protocol, {o: dict(best) for o in ood_arrays}, tables, None)
 
     # held_out_ood
     if held_out is None:

@@ -8,14 +8,25 @@ from __future__ import annotations
 import pandas as pd
 
 from ood_core.analysis_cache import AnalysisCache, to_markdown
+from ood_core.evaluation.tuning import base_protocol
 from ood_core.explore.session import ood_order
 from ood_core.scores import display_name
 from ood_core.scores.registry import FAMILIES
 
 
+def headline_rows(mdf: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the headline protocol: the first protocol of ``metrics.csv`` (the benchmark writes
+    it first; ``benchmark.protocol``); all rows when the file has no protocol column."""
+    if "protocol" not in mdf.columns or mdf.empty:
+        return mdf
+    base = mdf["protocol"].astype(str).map(base_protocol)
+    return mdf[base == base.iloc[0]]
+
+
 def pivot(mdf: pd.DataFrame, ood_names: list[str], metric: str = "auroc") -> pd.DataFrame:
-    """method x OOD set of ``metric`` (mean over duplicate rows), OOD sets in meta order (others after,
-    sorted), plus a ``mean`` column over the sets."""
+    """method x OOD set of ``metric`` under the headline protocol (:func:`headline_rows`; mean over
+    duplicate rows), OOD sets in meta order (others after, sorted), plus a ``mean`` column over the sets."""
+    mdf = headline_rows(mdf)
     tab = mdf.pivot_table(index="method", columns="ood_set", values=metric, aggfunc="mean")
     tab = tab[ood_order(mdf["ood_set"], ood_names)]
     tab.columns.name = None

@@ -263,22 +263,33 @@ def extract_arrays(
         arrays["odin_eps"] = np.asarray(odin_eps, np.float64)
     if use_grodin and grodin_rows is not None:  # the whole grid on these rows only, in full chunks
         rows = np.asarray(grodin_rows, np.int64)
-        rows_grid = grid_cells_pass(
-            model,
-            data.take(rows),
-            cfg,
-            device,
-            input_std=input_std,
-            odin_T=odin_T,
-            odin_eps=odin_eps,
-            points=np.ones((len(odin_eps), len(odin_T)), bool),
-            desc=f"{desc} grid",
-            grad_method=grad_method,
+        rows_grid = (
+            grid_cells_pass(
+                model,
+                data.take(rows),
+                cfg,
+                device,
+                input_std=input_std,
+                odin_T=odin_T,
+                odin_eps=odin_eps,
+                points=np.ones((len(odin_eps), len(odin_T)), bool),
+                desc=f"{desc} grid",
+                grad_method=grad_method,
+            )
+            if len(rows)
+            else no_grid_rows(odin_T, odin_eps)
         )
         arrays.update(grid_on_rows(len(data), rows, rows_grid.arrays, odin_T, odin_eps))
         seconds["grodin_grid"] = rows_grid.seconds["grodin_selected"]
         counts["grodin_grid"], cells = len(rows), rows_grid.grid_cells
     return ExtractResult(arrays, dict(seconds), len(data), counts, cells)
+
+
+def no_grid_rows(odin_T: list[float], odin_eps: list[float]) -> ExtractResult:
+    """:func:`grid_cells_pass`'s result for no rows (an empty validation part, e.g. the ID test set
+    beside an ID validation set): grid values of shape (n_eps, n_T, 0)."""
+    empty = np.zeros((len(odin_eps), len(odin_T), 0), np.float32)
+    return ExtractResult({k: empty for k in GRID_VALUE_KEYS}, {"grodin_selected": 0.0}, 0)
 
 
 def grid_on_rows(

@@ -10,6 +10,8 @@ only, then on the test rows only the cells a choice can land on:
   ``vanilla`` (eps0, T0), ``only_eps`` (best with T = T0), ``only_T`` (best with eps = eps0), ``both``
   (best overall = what ``per_ood_val`` picks; ``held_out_ood`` picks the ``both`` cell of the
   held-out set);
+* with OOD validation sets (``val_oods``), the same four cells of the ``openood`` protocol's table
+  (ID validation rows vs every row of the OOD validation sets);
 * every grid method's registered defaults (``paper_defaults``) when they lie on the grid.
 
 The selection reads validation rows only (``tuning.tune``'s leakage guard) and is deterministic, so
@@ -56,9 +58,10 @@ def select_test_points(
     ood_arrays: Mapping[str, Mapping[str, np.ndarray]],
     ood_splits: Mapping[str, Split],
     methods: Sequence[str] | None = None,
+    val_oods: Mapping[str, tuple[Mapping[str, np.ndarray], Split]] | None = None,
 ) -> np.ndarray:
     """(n_eps, n_T) bool mask of the cells the test rows need (module docstring); ``methods``
-    defaults to every score that reads the grid."""
+    defaults to every score that reads the grid; ``val_oods``: {OOD validation set: (arrays, split)}."""
     eps_values, T_values = grid_axes(id_arrays)
     if eps_values is None or T_values is None:
         raise KeyError("select_test_points: the ID arrays hold no odin_eps / odin_T grid axes")
@@ -70,19 +73,23 @@ def select_test_points(
     for m in registry.names(uses_grid=True) if methods is None else methods:
         spec = registry.get(m)
         grid = {k: (T_values if k == "T" else eps_values) for k in spec.grid}  # the spec's key order
-        tr = tune(
-            m,
-            protocol="per_ood_val",
-            id_arrays=id_arrays,
-            id_split=id_split,
-            ood_arrays=ood_arrays,
-            ood_splits=ood_splits,
-            fitted_state_fn=lambda **_: None,
-            grid=grid,
-        )
-        for table in tr.tables.values():
-            for point in choose_settings(table).values():
-                mark(point)
+        protocols = ["per_ood_val", "openood"] if val_oods else ["per_ood_val"]
+        for protocol in protocols:
+            tr = tune(
+                m,
+                protocol=protocol,
+                id_arrays=id_arrays,
+                id_split=id_split,
+                ood_arrays=ood_arrays,
+                ood_splits=ood_splits,
+                fitted_state_fn=lambda **_: None,
+                grid=grid,
+                val_ood_arrays={o: a for o, (a, _) in (val_oods or {}).items()},
+                val_ood_splits={o: sp for o, (_, sp) in (val_oods or {}).items()},
+            )
+            for table in tr.tables.values():
+                for point in choose_settings(table).values():
+                    mark(point)
         d = spec.defaults
         if any(np.isclose(eps_values, d["eps"])) and any(np.isclose(T_values, d["T"])):
             mark(d)

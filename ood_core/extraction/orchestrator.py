@@ -23,11 +23,18 @@ import torch
 
 from ood_core.api.inputs import InputError
 from ood_core.cache import hash_config
-from ood_core.config import ConfigError, odin_grid
+from ood_core.config import ID_VAL, ConfigError, odin_grid
 from ood_core.data.sources import BatchSource
 from ood_core.data.splits import set_split
 from ood_core.evaluation.tuning import Split
-from ood_core.extraction.arrays import ExtractResult, Subspace, extract_arrays, grid_cells_pass, grid_on_rows
+from ood_core.extraction.arrays import (
+    ExtractResult,
+    Subspace,
+    extract_arrays,
+    grid_cells_pass,
+    grid_on_rows,
+    no_grid_rows,
+)
 from ood_core.extraction.distributed import Ranks
 from ood_core.extraction.grid import FULL_POINTS_KEY, GRID_AXIS_KEYS, GRID_VALUE_KEYS, full_points
 from ood_core.extraction.grid_selection import select_test_points
@@ -36,7 +43,8 @@ from ood_core.extraction.subspaces import fit_subspace, subspace_params
 from ood_core.models import OODModel
 from ood_core.scores import registry
 
-TRAIN, ID_TEST = "train", "id_test"  # the names of the two ID sets (the OOD sets take the user's names)
+TRAIN, ID_TEST = "train", "id_test"  # the names of the ID sets (the OOD sets take the user's names; ID_VAL:
+# the ID validation set, ood_core.config)
 GRODIN_TEST_POINTS = ("grid", "selected")
 LOWDIM_PREFIX = "lowdim_"
 ACTIVATION_PREFIXES = ("nac_", "gaia_")  # the arrays of grads/activations.py
@@ -88,6 +96,25 @@ def study_split(cfg: Mapping[str, Any], name: str, n: int) -> Split:
     """The validation / test split of scored set ``name`` (``n`` rows) under ``cfg['data']['val']``."""
     val = cfg["data"]["val"]
     return Split(*set_split(name, n, val["n_val"], val["seed"]))
+
+
+def set_role(name: str, val_oods: Sequence[str]) -> str:
+    """``"train"`` (no grid), ``"id"`` (labels: ``id_test``, ``id_val``) or ``"ood"`` (no labels)."""
+    if name == TRAIN:
+        return "train"
+    return "ood" if name not in (ID_TEST, ID_VAL) or name in val_oods else "id"
+
+
+def split_of(cfg: Mapping[str, Any], name: str, n: int, sets: Sequence[str], val_oods: Sequence[str]) -> Split:
+    """The validation / test rows of set ``name`` among ``sets``: a validation set (``id_val`` or one
+    of ``val_oods``) tunes on all its rows and has no test part; with an ``id_val`` among ``sets`` the
+    ID test set is tested on all its rows; every other scored set takes :func:`study_split`."""
+    every, none = np.arange(n), np.zeros(0, np.int64)
+    if name == ID_VAL or name in val_oods:
+        return Split(every, none)
+    if name == ID_TEST and ID_VAL in sets:
+        return Split(none, every)
+    return study_split(cfg, name, n)
 
 
 def timing_entry(res: ExtractResult) -> dict[str, Any]:
@@ -253,8 +280,11 @@ def extract_sets(
     model_id: str = "",
     identity: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    val_oods: Sequence[str] = (),
 ) -> ExtractedSets:
-    """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order).
+    """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order;
+    optionally validation sets: ``id_val`` with labels and the OOD sets named in ``val_oods``, each
+    with the whole grid on every row, :func:`split_of`).
 
     ``cfg`` is a profile-shaped settings dict (sections ``extract``, ``lowdim``, ``data.val``,
     ``seed``); ``needs`` the array names to compute (:func:`arrays_needed`; None: everything the
@@ -294,7 +324,7 @@ def extract_sets(
     for name, src in sources.items():
         key = hash_config(model_id, identity.get(name), ecfg, Ts, epss, sub_keys)
         out.keys[name] = key
-        role = "train" if name == TRAIN else "id" if name == ID_TEST else "ood"
+        role = set_role(name, val_oods)
         kept = store.load(name, key)
         if kept is not None:
             n = len(kept["y"])
@@ -302,7 +332,9 @@ def extract_sets(
         else:
             data = _resolve(src)
             n = len(data)
-            val_rows = study_split(cfg, name, n).val if mode == "selected" and role != "train" else None
+            val_rows = split_of(cfg, name, n, list(sources), val_oods).val if mode == "selected" else None
+            if role == "train" or (val_rows is not None and len(val_rows) == n):
+                val_rows = None  # no grid (train), or the whole grid on every row (a validation set)
             kw = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
             if ranks.is_distributed:
                 arrays, res = _extract_sharded(model, data, cfg, ecfg, device, store, ranks, key, name, val_rows, kw)
@@ -319,9 +351,9 @@ def extract_sets(
                 shard = f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
                 log(f"{name}: {res.n} images{shard}, " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
         if role != "train":
-            out.splits[name] = study_split(cfg, name, n)
+            out.splits[name] = split_of(cfg, name, n, list(sources), val_oods)
     if mode == "selected" and ecfg["grodin"]:
-        _fill_selected_cells(model, sources, cfg, ecfg, device, input_std, grad_method, out, ranks, log)
+        _fill_selected_cells(model, sources, cfg, ecfg, device, input_std, grad_method, out, ranks, log, val_oods)
     return out
 
 
@@ -406,7 +438,11 @@ def _extract_sharded(
             grad_method=kw["grad_method"],
         )
 
-    got, gres = _sharded(store, ranks, f"{name}.valgrid", key, len(val_rows), bs, grid)
+    if len(val_rows) == 0:  # no validation rows (the ID test set beside an id_val): no cell computed yet
+        gres = no_grid_rows(Ts, epss)
+        got: Arrays | None = gres.arrays
+    else:
+        got, gres = _sharded(store, ranks, f"{name}.valgrid", key, len(val_rows), bs, grid)
     res.seconds["grodin_grid"] = gres.seconds.get("grodin_selected", 0.0)
     res.counts["grodin_grid"], res.grid_cells = gres.n, gres.grid_cells
     if arrays is not None and got is not None:  # rank 0
@@ -425,18 +461,25 @@ def _fill_selected_cells(
     out: ExtractedSets,
     ranks: Ranks,
     log: Callable[[str], None] | None,
+    val_oods: Sequence[str] = (),
 ) -> None:
-    """Choose the grid cells on the validation rows of every scored set (rank 0), then compute
-    exactly those cells on the test rows of each set (every rank its shard) and store them."""
+    """Choose the grid cells on the validation rows (validation sets: all their rows) of every set
+    (rank 0), then compute exactly those cells on the test rows of each set (every rank its shard)
+    and store them."""
     Ts, epss = odin_grid(cfg)
     scored = list(out.splits)
     plan = None  # {set: cells still to compute}, decided on rank 0
     if ranks.is_main:
         arrays = {n: out.store.get(n) for n in scored}
         if all("odin_s" in a for a in arrays.values()):
-            oods = [n for n in scored if n != ID_TEST]
+            id_val = ID_VAL if ID_VAL in scored else ID_TEST
+            oods = [n for n in scored if n not in (ID_TEST, ID_VAL, *val_oods)]
             need = select_test_points(
-                arrays[ID_TEST], out.splits[ID_TEST], {o: arrays[o] for o in oods}, {o: out.splits[o] for o in oods}
+                arrays[id_val],
+                out.splits[id_val],
+                {o: arrays[o] for o in oods},
+                {o: out.splits[o] for o in oods},
+                val_oods={o: (arrays[o], out.splits[o]) for o in val_oods},
             )
             if log:
                 log(

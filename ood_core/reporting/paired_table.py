@@ -160,10 +160,24 @@ def paired_rows(
 
 
 def paired_markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
-    """paired.md: A − B in AUROC points with the percentile interval and the sign-flip fraction."""
+    """paired.md: A − B in AUROC points with the percentile interval and the sign-flip fraction; one
+    section per protocol when ``rows`` hold several (in row order)."""
     head = [f"# Paired bootstrap of AUROC differences{': ' + title if title else ''}", ""]
     if not rows:
         return "\n".join([*head, "No pair was computed.", ""])
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(str(r["protocol"]), []).append(r)
+    if len(by) == 1:
+        return "\n".join([*head, *_paired_section(rows)])
+    return "\n".join(
+        [*head, *(line for p, g in by.items() for line in [f"## Protocol `{p}`", "", *_paired_section(g)])]
+    )
+
+
+def _paired_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The caption and table of paired.md for the rows of one protocol."""
+    head: list[str] = []
     r0 = rows[0]
     sets = {r["group"]: r["sets"].replace(";", ", ") for r in rows}
     head += [
@@ -192,19 +206,20 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
             ]
         )
     grid = markdown_grid(["A", "B", "group", "AUROC A", "AUROC B", "A − B", "CI", "sign flips", "CI excludes 0"], body)
-    return "\n".join([*head, grid, ""])
+    return [*head, grid, ""]
 
 
 def paired_from_cache(
     cache: AnalysisCache, pairs: Sequence[tuple[str, str]], *, n: int, seed: int = 0, level: float = LEVEL
 ) -> list[dict[str, Any]]:
-    """:func:`paired_rows` from the scores an analysis directory stores (``scores/<set>.npz``), after
-    the fact; the protocol is the one recorded there. The draws equal the benchmark's for the same
+    """:func:`paired_rows` from the scores an analysis directory stores (``scores/<set>.npz``; another
+    protocol's with ``AnalysisCache(..., scores_of=protocol)``), after the fact; the protocol is the
+    one recorded there. The draws equal the benchmark's for the same
     ``n`` and ``seed`` (same sets, same sizes), so the rows equal its paired.csv rows."""
     names = [cache.id_name, *cache.ood_names]
     scores = {s: cache.scores(s) for s in names if cache.has_scores(s)}
     protos = {cache.scores_protocol(s) for s in scores}
     if len(protos) > 1:
-        raise ValueError(f"{cache.root / 'scores'}: files written under different protocols {sorted(map(str, protos))}")
+        raise ValueError(f"{cache.scores_dir}: files written under different protocols {sorted(map(str, protos))}")
     protocol = next(iter(protos), None) or ""
     return paired_rows(scores, cache.id_name, cache.groups, pairs, n=n, seed=seed, level=level, protocol=protocol)
