@@ -13,13 +13,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ood_core.config import ConfigError
 from ood_core.data.sources import BatchSource
 from ood_core.extraction.arrays import Subspace
 from ood_core.extraction.distributed import Ranks
 from ood_core.grads.runtime import exact_float32
+from ood_core.progress import StageProgress, end_pass, pass_display, subspace_passes
 
 SUBSPACE_KINDS = ("pca", "class_mean")
 SUBSPACE_KEYS = ("kind", "k", "n_iter", "params")
@@ -56,11 +56,13 @@ def fit_subspace(
     stats_memo: dict[str, Any] | None = None,
     ranks: Ranks = Ranks(),
     grad_method: str = "hooks",
+    progress: StageProgress | None = None,
 ) -> Subspace:
     """Subspace ``name`` of ``spec`` fitted on ``train`` (every rank streams its shard of whole batches).
 
     ``lowdim`` is the profile's ``lowdim`` section; ``n_samples`` there keeps a seeded random subset
-    of the training rows (``seed``). ``grad_method``: ``"hooks"`` or ``"vmap"`` (any layer type). Returns V (P, K) with the whitening statistics it was fitted with."""
+    of the training rows (``seed``). ``grad_method``: ``"hooks"`` or ``"vmap"`` (any layer type). Returns V (P, K) with the whitening statistics it was fitted with.
+    ``progress`` counts the rows of every pass (None: a display of this fit alone)."""
     from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
     check_subspace_spec(name, spec)
@@ -78,11 +80,19 @@ def fit_subspace(
         pos = ranks.batch_shard(len(train), bs)
         shard = train.rows(int(pos[0]), int(pos[-1]) + 1) if len(pos) else None  # None: no rows on this rank
 
-    def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
-        if shard is None:
-            return iter(())
-        it = shard.batches(bs, device)
-        return tqdm(it, total=-(-len(shard) // bs), desc=f"subspace {name}: pass", unit="batch", leave=False)
+    needs_stats = norm != "none" and repr(params) not in memo
+    n_passes = subspace_passes(spec)
+    shown = pass_display(
+        progress, f"subspace {name}", (len(shard) if shard is not None else 0) * (n_passes + needs_stats)
+    )
+    done_passes = [0]
+
+    def batches(label: str | None = None):  # (x, y) batches; the lowdim functions take x, and y where they need labels
+        if label is None:
+            done_passes[0] += 1
+            label = fit_pass_label(spec, done_passes[0])
+        shown.begin(f"subspace {name}: {label}")
+        return iter(()) if shard is None else shown.counted(shard.batches(bs, device))
 
     if norm == "none":
         stats = None
@@ -90,7 +100,7 @@ def fit_subspace(
         stats = memo[repr(params)]
     else:
         stats = memo[repr(params)] = gradient_stats(
-            model, batches(), params, chunk=chunk, method=grad_method, ranks=ranks
+            model, batches("whitening statistics"), params, chunk=chunk, method=grad_method, ranks=ranks
         )
     if spec["kind"] == "pca":
         k, n_iter = int(spec["k"]), int(spec.get("n_iter", 10))
@@ -99,4 +109,19 @@ def fit_subspace(
         V = class_mean_subspace(
             model, batches(), num_classes, stats, params, chunk=chunk, method=grad_method, ranks=ranks
         )
+    end_pass(shown, progress)
     return Subspace(name, V, stats, params)
+
+
+def fit_pass_label(spec: Mapping[str, Any], i: int) -> str:
+    """What pass ``i`` (1-based) of a subspace fit computes: a PCA's range pass, its power
+    iterations (two passes each) and its final projection; a class-mean subspace's one pass."""
+    n = subspace_passes(spec)
+    if spec["kind"] != "pca":
+        return f"pass {i}/{n}"
+    if i == 1:
+        return f"range pass 1/{n}"
+    if i == n:
+        return f"final projection {i}/{n}"
+    it = int(spec.get("n_iter", 10))
+    return f"power iteration {i // 2}/{it} ({'A^T Q' if i % 2 == 0 else 'A Z'}, pass {i}/{n})"
