@@ -315,7 +315,7 @@ def extract_sets(
             data = loaded.pop(name)
             n = len(data)
             val_rows = study_split(cfg, name, n).val if mode == "selected" and role != "train" else None
-            kw = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
+            kw: dict[str, Any] = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
             kw.update(progress=progress, desc=f"extract {name}")
             if ranks.is_distributed:
                 arrays, res = _extract_sharded(model, data, cfg, ecfg, device, store, ranks, key, name, val_rows, kw)
