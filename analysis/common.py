@@ -156,6 +156,14 @@ def make_context(args: argparse.Namespace) -> Context:
     )
 
 
+def profile_estimate_line(ctx: Context, stage: str) -> str | None:
+    """The profile's ``cpu_estimate`` in full, for a stage about to run on the CPU."""
+    text = ctx.cfg.get("cpu_estimate")
+    if not text or ctx.device_name != "cpu":
+        return None
+    return f"[{stage}] the profile's CPU estimate (cpu_estimate in its YAML): {text}"
+
+
 def _determinism_flags() -> dict[str, Any]:
     import torch
 

@@ -35,8 +35,9 @@ from ood_core.extraction.arrays import Preprocess, head_arrays
 from ood_core.extraction.distributed import Ranks, init_ranks, shutdown
 from ood_core.extraction.orchestrator import ID_TEST, TRAIN, extract_sets, grid_test_points
 from ood_core.extraction.store import DiskStore
+from ood_core.progress import ExtractPlan, estimate_seconds, format_duration, read_timings
 
-from .common import Context, add_common_args, make_context, record_run
+from .common import REPO, Context, add_common_args, make_context, profile_estimate_line, record_run
 from .datasets import all_specs, load_named, spec_key
 from .train import load_model
 
@@ -90,6 +91,7 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
         identity={name: spec_key(ctx.cfg, name) for name in specs},
         log=log if ranks.is_main else None,
         val_oods=val_oods,
+        on_plan=lambda plan: announce(ctx, plan),
     )
     if not ranks.is_main:
         return out
@@ -136,6 +138,57 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     )
     print(f"[extract] analysis cache: {out} (ID accuracy {id_acc:.4f})")
     return out
+
+
+TIMINGS_CSV = Path("runs") / "extract_timings.csv"
+
+
+def measured_timings(ctx: Context) -> Path | None:
+    """The per-image costs measured on this profile: ``<fig_dir>/runs/extract_timings.csv``, else the
+    committed ``figures/<profile>/runs/extract_timings.csv``; None when neither exists."""
+    for path in (ctx.fig_dir / TIMINGS_CSV, REPO / "figures" / ctx.profile / TIMINGS_CSV):
+        if path.is_file():
+            return path
+    return None
+
+
+def announce(ctx: Context, plan: ExtractPlan) -> None:
+    """Print the work planned, the profile's ``cpu_estimate`` and, from measured per-image costs of
+    the same device type, the expected time (saying which numbers it used)."""
+    fits = ", ".join(f"{n} {r:,}" for n, r in plan.subspace_rows.items()) or "none"
+    log(
+        f"work: {plan.units:,} image-passes (subspace fits: {fits}; whitening statistics {plan.stats_rows:,}; "
+        f"set passes {sum(plan.main_rows.values()):,} rows; grid {sum(plan.grid_units.values()):,} rows x cells)"
+    )
+    note = profile_estimate_line(ctx, "extract")
+    if note:
+        print(note, flush=True)
+    path = measured_timings(ctx)
+    if path is None or not plan.units:
+        return
+    device = _timings_device(path)
+    if device.split(":")[0] != ctx.device_name.split(":")[0]:
+        log(f"no estimate: {path} was measured on {device}, this run uses {ctx.device_name}")
+        return
+    ecfg = ctx.cfg["extract"]
+    parts = (
+        ["forward"]
+        + ["kl_allweights"] * bool(ecfg["kl_allweights"])
+        + [f"lowdim_{n}" for n in ctx.cfg["lowdim"]["subspaces"] if ctx.cfg["lowdim"]["enabled"]]
+    )
+    parts += ["activation_grads"] * bool(ecfg["activation_grads"])
+    seconds, used = estimate_seconds(plan, read_timings(path), parts)
+    bound = (
+        " (at most: the grid counted on every row until its cells are chosen)"
+        if grid_test_points(ecfg) == "selected"
+        else ""
+    )
+    log(f"expected: about {format_duration(seconds)} on {device}{bound}; from {path}, {used}")
+
+
+def _timings_device(path: Path) -> str:
+    with open(path, newline="") as f:
+        return next(csv.DictReader(f), {}).get("device", "?")
 
 
 def _write_timings(path: Path, timings: dict, device: str, batch_size: int) -> None:

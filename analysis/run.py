@@ -85,8 +85,8 @@ def log_header(cmd: list[str]) -> bytes:
 
 
 def run_stage(stage: str, cmd: list[str], log: Path, code_list: Path | None = None) -> int:
-    """Run one stage, passing its stdout and stderr through unchanged (progress bars keep their
-    carriage returns) to this process's stdout and stderr and to ``log`` (appended to, unbuffered:
+    """Run one stage, passing its stdout and stderr through unchanged (a pipe: the stage's progress
+    is plain lines, ``ood_core/progress.py``) to this process's stdout and stderr and to ``log`` (appended to, unbuffered:
     each chunk is in the file as soon as the stage prints it); the stage lists the source files it
     ran in ``code_list``."""
     log.parent.mkdir(parents=True, exist_ok=True)

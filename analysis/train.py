@@ -23,7 +23,7 @@ from ood_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from ood_core.models import OODModel, build_model
 from ood_core.train import accuracy, seed_everything, train_model
 
-from .common import Context, add_common_args, make_context, record_run, versions
+from .common import Context, add_common_args, make_context, profile_estimate_line, record_run, versions
 from .datasets import load_named, spec_key
 
 
@@ -165,6 +165,9 @@ def run(ctx: Context) -> Path:
     if why and path.is_file():
         print(f"[train] retraining: {why}")
     t0 = time.perf_counter()
+    note = profile_estimate_line(ctx, "train")
+    if note:
+        print(note, flush=True)
     seed = int(ctx.cfg["seed"])
     seed_everything(seed)
     x_tr, y_tr = _tensors(ctx, "train")

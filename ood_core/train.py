@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from ood_core.progress import StageProgress
 
 
 @dataclass
@@ -76,6 +77,7 @@ def train_model(
     optimizer_state: dict | None = None,
     rng_state: torch.Tensor | None = None,
     history: list[dict] | None = None,
+    progress: StageProgress | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. x_*: already-normalized float tensors (N,C,H,W); y_*: int64.
 
@@ -85,6 +87,8 @@ def train_model(
     its optimizer and ``rng_state`` (the shuffling / augmentation generator) continues the same run.
     ``history``: the per-epoch rows of the epochs before ``start_epoch`` (a resumed run); this list
     is extended in place, so ``on_epoch_end`` may save it with the partial checkpoint.
+    ``progress``: the display counting steps (None: one over the remaining epochs x steps); every
+    epoch's loss is printed through it as its own line.
     """
     torch.manual_seed(seed)
     # one generator for the permutation and the augmentation, on the training device: on CUDA no
@@ -108,10 +112,10 @@ def train_model(
     eval_every = int(cfg.get("eval_every", 0))
     history = [] if history is None else history
     t0 = time.perf_counter()
-    # one bar over every remaining step (rate and ETA within the epoch, not only between epochs)
-    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, desc="train", unit="step", leave=False, mininterval=2.0)
+    # one display over every remaining step (rate and ETA within the epoch, not only between epochs)
+    shown = progress or StageProgress("train", (epochs - start_epoch) * steps_per_epoch, unit="step")
     for epoch in range(start_epoch, epochs):
-        bar.set_postfix_str(f"epoch {epoch + 1}/{epochs}")
+        shown.begin(f"epoch {epoch + 1}/{epochs}")
         t_epoch = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
@@ -130,7 +134,7 @@ def train_model(
             opt.step()
             running += loss.detach().double() * len(idx)
             seen += len(idx)
-            bar.update(1)
+            shown.update(1)
         row = {
             "epoch": epoch + 1,
             "loss": float(running) / seen,
@@ -140,12 +144,20 @@ def train_model(
         if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
             row["test_accuracy"] = accuracy(model, x_test, y_test)  # float32, like the final one
         history.append(row)
+        shown.note(epoch_line(row, epochs))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, opt, gen.get_state())
-    bar.close()
+    if progress is None:
+        shown.close()
     acc = accuracy(model, x_test, y_test)
     history.append({"epoch": epochs, "test_accuracy": acc})
     return TrainResult(acc, time.perf_counter() - t0, history)
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """``[train] epoch 3/35: loss 0.8123, lr 0.0931, 228.4 s, test accuracy 0.7712``."""
+    line = f"[train] epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, lr {row['lr']:.4g}, {row['seconds']:.1f} s"
+    return line + (f", test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else "")
 
 
 SCHEDULES = ("cosine", "onecycle")

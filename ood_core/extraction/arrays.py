@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ood_core.data.sources import BatchSource, Preprocess  # noqa: F401  (Preprocess re-exported: the pipeline's import path)
 from ood_core.extraction.grid import FULL_POINTS_KEY, GRID_VALUE_KEYS
 from ood_core.grads.runtime import exact_float32
+from ood_core.progress import StageProgress, end_pass, pass_display
 
 if TYPE_CHECKING:
     from ood_core.models import OODModel
@@ -157,6 +157,7 @@ def extract_arrays(
     grodin_rows: np.ndarray | None = None,
     desc: str = "extract",
     grad_method: str = "hooks",
+    progress: StageProgress | None = None,
 ) -> ExtractResult:
     """Run the extraction pass of ``cfg`` (the profile's ``extract`` section) over ``data``.
 
@@ -165,7 +166,8 @@ def extract_arrays(
     ``grodin_rows``: compute the ODIN/GRODIN grid on these rows only (NaN elsewhere; the other rows'
     cells come from :func:`grid_cells_pass`); None = every row. ``grad_method``: how per-sample
     gradients are computed, ``"hooks"`` (one batched backward; Linear, Conv2d, BatchNorm layers) or
-    ``"vmap"`` (torch.func, any layer, slower)."""
+    ``"vmap"`` (torch.func, any layer, slower). ``progress``: the stage's display, counting rows and
+    rows x grid cells (None: a display of this pass alone)."""
     from ood_core.grads import kl_allweights_sqnorm
     from ood_core.grads.lowdim import fold_whitening, project
     from ood_core.grads.main_pass import FoldedBasis, main_pass
@@ -186,7 +188,10 @@ def extract_arrays(
     bases = [FoldedBasis(f"group{i}", g[0].params, *fold) for i, (g, fold) in enumerate(zip(groups, folds))]
     n_subs = sum(len(g) for g in groups)
     workspace: dict = {}  # the main pass' (chunk, P) gradient buffer, allocated once for all batches
-    for xb, yb in tqdm(data.batches(bs, device), total=-(-len(data) // bs), desc=desc, leave=False):
+    per_row = 1 + (n_grid if use_grodin and grodin_rows is None else 0)  # a row and its grid cells
+    grid_later = len(grodin_rows) * n_grid if use_grodin and grodin_rows is not None else 0
+    shown = pass_display(progress, desc, len(data) * per_row + grid_later)
+    for xb, yb in shown.counted(data.batches(bs, device), per_row):
         labels.append(yb.cpu().numpy())
         if fused:  # one forward, a KL backward and an energy backward per chunk serve all of these
             mp = main_pass(
@@ -275,6 +280,7 @@ def extract_arrays(
                 points=np.ones((len(odin_eps), len(odin_T)), bool),
                 desc=f"{desc} grid",
                 grad_method=grad_method,
+                progress=shown,
             )
             if len(rows)
             else no_grid_rows(odin_T, odin_eps)
@@ -282,6 +288,7 @@ def extract_arrays(
         arrays.update(grid_on_rows(len(data), rows, rows_grid.arrays, odin_T, odin_eps))
         seconds["grodin_grid"] = rows_grid.seconds["grodin_selected"]
         counts["grodin_grid"], cells = len(rows), rows_grid.grid_cells
+    end_pass(shown, progress)
     return ExtractResult(arrays, dict(seconds), len(data), counts, cells)
 
 
@@ -321,23 +328,23 @@ def grid_cells_pass(
     points: np.ndarray,
     desc: str = "grid cells",
     grad_method: str = "hooks",
+    progress: StageProgress | None = None,
 ) -> ExtractResult:
     """ODIN/GRODIN values of the ``points`` cells ((n_eps, n_T) bool) for every image of ``data``
-    (a subset of rows, batched in full chunks); the other cells are NaN. Timed as ``grodin_selected``."""
+    (a subset of rows, batched in full chunks); the other cells are NaN. Timed as ``grodin_selected``.
+    ``progress`` counts rows x cells."""
     model.eval().to(device)
     bs = int(cfg["batch_size"])
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     t = time.perf_counter()
-    for xb, _ in tqdm(
-        data.batches(bs, device),
-        total=-(-len(data) // bs),
-        desc=desc,
-        leave=False,
-    ):
+    n_cells = int(np.asarray(points, bool).sum())
+    shown = pass_display(progress, desc, len(data) * n_cells)
+    for xb, _ in shown.counted(data.batches(bs, device), n_cells):
         g = _grid_of_batch(model, xb, cfg, odin_T, odin_eps, input_std, grad_method, points)
         for key, values in g.items():
             parts[key].append(values)
     _sync(device)
+    end_pass(shown, progress)
     n = len(data)
     arrays = {k: np.concatenate(v, axis=-1) for k, v in parts.items()}
     return ExtractResult(
@@ -345,5 +352,5 @@ def grid_cells_pass(
         {"grodin_selected": time.perf_counter() - t},
         n,
         {"grodin_selected": n},
-        n * int(np.asarray(points, bool).sum()),
+        n * n_cells,
     )

@@ -41,6 +41,7 @@ from ood_core.extraction.grid_selection import select_test_points
 from ood_core.extraction.store import Arrays, ExtractStore, MemoryStore
 from ood_core.extraction.subspaces import fit_subspace, subspace_params
 from ood_core.models import OODModel
+from ood_core.progress import ExtractPlan, StageProgress, plan_extract
 from ood_core.scores import registry
 
 TRAIN, ID_TEST = "train", "id_test"  # the names of the ID sets (the OOD sets take the user's names; ID_VAL:
@@ -170,6 +171,7 @@ def fit_subspaces(
     train_id: Any = None,
     grad_method: str = "hooks",
     log: Callable[[str], None] | None = None,
+    progress: StageProgress | None = None,
 ) -> tuple[list[Subspace], dict[str, str]]:
     """Wu et al.'s subspaces ``names`` of ``cfg['lowdim']['subspaces']``, fitted on ``train``
     (:func:`~ood_core.extraction.subspaces.fit_subspace`) or read from ``store`` when stored under the same key
@@ -187,8 +189,7 @@ def fit_subspaces(
             raise ConfigError(f"subspace '{name}' is not in lowdim.subspaces ({sorted(specs)})")
         spec = specs[name]
         params = subspace_params(spec, lcfg)
-        common = {"params": params, **{k: lcfg[k] for k in ("normalisation", "n_samples")}}
-        key = hash_config(model_id, common, spec, train_id, cfg["seed"])
+        key = subspace_key(cfg, name, model_id, train_id)
         blob = store.load_subspace(name, key)
         if blob is not None:
             stats = (blob["mean"], blob["scale"]) if "mean" in blob else None
@@ -211,6 +212,7 @@ def fit_subspaces(
                 ranks=ranks,
                 grad_method=grad_method,
                 checkpoint=checkpoint,
+                progress=progress,
             )
             took = time.perf_counter() - t0
             if ranks.is_main:
@@ -230,6 +232,14 @@ def fit_subspaces(
     return subspaces, keys
 
 
+def subspace_key(cfg: Mapping[str, Any], name: str, model_id: str = "", train_id: Any = None) -> str:
+    """What subspace ``name`` of ``cfg['lowdim']`` is fitted from: model, training data, settings, seed."""
+    lcfg = cfg["lowdim"]
+    spec = lcfg["subspaces"][name]
+    common = {"params": subspace_params(spec, lcfg), **{k: lcfg[k] for k in ("normalisation", "n_samples")}}
+    return hash_config(model_id, common, spec, train_id, cfg["seed"])
+
+
 def extract_one(
     model: OODModel,
     source: BatchSource,
@@ -243,6 +253,7 @@ def extract_one(
     grodin_rows: np.ndarray | None = None,
     grad_method: str = "hooks",
     desc: str | None = None,
+    progress: StageProgress | None = None,
 ) -> ExtractResult:
     """One set's pass under the profile-shaped settings ``cfg`` (``ecfg``: its ``extract`` section as
     used, :func:`extract_settings`); ``role``: ``"train"`` (no grid), ``"id"`` or ``"ood"`` (no labels)."""
@@ -262,6 +273,7 @@ def extract_one(
         grodin_rows=grodin_rows,
         desc=desc or source.name,
         grad_method=grad_method,
+        progress=progress,
     )
 
 
@@ -281,6 +293,7 @@ def extract_sets(
     identity: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     val_oods: Sequence[str] = (),
+    on_plan: Callable[[ExtractPlan], None] | None = None,
 ) -> ExtractedSets:
     """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order;
     optionally validation sets: ``id_val`` with labels and the OOD sets named in ``val_oods``, each
@@ -292,7 +305,9 @@ def extract_sets(
     in memory); a set stored under the same key (``model_id``, ``identity[set]`` = what the data is,
     the extract settings, the grid and the subspaces' keys) is not recomputed. Under torchrun
     (``ranks``) every rank computes its shard of whole batches and rank 0 joins them. ``grad_method``:
-    ``"hooks"`` or ``"vmap"`` (:func:`~ood_core.extraction.arrays.extract_arrays`)."""
+    ``"hooks"`` or ``"vmap"`` (:func:`~ood_core.extraction.arrays.extract_arrays`). Every pass reports
+    into one display of the whole work (:class:`~ood_core.progress.StageProgress`), planned up front
+    and handed to ``on_plan`` before the first pass."""
     for role in (TRAIN, ID_TEST):
         if role not in sources:
             raise ValueError(f"extract_sets: no '{role}' set among {list(sources)}")
@@ -305,6 +320,10 @@ def extract_sets(
     wanted = list(lcfg["subspaces"]) if lcfg["enabled"] else []
     if needs is not None and not any(k.startswith(LOWDIM_PREFIX) for k in needs):
         wanted = []
+    stored, loaded, plan = _plan(sources, cfg, ecfg, store, wanted, model_id, identity)
+    if on_plan is not None and ranks.is_main:
+        on_plan(plan)
+    progress = StageProgress("extract", plan.units, mode=None if ranks.is_main else "off")
     t0 = time.perf_counter()
     subspaces, sub_keys = fit_subspaces(
         model,
@@ -319,23 +338,23 @@ def extract_sets(
         train_id=identity.get(TRAIN),
         grad_method=grad_method,
         log=log,
+        progress=progress,
     )
     out = ExtractedSets(store, {}, subspaces, subspace_seconds=time.perf_counter() - t0 if wanted else 0.0)
     for name, src in sources.items():
         key = hash_config(model_id, identity.get(name), ecfg, Ts, epss, sub_keys)
         out.keys[name] = key
         role = set_role(name, val_oods)
-        kept = store.load(name, key)
-        if kept is not None:
-            n = len(kept["y"])
-            del kept  # a set's arrays are not held while the next one loads
+        if name in stored:
+            n = stored[name]
         else:
-            data = _resolve(src)
+            data = loaded.pop(name)
             n = len(data)
             val_rows = split_of(cfg, name, n, list(sources), val_oods).val if mode == "selected" else None
             if role == "train" or (val_rows is not None and len(val_rows) == n):
                 val_rows = None  # no grid (train), or the whole grid on every row (a validation set)
-            kw = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
+            kw: dict[str, Any] = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
+            kw.update(progress=progress, desc=f"extract {name}")
             if ranks.is_distributed:
                 arrays, res = _extract_sharded(model, data, cfg, ecfg, device, store, ranks, key, name, val_rows, kw)
             else:
@@ -353,8 +372,52 @@ def extract_sets(
         if role != "train":
             out.splits[name] = split_of(cfg, name, n, list(sources), val_oods)
     if mode == "selected" and ecfg["grodin"]:
-        _fill_selected_cells(model, sources, cfg, ecfg, device, input_std, grad_method, out, ranks, log, val_oods)
+        _fill_selected_cells(
+            model, sources, cfg, ecfg, device, input_std, grad_method, out, ranks, log, val_oods, plan, progress
+        )
+    progress.close()
     return out
+
+
+def _plan(
+    sources: Mapping[str, SourceLike],
+    cfg: Mapping[str, Any],
+    ecfg: Mapping[str, Any],
+    store: ExtractStore,
+    wanted: Sequence[str],
+    model_id: str,
+    identity: Mapping[str, Any],
+) -> tuple[dict[str, int], dict[str, BatchSource], ExtractPlan]:
+    """Before the first pass: the rows of every set already stored, the data of every other set,
+    and the :class:`~ood_core.progress.ExtractPlan` of what remains."""
+    lcfg = cfg["lowdim"]
+    sub_keys = {n: subspace_key(cfg, n, model_id, identity.get(TRAIN)) for n in wanted if n in lcfg["subspaces"]}
+    Ts, epss = odin_grid(cfg)
+    stored: dict[str, int] = {}
+    loaded: dict[str, BatchSource] = {}
+    for name, src in sources.items():
+        kept = store.load(name, hash_config(model_id, identity.get(name), ecfg, Ts, epss, sub_keys))
+        if kept is not None:
+            stored[name] = len(kept["y"])
+            del kept  # a set's arrays are not held while the next one loads
+        else:
+            loaded[name] = _resolve(src)
+    to_fit, memo = [], set()
+    for name in sub_keys:
+        spec = lcfg["subspaces"][name]
+        params = repr(subspace_params(spec, lcfg))
+        needs_stats = lcfg["normalisation"] != "none" and params not in memo
+        memo.add(params)  # a stored subspace's statistics serve the later fits too
+        if not store.has_subspace(name, sub_keys[name]):
+            to_fit.append((name, spec, params, needs_stats))
+    fit_rows = 0
+    if to_fit:
+        n_train = stored[TRAIN] if TRAIN in stored else len(loaded[TRAIN])
+        fit_rows = min(int(lcfg["n_samples"] or n_train), n_train)
+    sizes = {n: len(d) for n, d in loaded.items()}
+    roles = {n: "train" if n == TRAIN else "scored" for n in sizes}
+    cells = len(Ts) * len(epss) if ecfg["grodin"] else 0
+    return stored, loaded, plan_extract(sizes, roles, grid_cells=cells, subspaces_to_fit=to_fit, fit_rows=fit_rows)
 
 
 def join_rows(parts: list[Arrays]) -> Arrays:
@@ -434,8 +497,9 @@ def _extract_sharded(
             odin_T=Ts,
             odin_eps=epss,
             points=np.ones((len(epss), len(Ts)), bool),
-            desc=f"{name} grid",
+            desc=f"extract {name} grid",
             grad_method=kw["grad_method"],
+            progress=kw.get("progress"),
         )
 
     if len(val_rows) == 0:  # no validation rows (the ID test set beside an id_val): no cell computed yet
@@ -462,10 +526,13 @@ def _fill_selected_cells(
     ranks: Ranks,
     log: Callable[[str], None] | None,
     val_oods: Sequence[str] = (),
+    work: ExtractPlan | None = None,
+    progress: StageProgress | None = None,
 ) -> None:
     """Choose the grid cells on the validation rows (validation sets: all their rows) of every set
     (rank 0), then compute exactly those cells on the test rows of each set (every rank its shard)
-    and store them."""
+    and store them; the display's total (``work``: every cell planned on the test rows) revised to
+    the chosen cells."""
     Ts, epss = odin_grid(cfg)
     scored = list(out.splits)
     plan = None  # {set: cells still to compute}, decided on rank 0
@@ -494,9 +561,11 @@ def _fill_selected_cells(
     bs = int(ecfg["batch_size"])
     for name in scored:
         todo = plan[name]
+        rows = out.splits[name].test  # val and test partition the rows (split_indices)
+        if progress is not None and work is not None:  # planned: every cell on the test rows
+            progress.add_total(len(rows) * int(todo.sum()) - work.test_cells_planned(name, len(rows), todo.size))
         if not todo.any():
             continue
-        rows = out.splits[name].test  # val and test partition the rows (split_indices)
         data = _resolve(sources[name])
 
         def cells(pos: np.ndarray, data: BatchSource = data, rows: np.ndarray = rows, todo: np.ndarray = todo):
@@ -509,8 +578,9 @@ def _fill_selected_cells(
                 odin_T=Ts,
                 odin_eps=epss,
                 points=todo,
-                desc=f"{name} cells",
+                desc=f"grid cells {name}",
                 grad_method=grad_method,
+                progress=progress,
             )
 
         got, res = _sharded(out.store, ranks, f"{name}.cells", out.keys[name], len(rows), bs, cells)

@@ -40,6 +40,10 @@ class ExtractStore(Protocol):
 
     def save_subspace(self, name: str, key: str, blob: dict[str, Any]) -> None: ...
 
+    def has_subspace(self, name: str, key: str) -> bool:
+        """True when :meth:`load_subspace` would return the subspace (its tensors not read)."""
+        ...
+
     def load_part(self, tag: str, key: str) -> Arrays | None: ...
 
     def save_part(self, tag: str, key: str, arrays: Arrays) -> None: ...
@@ -77,6 +81,9 @@ class MemoryStore:
 
     def save_subspace(self, name: str, key: str, blob: dict[str, Any]) -> None:
         pass
+
+    def has_subspace(self, name: str, key: str) -> bool:
+        return False
 
     def load_part(self, tag: str, key: str) -> Arrays | None:
         kept = self._parts.get(tag)
@@ -142,6 +149,15 @@ class DiskStore:
             return None
         blob = torch.load(path, map_location="cpu", weights_only=True)
         return blob if blob.get("key") == key else None
+
+    def has_subspace(self, name: str, key: str) -> bool:
+        path = self._subspace_file(name)
+        if self.force or not path.is_file():
+            return False
+        try:  # memory-mapped: the key is read, not V (a damaged file is found by load_subspace)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("key") == key
+        except Exception:  # unreadable: load_subspace fits it again
+            return False
 
     def save_subspace(self, name: str, key: str, blob: dict[str, Any]) -> None:
         with atomic_path(self._subspace_file(name), ".pt") as tmp:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ood_core.config import ConfigError
 from ood_core.data.sources import BatchSource
 from ood_core.extraction.arrays import Subspace
 from ood_core.extraction.distributed import Ranks
 from ood_core.grads.runtime import exact_float32
+from ood_core.progress import StageProgress, end_pass, pass_display, subspace_passes
 
 if TYPE_CHECKING:
     from ood_core.extraction.store import PassCheckpoint
@@ -60,14 +60,15 @@ def fit_subspace(
     ranks: Ranks = Ranks(),
     grad_method: str = "hooks",
     checkpoint: PassCheckpoint | None = None,
+    progress: StageProgress | None = None,
 ) -> Subspace:
     """Subspace ``name`` of ``spec`` fitted on ``train`` (every rank streams its shard of whole batches).
 
     ``lowdim`` is the profile's ``lowdim`` section; ``n_samples`` there keeps a seeded random subset
     of the training rows (``seed``). ``grad_method``: ``"hooks"`` or ``"vmap"`` (any layer type).
     ``checkpoint`` keeps the finished passes (whitening statistics, the PCA's power iterations), so
-    an interrupted fit resumes after the last one. Returns V (P, K) with the whitening statistics it
-    was fitted with."""
+    an interrupted fit resumes after the last one. ``progress`` counts the rows of every pass (None:
+    a display of this fit alone). Returns V (P, K) with the whitening statistics it was fitted with."""
     from ood_core.grads.lowdim import class_mean_subspace, gradient_stats, pca_subspace
 
     check_subspace_spec(name, spec)
@@ -85,11 +86,19 @@ def fit_subspace(
         pos = ranks.batch_shard(len(train), bs)
         shard = train.rows(int(pos[0]), int(pos[-1]) + 1) if len(pos) else None  # None: no rows on this rank
 
-    def batches():  # (x, y) batches; the lowdim functions take x, and y where they need labels
-        if shard is None:
-            return iter(())
-        it = shard.batches(bs, device)
-        return tqdm(it, total=-(-len(shard) // bs), desc=f"subspace {name}: pass", unit="batch", leave=False)
+    needs_stats = norm != "none" and repr(params) not in memo
+    kept = checkpoint.state if checkpoint is not None else {}
+    resumed = 1 + 2 * int(kept["done"]) if spec["kind"] == "pca" and "q" in kept else 0  # passes kept
+    to_run = subspace_passes(spec) + needs_stats - resumed - (needs_stats and "stats_mean" in kept)
+    shown = pass_display(progress, f"subspace {name}", (len(shard) if shard is not None else 0) * to_run)
+    done_passes = [resumed]
+
+    def batches(label: str | None = None):  # (x, y) batches; the lowdim functions take x, and y where they need labels
+        if label is None:
+            done_passes[0] += 1
+            label = fit_pass_label(spec, done_passes[0])
+        shown.begin(f"subspace {name}: {label}")
+        return iter(()) if shard is None else shown.counted(shard.batches(bs, device))
 
     if norm == "none":
         stats = None
@@ -100,7 +109,7 @@ def fit_subspace(
         stats = memo[repr(params)] = (kept["stats_mean"].to(device), kept["stats_scale"].to(device))
     else:
         stats = memo[repr(params)] = gradient_stats(
-            model, batches(), params, chunk=chunk, method=grad_method, ranks=ranks
+            model, batches("whitening statistics"), params, chunk=chunk, method=grad_method, ranks=ranks
         )
         if checkpoint is not None:
             checkpoint.update(stats_mean=stats[0].cpu(), stats_scale=stats[1].cpu())
@@ -123,4 +132,19 @@ def fit_subspace(
         V = class_mean_subspace(
             model, batches(), num_classes, stats, params, chunk=chunk, method=grad_method, ranks=ranks
         )
+    end_pass(shown, progress)
     return Subspace(name, V, stats, params)
+
+
+def fit_pass_label(spec: Mapping[str, Any], i: int) -> str:
+    """What pass ``i`` (1-based) of a subspace fit computes: a PCA's range pass, its power
+    iterations (two passes each) and its final projection; a class-mean subspace's one pass."""
+    n = subspace_passes(spec)
+    if spec["kind"] != "pca":
+        return f"pass {i}/{n}"
+    if i == 1:
+        return f"range pass 1/{n}"
+    if i == n:
+        return f"final projection {i}/{n}"
+    it = int(spec.get("n_iter", 10))
+    return f"power iteration {i // 2}/{it} ({'A^T Q' if i % 2 == 0 else 'A Z'}, pass {i}/{n})"
