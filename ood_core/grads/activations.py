@@ -21,13 +21,16 @@ keeps only the small per-sample arrays its score reads:
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ood_core.grads.runtime import eval_mode, upcast
+
+if TYPE_CHECKING:
+    from ood_core.models import OODModel
 
 __all__ = [
     "GAIA_KEYS",
@@ -70,7 +73,7 @@ def _spatial_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def activation_arrays(
-    model: nn.Module,
+    model: OODModel,
     x: torch.Tensor,
     *,
     stages: Sequence[str] | None = None,
