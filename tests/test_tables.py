@@ -286,7 +286,9 @@ def test_reference_data_well_formed():
     assert {e["tag"] for e in R.REFERENCE} <= set(R.TAG_MEANING)
     grodin_tin = {e["method"]: e["value"] for e in R.entries(ood_set="TIN")}
     assert grodin_tin["grodin_g"] == 98.3 and grodin_tin["msp"] == 95.4
-    assert R.entries(source=R.OPENOOD, method="gradnorm", ood_set="near")[0]["tag"] == "[mem]"
+    gradnorm_near = [e for e in R.entries(method="gradnorm", ood_set="near", id_dataset="cifar10")]
+    assert len(gradnorm_near) == 1 and gradnorm_near[0]["tag"] == "[V]" and gradnorm_near[0]["value"] == 54.90
+    assert "[mem]" not in R.TAG_MEANING
     assert any("not comparable" in c for _, c, _ in R.SET_MAP["dtd10"])
 
 
@@ -305,10 +307,10 @@ def test_reference_md_gap_lines(tmp_path):
     for what in ("model weights/training", "OOD image lists/subsets", "preprocessing", "protocol"):
         assert what in grodin_lines[0]
     assert not [l for l in gap_lines if "MSP on TIN" in l]
-    # msp vs OpenOOD near (88.03 [mem]): ours 95.5 -> +7.47, flagged with the [mem] caveat
-    mem_line = [l for l in gap_lines if "MSP on near" in l]
-    assert len(mem_line) == 1 and "[mem], unverified" in mem_line[0]
-    assert "unverified" in md.split("##")[0]
+    # msp vs OpenOOD near (88.03 [V]): ours 95.5 -> +7.47
+    near_line = [l for l in gap_lines if "MSP on near" in l]
+    assert len(near_line) == 1 and "+7.47 pts" in near_line[0]
+    assert "[mem]" not in md and "none is quoted from memory" in md.split("##")[0]
     assert "SVHN, LSUN, iSUN, Places365, CIFAR-100" in md
     assert "| MSP | TIN | tinyimagenet | auroc | 95.40 | 95.50 | +0.10 | comparable |" in md
 

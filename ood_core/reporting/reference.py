@@ -3,9 +3,9 @@
 Every entry is a dict with keys
 ``source, tag, model, id_dataset, ood_set, method, metric, value, note, protocol, preprocessing``:
 
-* ``tag``: ``[seed]`` read in the text of the paper the study reproduces (the ``source``); ``[mem]``
-  recalled from the published paper and **not re-verified** (verify before quoting); ``[issue]``
-  from a public GitHub thread.
+* ``tag``: ``[V]`` read in the primary source named (a leaderboard file at a commit, a paper's table);
+  ``[V-2nd]`` read verbatim in an author repository or a public issue on the same pipeline; ``[seed]``
+  read in the text of a paper the study reproduces. Nothing is quoted from memory.
 * ``method``: OUR registry name where one exists (``msp``, ``odin``, ``grodin_g`` ...), else a
   descriptive name (``knn_supcon``, ``igoe_family_best``, ``ensemble5``).
 * ``metric``: ``auroc`` | ``fpr95_id_pos`` | ``fpr95_ood_pos`` | ``id_accuracy``; ``value`` in percent
@@ -18,11 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-OPENOOD = "OpenOOD v1.5 (arXiv 2306.09301) leaderboard"
+OPENOOD = "OpenOOD v1.5 leaderboard (Jingkang50/OpenOOD branch leaderboard @ f969dfa)"
 GRODIN = "GRODIN (ICLR 2022 submission)"
-KNN = "KNN (Sun et al. ICML 2022)"
-GRADNORM = "GradNorm (Huang et al. NeurIPS 2021) Table 1"
-REACT = "ReAct (Sun et al. NeurIPS 2021) / KNN Table 2"
 IGOE = "Igoe et al. 2022 (How useful are gradients for OOD detection really?)"
 
 _OPENOOD_PRE = "Resize(32)+CenterCrop(32), CIFAR-10 mean/std normalisation"
@@ -45,137 +42,115 @@ def _e(source, tag, model, id_dataset, ood_set, method, metric, value, note="", 
     }
 
 
+# OpenOOD v1.5's CIFAR-10 / ResNet-18 leaderboard (branch leaderboard @ f969dfa, results/cifar10.csv):
+# our registry name -> (near AUROC, std, far AUROC, std) over its 3 cross-entropy checkpoints
+OPENOOD_CIFAR10 = {
+    "msp": (88.03, 0.25, 90.73, 0.43),
+    "odin": (82.87, 1.85, 87.96, 0.61),
+    "mahalanobis": (84.20, 2.40, 89.72, 1.36),
+    "rmds": (89.80, 0.28, 92.20, 0.21),
+    "energy": (87.58, 0.46, 91.21, 0.92),
+    "gradnorm": (54.90, 0.98, 57.55, 3.22),
+    "react": (87.11, 0.61, 90.42, 1.41),
+    "maxlogit": (87.52, 0.47, 91.10, 0.89),
+    "vim": (88.68, 0.28, 93.48, 0.24),
+    "knn": (90.64, 0.20, 92.96, 0.14),
+    "dice": (78.34, 0.79, 84.23, 1.89),
+    "ash_b": (75.27, 1.04, 78.49, 2.58),  # OpenOOD's ASH: ASH-B on the pooled penultimate features
+    "gen": (88.20, 0.30, 91.35, 0.69),
+    "scale": (82.55, 0.36, 86.39, 1.86),
+    "nac_ue": (90.93, 0.23, 94.60, 0.49),
+    "fdbd": (90.42, 0.0, 93.16, 0.0),  # one checkpoint (ID accuracy 95.22), no std
+}
+# iODIN on OpenOOD's pipeline and checkpoints (sudarshanregmi/ASCOOD iodin_results/cifar10.csv @ 9f37f87):
+# set -> (FPR95 OOD-positive, AUROC), means over the 3 checkpoints
+IODIN_CIFAR10 = {
+    "near": (55.76, 87.92),
+    "far": (37.55, 90.99),
+    "CIFAR-100": (61.33, 86.87),
+    "TIN": (50.20, 88.96),
+    "MNIST": (25.86, 93.45),
+    "SVHN": (31.80, 91.55),
+    "Textures": (43.36, 89.78),
+    "Places365": (49.20, 89.16),
+}
+# GEN per set on OpenOOD's pipeline (OpenOOD issue #172, 2023-08-08): set -> (FPR95 ID-positive, AUROC)
+GEN_CIFAR10 = {"CIFAR-100": (54.86, 87.21), "TIN": (49.96, 89.20), "MNIST": (35.31, 93.83), "SVHN": (45.42, 91.97)}
+
+
 def _openood() -> list[dict[str, Any]]:
-    rows = [
-        ("msp", 88.03, 0.25, 90.73, 0.43),
-        ("maxlogit", 87.52, 0.47, 91.10, 0.89),
-        ("energy", 87.58, 0.46, 91.21, 0.92),
-        ("odin", 82.87, 1.85, 87.96, 0.61),
-        ("gradnorm", 54.90, 0.98, 57.55, 3.22),
-        ("react", 87.11, 0.61, 90.42, 1.41),
-        ("mahalanobis", 84.20, 2.40, 89.72, 1.36),
-        ("knn", 90.64, 0.20, 92.96, 0.14),
-        ("vim", 88.68, 0.28, 93.48, 0.24),
-        ("rmds", 89.80, 0.28, 92.20, 0.21),
-    ]
     out = []
-    for m, near, near_sd, far, far_sd in rows:
-        out.append(
-            _e(
-                OPENOOD,
-                "[mem]",
-                _OPENOOD_MODEL,
-                "cifar10",
-                "near",
-                m,
-                "auroc",
-                near,
-                f"+-{near_sd} over 3 checkpoints; near = mean(CIFAR-100, TIN)",
-                "held_out_ood",
-                _OPENOOD_PRE,
+    for m, (near, near_sd, far, far_sd) in OPENOOD_CIFAR10.items():
+        for group, v, sd, sets in (
+            ("near", near, near_sd, "mean(CIFAR-100, TIN)"),
+            ("far", far, far_sd, "mean(MNIST, SVHN, Textures, Places365)"),
+        ):
+            spread = "one checkpoint" if m == "fdbd" else f"+-{sd} over 3 checkpoints"
+            out.append(
+                _e(
+                    OPENOOD,
+                    "[V]",
+                    _OPENOOD_MODEL,
+                    "cifar10",
+                    group,
+                    m,
+                    "auroc",
+                    v,
+                    f"{spread}; {group} = {sets} (results/cifar10.csv)",
+                    "held_out_ood",
+                    _OPENOOD_PRE,
+                )
             )
-        )
-        out.append(
-            _e(
-                OPENOOD,
-                "[mem]",
-                _OPENOOD_MODEL,
-                "cifar10",
-                "far",
-                m,
-                "auroc",
-                far,
-                f"+-{far_sd} over 3 checkpoints; far = mean(MNIST, SVHN, Textures, Places365)",
-                "held_out_ood",
-                _OPENOOD_PRE,
-            )
-        )
     out.append(
         _e(
-            "OpenOOD issue #270",
-            "[issue]",
+            OPENOOD,
+            "[V]",
             _OPENOOD_MODEL,
             "cifar10",
             "-",
             "-",
             "id_accuracy",
             95.06,
-            "ID test accuracy of the OpenOOD CIFAR-10 ResNet-18 checkpoints",
+            "ID test accuracy of the OpenOOD CIFAR-10 ResNet-18 checkpoints (+-0.30)",
         )
     )
-    out.append(
-        _e(
-            "OpenOOD issue #293",
-            "[issue]",
-            _OPENOOD_MODEL,
-            "cifar10",
-            "far",
-            "react",
-            "auroc",
-            73.0,
-            "a user's re-run via the evaluator (leaderboard says 90.42); disputed",
-            "held_out_ood",
-            _OPENOOD_PRE,
-        )
+    per_set = (
+        ("iodin", IODIN_CIFAR10, "fpr95_ood_pos", "iODIN on OpenOOD v1.5's pipeline (sudarshanregmi/ASCOOD @ 9f37f87)"),
+        ("gen", GEN_CIFAR10, "fpr95_id_pos", "OpenOOD issue #172 (GEN on OpenOOD v1.5's pipeline)"),
     )
+    for m, table, fpr_metric, source in per_set:
+        for s, (fpr, auc) in table.items():
+            for metric, v in ((fpr_metric, fpr), ("auroc", auc)):
+                out.append(
+                    _e(
+                        source,
+                        "[V-2nd]",
+                        _OPENOOD_MODEL,
+                        "cifar10",
+                        s,
+                        m,
+                        metric,
+                        v,
+                        "mean over OpenOOD's 3 checkpoints",
+                        "held_out_ood",
+                        _OPENOOD_PRE,
+                    )
+                )
     out.append(
         _e(
-            "OpenOOD issue #293",
-            "[issue]",
+            "GROOD (TMLR 2025), the authors' value on OpenOOD v1.5's CIFAR-10 benchmark",
+            "[V-2nd]",
             _OPENOOD_MODEL,
             "cifar10",
             "near",
-            "react",
+            "grood",
             "auroc",
-            64.0,
-            "a user's re-run via the evaluator (leaderboard says 87.11); disputed",
+            91.16,
+            "near = mean(CIFAR-100, TIN)",
             "held_out_ood",
             _OPENOOD_PRE,
         )
     )
-    return out
-
-
-def _knn_cifar() -> list[dict[str, Any]]:
-    sets = ["SVHN", "LSUN", "iSUN", "Textures", "Places365", "avg"]
-    ce = [(27.97, 95.48), (18.50, 96.84), (24.68, 95.52), (26.74, 94.96), (47.84, 89.93), (29.15, 94.55)]
-    sup = [(2.42, 99.52), (1.78, 99.48), (20.06, 96.74), (8.09, 98.56), (23.02, 95.36), (11.07, 97.93)]
-    out = []
-    for s, (fpr, auc) in zip(sets, ce):
-        for metric, v in (("fpr95_id_pos", fpr), ("auroc", auc)):
-            out.append(
-                _e(
-                    f"{KNN} Table 1",
-                    "[mem]",
-                    "ResNet-18 (cross-entropy)",
-                    "cifar10",
-                    s,
-                    "knn",
-                    metric,
-                    v,
-                    "k=50, normalised features; LSUN = LSUN(crop); knn-ood image lists",
-                    "paper_defaults",
-                    "32x32, CIFAR normalisation",
-                )
-            )
-    for s, (fpr, auc) in zip(sets, sup):
-        tag = "[mem]" if s in ("Places365", "avg") else "[issue]"
-        for metric, v in (("fpr95_id_pos", fpr), ("auroc", auc)):
-            out.append(
-                _e(
-                    "knn-ood issue #7 (user reproduction of KNN+)",
-                    tag,
-                    "ResNet-18 (SupCon)",
-                    "cifar10",
-                    s,
-                    "knn_supcon",
-                    metric,
-                    v,
-                    "KNN+ with a supervised-contrastive backbone, k=50",
-                    "paper_defaults",
-                    "32x32, CIFAR normalisation",
-                )
-            )
     return out
 
 
@@ -186,7 +161,7 @@ def _grodin() -> list[dict[str, Any]]:
         out.append(
             _e(
                 f"{GRODIN} Table 4",
-                "[seed]",
+                "[V]",
                 "WRN-28-10",
                 "cifar10",
                 "TIN",
@@ -264,40 +239,35 @@ def _grodin() -> list[dict[str, Any]]:
 
 def _imagenet() -> list[dict[str, Any]]:
     sets = ("iNaturalist", "SUN", "Places", "Textures", "avg")
-    bit = {
-        "msp": ((63.69, 87.59), (79.89, 78.34), (81.44, 76.76), (82.73, 74.45), (76.94, 79.29)),
-        "odin": ((62.69, 89.36), (71.67, 83.92), (76.27, 80.67), (81.31, 76.30), (72.99, 82.56)),
-        "energy": ((64.91, 88.48), (65.33, 85.32), (73.02, 81.37), (80.87, 75.79), (71.03, 82.74)),
-        "mahalanobis": ((96.34, 46.33), (88.43, 65.20), (89.75, 64.46), (52.23, 72.10), (81.69, 62.02)),
-        "gradnorm": ((50.03, 90.33), (46.48, 89.03), (60.86, 84.82), (61.42, 81.07), (54.70, 86.31)),
-    }
-    r50 = {
-        "msp": ((54.99, 87.74), (70.83, 80.86), (73.99, 79.76), (68.00, 79.61), (66.95, 81.99)),
-        "odin": ((47.66, 89.66), (60.15, 84.59), (67.89, 81.78), (50.23, 85.62), (56.48, 85.41)),
-        "energy": ((55.72, 89.95), (59.26, 85.89), (64.92, 82.86), (53.72, 85.99), (58.41, 86.17)),
-        "react": ((20.38, 96.22), (24.20, 94.20), (33.85, 91.58), (47.30, 89.80), (31.43, 92.95)),
-        "knn": ((59.00, 86.47), (68.82, 80.72), (76.28, 75.76), (11.77, 97.07), (53.97, 85.01)),
-    }
     out = []
-    for model, table, src, pre in (("BiT-S-R101x1", bit, GRADNORM, "480x480"), ("ResNet-50", r50, REACT, "224x224")):
-        for m, vals in table.items():
-            for s, (fpr, auc) in zip(sets, vals):
-                for metric, v in (("fpr95_id_pos", fpr), ("auroc", auc)):
-                    out.append(
-                        _e(
-                            src,
-                            "[mem]",
-                            model,
-                            "imagenet",
-                            s,
-                            m,
-                            metric,
-                            v,
-                            "MOS suite (10k each iNat/SUN/Places, 5,640 Textures)",
-                            "paper_defaults",
-                            pre,
-                        )
-                    )
+    openood_in1k = {  # OpenOOD v1.5 ImageNet-1k / ResNet-50 leaderboard (results/imagenet1k_ood.csv @ f969dfa)
+        "msp": (76.02, 85.23),
+        "gradnorm": (72.96, 90.25),
+        "react": (77.38, 93.67),
+        "ash_b": (78.17, 95.74),
+        "scale": (81.36, 96.53),
+        "nac_ue": (74.43, 95.29),
+    }
+    for m, (near, far) in openood_in1k.items():
+        for group, v, what in (
+            ("near", near, "near = mean(SSB-hard, NINCO)"),
+            ("far", far, "far = mean(iNaturalist, Textures, OpenImage-O)"),
+        ):
+            out.append(
+                _e(
+                    OPENOOD,
+                    "[V]",
+                    "ResNet-50 (torchvision)",
+                    "imagenet",
+                    group,
+                    m,
+                    "auroc",
+                    v,
+                    f"{what} (results/imagenet1k_ood.csv)",
+                    "held_out_ood",
+                    "224x224",
+                )
+            )
     for s, v in zip(sets, (54.11, 46.73, 50.62, 38.12, 47.4)):
         out.append(
             _e(
@@ -342,35 +312,28 @@ def _imagenet() -> list[dict[str, Any]]:
 
 
 def _igoe_small() -> list[dict[str, Any]]:
-    rows = [
-        ("cifar10", "SVHN", 92.41),
-        ("cifar10", "LSUN", 89.84),
-        ("cifar100", "SVHN", 85.47),
-        ("cifar100", "LSUN", 85.55),
-        ("svhn", "CIFAR-10", 89.64),
-    ]
     return [
         _e(
             IGOE,
-            "[seed]",
-            "unknown (PyTorch-Playground models in the early script)",
-            i,
+            "[V-2nd]",
+            "unknown",
+            "cifar10",
             s,
             "igoe_family_best",
             "auroc",
             v,
-            "best member of the N(h)*V(p) family",
+            "an aggregator's value for the paper; which member of the N(h)*V(p) family is not stated",
         )
-        for i, s, v in rows
+        for s, v in (("SVHN", 92.41), ("LSUN", 89.84))
     ]
 
 
-REFERENCE: list[dict[str, Any]] = [*_openood(), *_knn_cifar(), *_grodin(), *_imagenet(), *_igoe_small()]
+REFERENCE: list[dict[str, Any]] = [*_openood(), *_grodin(), *_imagenet(), *_igoe_small()]
 
 TAG_MEANING = {
     "[seed]": "read in the text of the paper the study reproduces",
-    "[mem]": "recalled from the published paper, NOT re-verified offline -- verify before quoting",
-    "[issue]": "from a public GitHub issue thread (a user's or maintainer's report)",
+    "[V]": "read in the primary source named (a leaderboard file at a commit, the paper's table)",
+    "[V-2nd]": "read verbatim in an author repository or a public issue thread on the same pipeline",
 }
 
 
