@@ -10,7 +10,8 @@ expected error is the stage's one ``error: ...`` line (``--debug`` shows traceba
 A stage whose inputs (config, code, upstream files) and outputs are unchanged since it last
 succeeded is skipped and reported as cached (``analysis/stamps.py``); an interrupted run resumes
 where it stopped. ``--force`` recomputes everything. ``--from-cache DIR`` skips train/extract and
-regenerates tables and figures from a committed analysis cache (no GPU, no data needed).
+regenerates tables and figures from a committed analysis cache (no GPU, no data needed), into
+``<cache>/from_cache_figures`` unless ``--fig-dir`` is given.
 A stage whose output is missing or damaged (a failed CRC check) runs again, saying which file.
 One run at a time per cache directory: a second one waits for the first (``<cache>/.lock``).
 """
@@ -187,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     ctx = make_context(args)
+    if args.from_cache and not args.fig_dir:  # the committed figures stay as they are unless asked
+        args.fig_dir = str(ctx.cache_dir / "from_cache_figures")
+        ctx = make_context(args)
+        print(
+            f"[run] --from-cache: figures and tables go to {ctx.fig_dir} "
+            f"(--fig-dir figures/{ctx.profile} writes over the committed ones)",
+            flush=True,
+        )
     with cache_lock(ctx.cache_dir):
         return run_all(args, ctx)
 

@@ -107,6 +107,15 @@ class StageProgress:
             yield batch
             self.update(len(batch[0]) * per_row)
 
+    def each(self, items: Iterable[Any], label: Callable[[Any], str] = str) -> Iterator[Any]:
+        """``items`` passed through, one unit each: the pass named ``label(item)`` while its loop body
+        runs, counted when the next item is asked for; the display closes after the last."""
+        for item in items:
+            self.begin(label(item))
+            yield item
+            self.update(1)
+        self.close()
+
     def add_total(self, n: int) -> None:
         """Revise the total by ``n`` units (negative: work that turned out not to be needed)."""
         self.total += int(n)

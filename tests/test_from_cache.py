@@ -118,3 +118,14 @@ def test_method_costs_time_grid_methods_at_a_cell_every_row_has(tmp_path):
     assert set(rows) == {"odin", "grodin_g"}
     for r in rows.values():
         assert r["timed_params"] == {"eps": float(a["odin_eps"][1]), "T": float(a["odin_T"][2])}
+
+
+def test_from_cache_without_fig_dir_leaves_the_committed_figures(tmp_path, monkeypatch):
+    """--from-cache with no --fig-dir writes under the cache directory, never figures/<profile>."""
+    from analysis import run as run_mod
+
+    adir, _ = make_tiny_analysis_cache(tmp_path / "full")
+    seen = {}
+    monkeypatch.setattr(run_mod, "run_all", lambda args, ctx: seen.setdefault("fig_dir", ctx.fig_dir) and 0)
+    run_mod.main(["--profile", "demo", "--from-cache", str(adir), "--cache-dir", str(tmp_path / "c")])
+    assert seen["fig_dir"] == (tmp_path / "c" / "from_cache_figures").resolve()

@@ -161,3 +161,13 @@ def test_estimate_adds_the_measured_costs():
     seconds, used = estimate_seconds(plan, costs, ["forward", "kl_allweights"])
     assert seconds == pytest.approx(50 * 0.03 + 200 * 0.005 + 10 * 0.02 + 100 * 0.05)
     assert "grodin_one_grid_point 5.0 s" in used
+
+
+def test_each_names_every_item_and_counts_it():
+    out = io.StringIO()
+    p = StageProgress("benchmark", 3, unit="method", stream=out, mode="lines", every=0.0, clock=FakeClock())
+    seen = []
+    for m in p.each(["msp", "knn", "vim"], lambda m: f"benchmark {m}"):
+        seen.append((m, p.pass_name, p.done))
+    assert seen == [("msp", "benchmark msp", 0), ("knn", "benchmark knn", 1), ("vim", "benchmark vim", 2)]
+    assert p.done == 3 and "\r" not in out.getvalue()

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ood_core.analysis_cache import AnalysisCache
 from ood_core.evaluation import metrics
 from ood_core.evaluation.tuning import PROTOCOLS, FitCache, Split, TuneResult, eval_part, params_key, tune
 from ood_core.extraction.grid import grid_axes
+from ood_core.progress import StageProgress
 from ood_core.reporting.table_csv import json_default
 from ood_core.scores import registry  # importing the package registers every score
 
@@ -194,7 +194,8 @@ def run_methods(
         registry.get(m)  # unknown names fail loudly, listing the known ones
     fits = FitCache(data.train) if fits is None else fits
     out = MethodsResult(scores={ds: {} for ds in [data.id_name, *data.ood_names]}, held_out=held_out)
-    for m in tqdm(names, desc="benchmark", unit="method"):
+    shown = StageProgress("benchmark", len(names), unit="method", leave=False)
+    for m in shown.each(names, lambda m: f"benchmark {m}"):
         spec = registry.get(m)
         reason = missing_arrays(spec, data)
         if reason:
