@@ -94,9 +94,11 @@ def check_class_labels(name: str, y: np.ndarray, num_classes: int) -> None:
 
 
 def study_split(cfg: Mapping[str, Any], name: str, n: int) -> Split:
-    """The validation / test split of scored set ``name`` (``n`` rows) under ``cfg['data']['val']``."""
+    """The validation / test split of scored set ``name`` (``n`` rows) under ``cfg['data']['val']``
+    (``n_val``: a count, a fraction, or {set: count} as the API gives it)."""
     val = cfg["data"]["val"]
-    return Split(*set_split(name, n, val["n_val"], val["seed"]))
+    n_val = val["n_val"][name] if isinstance(val["n_val"], Mapping) else val["n_val"]
+    return Split(*set_split(name, n, n_val, val["seed"]))
 
 
 def set_role(name: str, val_oods: Sequence[str]) -> str:
