@@ -352,7 +352,8 @@ def extract_sets(
         else:
             data = loaded.pop(name)
             n = len(data)
-            val_rows = split_of(cfg, name, n, list(sources), val_oods).val if mode == "selected" else None
+            selected = mode == "selected" and role != "train"
+            val_rows = split_of(cfg, name, n, list(sources), val_oods).val if selected else None
             if role == "train" or (val_rows is not None and len(val_rows) == n):
                 val_rows = None  # no grid (train), or the whole grid on every row (a validation set)
             kw: dict[str, Any] = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
@@ -549,7 +550,10 @@ def _fill_selected_cells(
                 {o: arrays[o] for o in oods},
                 {o: out.splits[o] for o in oods},
                 val_oods={o: (arrays[o], out.splits[o]) for o in val_oods},
-            )
+                methods=[
+                    m for m in registry.names(uses_grid=True) if set(registry.get(m).needs) <= set(arrays[id_val])
+                ],
+            )  # the grid methods whose arrays were extracted (the API may ask for a few)
             if log:
                 log(
                     f"grid cells selected on validation rows: {int(need.sum())} of {need.size} "
