@@ -12,10 +12,15 @@ the pipeline (``./run_all.sh``), so the same model, data and settings give the s
 Settings are the profile's sections ``extract``, ``lowdim``, ``data.val``, ``benchmark`` and ``seed``
 (``ood_core.config.DEFAULTS``, documented in analysis/configs/*.yaml): pass a profile name or YAML
 path, or a mapping of overrides such as ``{"extract": {"odin_T": [1, 1000]}}``.
+
+Before it starts, ``evaluate`` prints its plan (``verbose=False``: silent): the passes per set, the
+methods they serve and the expected time on the device, from costs timed on a small batch of the
+user's model; :func:`plan` gives the same without running (``ood_core.api.plan``).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 
 from ood_core.api.inputs import InputError, as_source, check_compatible
-from ood_core.api.own_model import as_ood_model, check_grad_support, check_head
+from ood_core.api.own_model import as_ood_model, check_grad_support, check_head, float32_copy
+from ood_core.api.plan import Plan, make_plan, measure_costs, val_sizes
 from ood_core.cache import write_json
 from ood_core.config import load_profile, merge_settings, odin_grid
 from ood_core.data.sources import BatchSource, Preprocess
@@ -35,6 +41,7 @@ from ood_core.extraction.grid import GRID_VALUE_KEYS
 from ood_core.extraction.orchestrator import ID_TEST, LOWDIM_PREFIX, TRAIN, arrays_needed, extract_sets
 from ood_core.grads.layers import UnsupportedModuleError
 from ood_core.grads.per_sample import check_method
+from ood_core.models import OODModel
 from ood_core.reporting.table_csv import metrics_frame, write_csv
 from ood_core.reporting.tables import write_metrics_tables
 from ood_core.scores import registry
@@ -54,13 +61,17 @@ Config = str | Path | Mapping[str, Any] | None
 def study_settings(config: Config = None) -> dict[str, Any]:
     """The settings of an evaluation: ``None`` = the study's defaults (``ood_core.config.DEFAULTS``,
     with :data:`DEFAULT_SUBSPACES`); a profile name (``"demo"``) or ``.yaml`` path = that profile;
-    a mapping = overrides of the defaults (same strict key and type checks as a profile file)."""
+    a mapping = overrides of the defaults (same strict key and type checks as a profile file).
+    ``data.val.n_val`` not given (None here): 500 validation rows per scored set, half of a set with
+    fewer than 1,000 rows (``ood_core.api.plan.val_rows``), decided per set when the sizes are known."""
     if isinstance(config, (str, Path)):
         return load_profile(str(config))
     overrides: dict[str, Any] = dict(config) if isinstance(config, Mapping) else {}
     cfg = merge_settings(overrides, "config=" if config is not None else "ood_core.api.evaluation defaults")
     if "subspaces" not in (overrides.get("lowdim") or {}):
         cfg["lowdim"]["subspaces"] = {k: dict(v) for k, v in DEFAULT_SUBSPACES.items()}
+    if "n_val" not in ((overrides.get("data") or {}).get("val") or {}):
+        cfg["data"]["val"]["n_val"] = None  # the API's default split (ood_core.api.plan.val_rows)
     return cfg
 
 
@@ -94,7 +105,9 @@ class Evaluation:
     the same for every set). ``test_rows[set]``: the rows of the input those scores belong to (the
     validation rows tuned the parameters). ``arrays[set]``: the extracted per-sample arrays
     (docs/architecture.md). ``chosen``, ``skipped``: as the pipeline's chosen_hyperparams.json /
-    skipped.csv. ``settings``, ``versions``, ``seconds``: what the run used and how long it took."""
+    skipped.csv. ``settings``, ``versions``, ``seconds``: what the run used and how long it took.
+    ``plan``: the plan printed before the run; ``counts[set][pass]``: the images each pass processed
+    (``grid_cells``: image x grid-cell evaluations)."""
 
     metrics: Any  # pandas.DataFrame
     scores: dict[str, dict[str, np.ndarray]]
@@ -107,6 +120,8 @@ class Evaluation:
     seconds: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)  # the metric rows behind .metrics
     info: dict[str, Any] = field(default_factory=dict)  # the tables' caption facts (model, protocol, n_id)
+    plan: Plan | None = None  # what was planned before the run (ood_core.api.plan)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # images per pass and set, grid cells
 
     def save(self, out_dir: str | Path) -> list[Path]:
         """Write the study's tables for this evaluation to ``out_dir``: metrics.csv / .md / .tex (the
@@ -129,6 +144,93 @@ class Evaluation:
         return id_scores, self.scores[ood_set][method]
 
 
+@dataclass
+class Prepared:
+    """An evaluation's inputs, checked: settings (``data.val.n_val`` per scored set), the model
+    (float32), the sets as batch sources, the methods, the arrays they read and the notes to print."""
+
+    cfg: dict[str, Any]
+    pre: Preprocess | None
+    net: OODModel
+    sources: dict[str, BatchSource]
+    names: list[str]
+    skipped: list[dict[str, Any]]
+    needs: set[str]
+    device: torch.device
+    grad_method: str
+    notes: list[str] = field(default_factory=list)
+
+    def plan(self, probe: bool = True) -> Plan:
+        """The :class:`~ood_core.api.plan.Plan`; ``probe``: with the expected seconds (one small batch timed)."""
+        costs = None
+        if probe:
+            costs = measure_costs(
+                self.net,
+                self.sources[TRAIN],
+                self.cfg,
+                self.needs,
+                num_classes=int(self.net.head.out_features),
+                device=self.device,
+                input_std=None if self.pre is None else self.pre.std,
+                grad_method=self.grad_method,
+            )
+        lens = {name: len(src) for name, src in self.sources.items()}
+        return make_plan(self.cfg, lens, self.names, self.needs, device=self.device, costs=costs, notes=self.notes)
+
+
+def prepare(
+    model: torch.nn.Module,
+    *,
+    train: Any,
+    id_test: Any,
+    ood: Mapping[str, Any],
+    methods: Sequence[str] | None = None,
+    config: Config = None,
+    preprocess: Preprocess | Mapping[str, Any] | None = None,
+    head: str | torch.nn.Linear | None = None,
+    features: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
+    grad_method: str = "hooks",
+) -> Prepared:
+    """Read and check everything :func:`evaluate` is given (its arguments, same errors), computing nothing."""
+    cfg = study_settings(config)
+    pre = as_preprocess(preprocess, cfg, config)
+    dev = torch.device(device)
+    net, cast = float32_copy(as_ood_model(model, head=head, features=features))
+    net = net.eval().to(dev)
+    bad = [n for n in ood if n in (TRAIN, ID_TEST)]
+    if bad:
+        raise InputError(f"ood: set name(s) {bad} are reserved for the ID sets; rename them")
+    sources: dict[str, BatchSource] = {
+        TRAIN: as_source(train, name=TRAIN, preprocess=pre),
+        ID_TEST: as_source(id_test, name=ID_TEST, preprocess=pre),
+        **{name: as_source(data, name=name, preprocess=pre) for name, data in ood.items()},
+    }
+    if not ood:
+        raise InputError("ood: give at least one OOD set (name -> data)")
+    check_compatible(sources)
+    scored = {name: len(src) for name, src in sources.items() if name != TRAIN}
+    sizes = val_sizes(cfg["data"]["val"]["n_val"], scored)  # a set too small for the split fails here, named
+    if cfg["data"]["val"]["n_val"] is None:
+        cfg["data"]["val"]["n_val"] = sizes
+    probe, _ = next(iter(sources[TRAIN].batches(2, dev)))
+    check_head(net, probe)
+    if cfg["extract"]["eps_space"] == "pixel" and pre is None:
+        raise InputError("extract.eps_space 'pixel' needs preprocess= (the std the inputs were normalised with)")
+    check_method(grad_method)
+    names, skipped = _methods(net, methods if methods is not None else cfg["benchmark"]["methods"], grad_method)
+    notes = [] if cast is None else [cast]
+    return Prepared(cfg, pre, net, sources, names, skipped, arrays_needed(names), dev, grad_method, notes)
+
+
+def plan(model: torch.nn.Module, *, probe: bool = True, **inputs: Any) -> Plan:
+    """What :func:`evaluate` would compute on these inputs (its keyword arguments ``train``, ``id_test``,
+    ``ood``, ``methods``, ``config``, ``preprocess``, ``head``, ``features``, ``device``, ``grad_method``)
+    and, with ``probe``, the expected seconds from one small batch of each pass timed on the device.
+    ``print(plan(...))`` shows it as ``evaluate`` does; nothing else is computed."""
+    return prepare(model, **inputs).plan(probe=probe)
+
+
 def evaluate(
     model: torch.nn.Module,
     *,
@@ -148,13 +250,15 @@ def evaluate(
     model_name: str | None = None,
     strict: bool = True,
     grad_method: str = "hooks",
+    verbose: bool = True,
 ) -> Evaluation:
     """Every (or the given) OOD method of the study on ``model``, tuned and scored as the study does.
 
     Args:
         model: a classifier whose last layer is an ``nn.Linear`` (found automatically, or named by
             ``head="fc"``), or any module with ``features`` and ``head``; or give ``features``
-            (x -> penultimate features) and ``head`` (the ``nn.Linear``) explicitly.
+            (x -> penultimate features) and ``head`` (the ``nn.Linear``) explicitly. A float16 /
+            bfloat16 model is evaluated on a float32 copy (one line says so; the model is unchanged).
         train, id_test: the ID training data (fits: class means, KNN bank, subspaces) and the ID test
             data, with labels 0..C-1. ``ood``: OOD set name -> data. Each accepts a torch ``Dataset``
             (items ``x`` or ``(x, y)``), a ``DataLoader`` (read in index order), a float tensor or array
@@ -164,6 +268,11 @@ def evaluate(
             ``benchmark.methods``, else every method the model allows (the all-weights gradient methods
             need layers the hooks engine supports: Linear, Conv2d, BatchNorm).
         config: the settings (:func:`study_settings`): None, a profile name / YAML path, or overrides.
+            None is the papers' full 10 T x 21 eps grid on every test row and PCA / class-mean
+            subspaces fitted on every training row: the plan printed first says what that costs.
+            The ID test set and every OOD set are split into validation rows (tuning) and test rows
+            (scores): ``data.val.n_val`` (a count or a fraction), by default 500 rows per set and half
+            of a set with fewer than 1,000 rows; a set needs at least 2 rows.
         preprocess: how uint8 images become inputs (``Preprocess`` or its fields as a mapping).
         groups: OOD set -> group (near / far / ...) for the table; default "ood".
         device: where the model runs. protocol / bootstrap_n / held_out: override the settings'
@@ -173,47 +282,46 @@ def evaluate(
         grad_method: how per-sample gradients are computed: ``"hooks"`` (one batched backward; the
             layers with a rule: Linear, Conv2d with groups=1, BatchNorm) or ``"vmap"`` (torch.func:
             any layer, e.g. LayerNorm / GroupNorm, slower).
+        verbose: print the plan to stderr before starting (:func:`plan`: passes per set, the methods
+            they serve, the expected time from one small batch of each pass timed on ``device``, a
+            warning when one pass group is most of it) and the time taken at the end.
 
     Returns:
-        An :class:`Evaluation` (``.metrics`` DataFrame, ``.scores``, ``.arrays``, ...).
+        An :class:`Evaluation` (``.metrics`` DataFrame, ``.scores``, ``.arrays``, ``.plan``, ...).
 
     Raises:
         OwnModelError: the model has no usable linear head. InputError: data of an unsupported type,
-        NaN / inf inputs, sets of different shapes, ID labels outside 0..C-1. UnsupportedModuleError:
+        NaN / inf inputs, sets of different shapes, ID labels outside 0..C-1, a set too small for
+        its validation / test split (named, with the minimum). UnsupportedModuleError:
         a requested all-weights gradient method on a layer the hooks engine cannot handle (it names
         the layer; ``grad_method="vmap"`` handles it). ConfigError: bad settings. KeyError: an unknown method name.
     """
     t0 = time.perf_counter()
-    cfg = study_settings(config)
-    pre = as_preprocess(preprocess, cfg, config)
+    prep = prepare(
+        model,
+        train=train,
+        id_test=id_test,
+        ood=ood,
+        methods=methods,
+        config=config,
+        preprocess=preprocess,
+        head=head,
+        features=features,
+        device=device,
+        grad_method=grad_method,
+    )
+    the_plan = prep.plan(probe=verbose)
+    if verbose:
+        print(the_plan, file=sys.stderr, flush=True)
+    cfg, pre, net, names, needs = prep.cfg, prep.pre, prep.net, prep.names, prep.needs
     bench = cfg["benchmark"]
-    device = torch.device(device)
-    net = as_ood_model(model, head=head, features=features).eval().to(device)
-    bad = [n for n in ood if n in (TRAIN, ID_TEST)]
-    if bad:
-        raise InputError(f"ood: set name(s) {bad} are reserved for the ID sets; rename them")
-    sources: dict[str, BatchSource] = {
-        TRAIN: as_source(train, name=TRAIN, preprocess=pre),
-        ID_TEST: as_source(id_test, name=ID_TEST, preprocess=pre),
-        **{name: as_source(data, name=name, preprocess=pre) for name, data in ood.items()},
-    }
-    if not ood:
-        raise InputError("ood: give at least one OOD set (name -> data)")
-    check_compatible(sources)
-    probe, _ = next(iter(sources[TRAIN].batches(2, device)))
-    check_head(net, probe)
-    if cfg["extract"]["eps_space"] == "pixel" and pre is None:
-        raise InputError("extract.eps_space 'pixel' needs preprocess= (the std the inputs were normalised with)")
-    check_method(grad_method)
-    names, skipped = _methods(net, methods if methods is not None else bench["methods"], grad_method)
-    needs = arrays_needed(names)
     sets = extract_sets(
         net,
-        sources,
+        prep.sources,
         cfg,
         needs=needs,
         num_classes=int(net.head.out_features),
-        device=device,
+        device=prep.device,
         input_std=None if pre is None else pre.std,
         grad_method=grad_method,
     )
@@ -253,19 +361,42 @@ def evaluate(
         "bootstrap_n": int(bench["bootstrap"] if bootstrap_n is None else bootstrap_n),
         "title": f"own model / {data.meta['model']}",
     }
-    return Evaluation(
+    out = Evaluation(
         rows=res.rows,
         info=info,
         metrics=metrics_frame(res.rows),
         scores=res.scores,
         test_rows={name: split.test for name, split in sets.splits.items()},
         chosen=res.chosen,
-        skipped=skipped + res.skipped,
+        skipped=prep.skipped + res.skipped,
         arrays=sets.arrays,
         settings=cfg,
         versions=versions(),
         seconds={"extract": sets.seconds, "benchmark": time.perf_counter() - t1, "total": time.perf_counter() - t0},
+        plan=the_plan,
+        counts=work_counts(sets.timings),
     )
+    if verbose:
+        print(_took(out.seconds, the_plan), file=sys.stderr, flush=True)
+    return out
+
+
+def work_counts(timings: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """{set: {component: images}} plus ``grid_cells`` (image x cell evaluations) from the orchestrator's timings."""
+    return {
+        name: {
+            "grid_cells": int(t.get("_grid_cells", 0)),
+            **{c: int(v["n"]) for c, v in t.items() if c != "_grid_cells"},
+        }
+        for name, t in timings.items()
+    }
+
+
+def _took(seconds: Mapping[str, Any], the_plan: Plan) -> str:
+    """The closing line: seconds taken, beside the plan's expectation."""
+    extract = sum(sum(v.values()) for v in seconds["extract"].values())
+    expected = "" if the_plan.seconds is None else f" (expected {the_plan.seconds:.1f} s)"
+    return f"evaluate: took {seconds['total']:.1f} s: extraction {extract:.1f} s{expected}, scores {seconds['benchmark']:.1f} s"
 
 
 def _needs_all_weight_gradients(method: str) -> bool:

@@ -28,7 +28,7 @@ from ood_core.grads.runtime import eval_mode, model_device_dtype
 from ood_core.grads.selection import ParamSpec, resolve_params
 from ood_core.models import OODModel
 
-__all__ = ["LinearHeadModel", "OwnModelError", "as_ood_model", "check_grad_support", "check_head"]
+__all__ = ["LinearHeadModel", "OwnModelError", "as_ood_model", "check_grad_support", "check_head", "float32_copy"]
 
 RTOL, ATOL = 1e-5, 1e-6  # model(x) vs head(features(x)) on the probe batch, eval mode
 
@@ -243,3 +243,29 @@ def check_grad_support(model: nn.Module, params: ParamSpec = "all", *, x: torch.
         if "grad_method='vmap'" not in msg:  # pragma: no cover - every engine message names vmap
             msg += " Use grad_method='vmap'."
         raise UnsupportedModuleError(msg) from None
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def float32_copy(model: OODModel) -> tuple[OODModel, str | None]:
+    """``model`` itself when no parameter or buffer is float16 / bfloat16; else a float32 copy (the
+    user's model is left as it is) and the line saying so. Per-sample gradient norms are sums of
+    squares over every weight, which overflow float16 (max 65504) and lose digits in bfloat16; the
+    copy's forward scores are those of the float32 model. A ``features=`` function that is neither a
+    module nor a module's method cannot be copied with the model: OwnModelError asks for a float32 model."""
+    tensors = [*model.parameters(), *model.buffers()]
+    half = sorted({str(t.dtype).replace("torch.", "") for t in tensors if t.dtype in HALF_DTYPES})
+    if not half:
+        return model, None
+    fn = getattr(model, "features_fn", None)
+    if fn is not None and not isinstance(fn, nn.Module) and not isinstance(getattr(fn, "__self__", None), nn.Module):
+        raise OwnModelError(
+            f"the model is {'/'.join(half)} and features= is a plain function that cannot be cast with it: "
+            "pass model.float() (the gradient passes run in float32)"
+        )
+    copy32 = copy.deepcopy(model).float()
+    return (
+        copy32,
+        f"note: the model is {'/'.join(half)}; evaluated on a float32 copy (per-sample gradient norms overflow float16)",
+    )

@@ -94,9 +94,11 @@ def check_class_labels(name: str, y: np.ndarray, num_classes: int) -> None:
 
 
 def study_split(cfg: Mapping[str, Any], name: str, n: int) -> Split:
-    """The validation / test split of scored set ``name`` (``n`` rows) under ``cfg['data']['val']``."""
+    """The validation / test split of scored set ``name`` (``n`` rows) under ``cfg['data']['val']``
+    (``n_val``: a count, a fraction, or {set: count} as the API gives it)."""
     val = cfg["data"]["val"]
-    return Split(*set_split(name, n, val["n_val"], val["seed"]))
+    n_val = val["n_val"][name] if isinstance(val["n_val"], Mapping) else val["n_val"]
+    return Split(*set_split(name, n, n_val, val["seed"]))
 
 
 def set_role(name: str, val_oods: Sequence[str]) -> str:
@@ -350,7 +352,8 @@ def extract_sets(
         else:
             data = loaded.pop(name)
             n = len(data)
-            val_rows = split_of(cfg, name, n, list(sources), val_oods).val if mode == "selected" else None
+            selected = mode == "selected" and role != "train"
+            val_rows = split_of(cfg, name, n, list(sources), val_oods).val if selected else None
             if role == "train" or (val_rows is not None and len(val_rows) == n):
                 val_rows = None  # no grid (train), or the whole grid on every row (a validation set)
             kw: dict[str, Any] = dict(role=role, subspaces=subspaces, input_std=input_std, grad_method=grad_method)
@@ -547,7 +550,10 @@ def _fill_selected_cells(
                 {o: arrays[o] for o in oods},
                 {o: out.splits[o] for o in oods},
                 val_oods={o: (arrays[o], out.splits[o]) for o in val_oods},
-            )
+                methods=[
+                    m for m in registry.names(uses_grid=True) if set(registry.get(m).needs) <= set(arrays[id_val])
+                ],
+            )  # the grid methods whose arrays were extracted (the API may ask for a few)
             if log:
                 log(
                     f"grid cells selected on validation rows: {int(need.sum())} of {need.size} "
