@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in END_TO_END_MODULES:
             item.add_marker(pytest.mark.e2e)
+
+
+def toy_model() -> Any:
+    """A plain torch classifier (conv, BN, pooling, linear head; 3 classes) in eval mode, seeded."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def toy_data(n: int, seed: int, shift: float = 0.0) -> tuple[Any, Any]:
+    """n random 1 x 8 x 8 inputs (shifted by ``shift``) and labels 0..2, seeded."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g) + shift, torch.randint(0, 3, (n,), generator=g)

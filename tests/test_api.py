@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from conftest import toy_data, toy_model
 
 from ood_core.api.detector import Detector
 from ood_core.api.evaluation import evaluate, study_settings
@@ -99,21 +100,6 @@ def test_evaluate_equals_the_pipelines_metrics_csv(tmp_path, grid_points):
 
 
 # ------------------------------------------------------------------------------ small, fast cases
-def _toy_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval()
-
-
-def _toy_data(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g) + shift, torch.randint(0, 3, (n,), generator=g)
 
 
 FAST = {
@@ -124,12 +110,12 @@ FAST = {
 
 
 def test_evaluate_on_a_plain_torch_model_and_tensors(tmp_path):
-    model = _toy_model()
+    model = toy_model()
     ev = evaluate(
         model,
-        train=_toy_data(48, 0),
-        id_test=_toy_data(40, 1),
-        ood={"shifted": _toy_data(30, 2, shift=3.0)[0]},
+        train=toy_data(48, 0),
+        id_test=toy_data(40, 1),
+        ood={"shifted": toy_data(30, 2, shift=3.0)[0]},
         methods=["msp", "energy", "knn", "grodin_g", "lowdim_knn"],
         config=FAST,
     )
@@ -144,9 +130,9 @@ def test_evaluate_on_a_plain_torch_model_and_tensors(tmp_path):
 
 
 def test_evaluate_takes_the_tuning_protocol():
-    model = _toy_model()
-    tr, te = _toy_data(32, 0), _toy_data(32, 1)
-    ood = {"a": _toy_data(24, 2, shift=1.0)[0], "b": _toy_data(24, 3, shift=2.0)[0]}
+    model = toy_model()
+    tr, te = toy_data(32, 0), toy_data(32, 1)
+    ood = {"a": toy_data(24, 2, shift=1.0)[0], "b": toy_data(24, 3, shift=2.0)[0]}
     ev = evaluate(model, train=tr, id_test=te, ood=ood, methods=["energy", "odin"], config=FAST,
                   protocol="held_out_ood", held_out="a")  # fmt: skip
     assert set(ev.metrics["protocol"]) == {"held_out_ood"}
@@ -155,9 +141,9 @@ def test_evaluate_takes_the_tuning_protocol():
 
 
 def test_detector_scores_equal_the_registry_on_extracted_arrays():
-    model = _toy_model()
-    x_train, y_train = _toy_data(48, 0)
-    x = _toy_data(20, 3)[0]
+    model = toy_model()
+    x_train, y_train = toy_data(48, 0)
+    x = toy_data(20, 3)[0]
     det = Detector("energy", model).fit((x_train, y_train))
     with torch.no_grad():
         logits = model(x).double()
@@ -169,14 +155,14 @@ def test_detector_scores_equal_the_registry_on_extracted_arrays():
 
 def test_detector_refuses_unknown_parameters_and_scoring_before_fit():
     with pytest.raises(TypeError, match="unknown parameter"):
-        Detector("energy", _toy_model(), temperature=2.0)
+        Detector("energy", toy_model(), temperature=2.0)
     with pytest.raises(RuntimeError, match="fit"):
-        Detector("knn", _toy_model()).score(torch.zeros(2, 1, 8, 8))
+        Detector("knn", toy_model()).score(torch.zeros(2, 1, 8, 8))
 
 
 def test_evaluate_errors_name_the_problem():
-    model = _toy_model()
-    tr, te = _toy_data(24, 0), _toy_data(24, 1)
+    model = toy_model()
+    tr, te = toy_data(24, 0), toy_data(24, 1)
     with pytest.raises(InputError, match="reserved"):
         evaluate(model, train=tr, id_test=te, ood={"train": te[0]}, methods=["msp"], config=FAST)
     x_nan = te[0].clone()
@@ -200,7 +186,7 @@ def test_unsupported_layer_names_it_or_is_skipped_by_default():
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
     )
-    tr, te = _toy_data(24, 0), _toy_data(24, 1)
+    tr, te = toy_data(24, 0), toy_data(24, 1)
     with pytest.raises(UnsupportedModuleError, match="1.*vmap"):
         evaluate(model, train=tr, id_test=te, ood={"o": te[0] + 2}, methods=["grodin_g"], config=FAST)
     ev = evaluate(model, train=tr, id_test=te, ood={"o": te[0] + 2}, config={**FAST, "lowdim": {"enabled": False}})
@@ -209,8 +195,8 @@ def test_unsupported_layer_names_it_or_is_skipped_by_default():
 
 
 def test_grad_method_vmap_matches_hooks_and_handles_any_layer():
-    model = _toy_model()
-    tr, te, o = _toy_data(32, 0), _toy_data(32, 1), _toy_data(32, 2, shift=2.0)[0]
+    model = toy_model()
+    tr, te, o = toy_data(32, 0), toy_data(32, 1), toy_data(32, 2, shift=2.0)[0]
     methods = ["grodin_g", "gradnorm_allweights", "lowdim_knn"]
     kw = dict(train=tr, id_test=te, ood={"o": o}, methods=methods, config=FAST)
     hooks, vmap = evaluate(model, **kw), evaluate(model, grad_method="vmap", **kw)

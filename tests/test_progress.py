@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+from conftest import toy_data, toy_model
 
 from ood_core.progress import ExtractPlan, StageProgress, estimate_seconds
 
@@ -63,23 +64,6 @@ def test_a_short_library_pass_prints_nothing_in_a_file():
     assert out.getvalue() == ""
 
 
-def _toy_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval()
-
-
-def _toy_data(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g) + shift, torch.randint(0, 3, (n,), generator=g)
-
-
 @pytest.mark.parametrize("points", ["grid", "selected"])
 def test_extract_plan_is_the_work_the_passes_report(points, monkeypatch, capsys):
     from ood_core.api.evaluation import study_settings
@@ -105,13 +89,13 @@ def test_extract_plan_is_the_work_the_passes_report(points, monkeypatch, capsys)
         }
     )
     sources = {
-        "train": as_source(_toy_data(48, 0), name="train"),
-        "id_test": as_source(_toy_data(40, 1), name="id_test"),
-        "o": as_source(_toy_data(30, 2, 3.0)[0], name="o"),
+        "train": as_source(toy_data(48, 0), name="train"),
+        "id_test": as_source(toy_data(40, 1), name="id_test"),
+        "o": as_source(toy_data(30, 2, 3.0)[0], name="o"),
     }
     plans: list[ExtractPlan] = []
     extract_sets(
-        as_ood_model(_toy_model()), sources, cfg, num_classes=3, device=torch.device("cpu"), on_plan=plans.append
+        as_ood_model(toy_model()), sources, cfg, num_classes=3, device=torch.device("cpu"), on_plan=plans.append
     )
     (plan,) = plans
     # 48 rows x (4 PCA passes + 1 class-mean pass + 1 whitening pass); 118 rows; 70 rows x 4 cells
@@ -129,7 +113,7 @@ def test_training_counts_epochs_x_steps_and_keeps_the_epoch_lines():
     from ood_core.train import train_model
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    x, y = _toy_data(40, 0)
+    x, y = toy_data(40, 0)
     cfg = {**DEFAULTS["train"], "epochs": 2, "batch_size": 16}
     out = io.StringIO()
     shown = StageProgress("train", 2 * 3, unit="step", stream=out, mode="lines")
