@@ -1,6 +1,6 @@
-"""The README's examples run as written: every ```python block (each in a fresh namespace, in one
-subprocess started outside the repository, so only the installed package is importable), and every
-```yaml block is a profile the config loader accepts."""
+"""The examples of README.md and CONTRIBUTING.md run as written: every ```python block (each in a
+fresh namespace, in one subprocess started outside the repository, so only the installed package is
+importable), and every ```yaml block is a profile the config loader accepts."""
 
 from __future__ import annotations
 
@@ -15,32 +15,37 @@ import pytest
 from ood_core.config import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "CONTRIBUTING.md")
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
 RUNNER = r"""
 import json, sys, traceback
 blocks = json.load(open(sys.argv[1]))
-for line, code in blocks:
+for where, code in blocks:
     try:
-        exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__main__"})
+        exec(compile(code, where, "exec"), {"__name__": "__main__"})
     except Exception:
         traceback.print_exc()
-        sys.exit(f"README.md: the python block at line {line} failed")
-print(f"{len(blocks)} README python blocks ran")
+        sys.exit(f"{where}: this python block failed")
+print(f"{len(blocks)} python blocks ran")
 """
 
 
-def readme_blocks(language: str) -> list[tuple[int, str]]:
-    """(first line number, code) of every fenced block of ``language`` in README.md."""
-    text = (REPO / "README.md").read_text()
-    return [(text[: m.start()].count("\n") + 2, m.group(2)) for m in BLOCK.finditer(text) if m.group(1) == language]
+def readme_blocks(language: str) -> list[tuple[str, str]]:
+    """("<file>:<first line>", code) of every fenced block of ``language`` in README.md and CONTRIBUTING.md."""
+    out = []
+    for name in DOCS:
+        text = (REPO / name).read_text()
+        for m in BLOCK.finditer(text):
+            if m.group(1) == language:
+                out.append((f"{name}:{text[: m.start()].count(chr(10)) + 2}", m.group(2)))
+    return out
 
 
 def test_readme_has_the_own_model_examples():
     code = "\n".join(c for _, c in readme_blocks("python"))
-    assert (
-        "from ood_core.api.evaluation import evaluate" in code and "from ood_core.api.detector import Detector" in code
-    )
+    assert "from ood_core import evaluate" in code and "from ood_core import Detector" in code
+    assert "register(" in code  # CONTRIBUTING.md's "Adding a score" runs too
 
 
 @pytest.mark.slow
@@ -66,4 +71,4 @@ def test_every_yaml_block_of_the_readme_is_a_valid_profile(tmp_path):
         path = tmp_path / f"readme_{i}.yaml"
         path.write_text(text)
         cfg = load_profile(str(path))  # unknown keys or wrong types raise ConfigError
-        assert cfg["data"]["ood"], f"README.md:{line}"
+        assert cfg["data"]["ood"], line
