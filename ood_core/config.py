@@ -317,7 +317,30 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> dict[str, 
     if not cfg["data"]["ood"]:
         raise ConfigError(f"{path}: 'data.ood' lists no OOD set")
     check_validation(cfg, str(path))
+    check_method_names(cfg, str(path))
     return cfg
+
+
+def check_method_names(cfg: Mapping[str, Any], source: str) -> None:
+    """Every method named in ``benchmark.methods`` / ``benchmark.paired`` is a registered score (one
+    line naming the option and the unknown names), so a typo fails before any stage runs."""
+    bench = cfg["benchmark"]
+    named = {"benchmark.methods": list(bench.get("methods") or [])}
+    named["benchmark.paired"] = [
+        m for item in bench.get("paired") or [] for m in ([item] if isinstance(item, str) else item)
+    ]
+    if not any(named.values()):
+        return
+    from ood_core.scores import registry  # the score modules load only when a profile names methods
+
+    known = set(registry.names())
+    for option, names in named.items():
+        unknown = [m for m in names if m not in known]
+        if unknown:
+            raise ConfigError(
+                f"{source}: {option} names unknown method(s) {unknown}; "
+                "the registered ones: python -m analysis.score --list"
+            )
 
 
 def validation_sets(cfg: Mapping[str, Any]) -> dict[str, dict]:

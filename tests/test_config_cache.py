@@ -385,3 +385,14 @@ def test_second_run_on_a_cache_dir_waits_for_the_lock_and_says_so(tmp_path):
     assert events == ["first in", "first out", "second in"]
     said = out.getvalue().strip().splitlines()
     assert len(said) == 1 and "in use by another run" in said[0] and "waiting" in said[0], said
+
+
+def test_unknown_method_names_fail_when_the_profile_loads():
+    """A typo in benchmark.methods / benchmark.paired is one line at load time, before any stage runs."""
+    from ood_core.config import ConfigError, load_profile
+
+    with pytest.raises(ConfigError, match=r"benchmark.methods names unknown method\(s\) \['knnn'\]"):
+        load_profile("demo", {"benchmark": {"methods": ["msp", "knnn"]}})
+    with pytest.raises(ConfigError, match=r"benchmark.paired names unknown method\(s\) \['grodn_g'\]"):
+        load_profile("demo", {"benchmark": {"paired": [["knn", "grodn_g"]]}})
+    assert load_profile("demo", {"benchmark": {"methods": ["msp", "knn"]}})["benchmark"]["methods"] == ["msp", "knn"]
