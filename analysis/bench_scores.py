@@ -14,6 +14,10 @@ Methods (per batch size unless marked *loop*):
   main_pass_fused      the extraction's main pass: h, logits, all-weights KL norm, projections on an
                        all-weights and a last-block basis from one forward per chunk
   main_pass_separate   the same quantities from a forward and three separate gradient passes
+  activation_grads     NAC-UE / GAIA arrays: one forward, one backward per loss to the activations
+  grid_cell            one ODIN / GRODIN grid cell (T = 1000, eps = 0.0014): the T backward at x, the
+                       perturbed forward + all-weights norm backward
+  grid_cell_iodin      the same cell with iODIN's value (one more forward at the one-element step)
   loop_gradnorm_last   *loop*, batch 1: torch.autograd.grad per image, last-layer GradNorm
   loop_grodin_allw     *loop*, batch 1: torch.autograd.grad per image, all-weights GRODIN
 Speed-up: lastlayer_closed vs loop_gradnorm_last; grodin_allw_* vs loop_grodin_allw. With
@@ -46,7 +50,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ood_core.grads import ce_pred_delta, energy_delta, per_sample_sq_norms  # noqa: E402
+from ood_core.grads import ce_pred_delta, energy_delta, grodin_grid, per_sample_sq_norms  # noqa: E402
+from ood_core.grads.activations import activation_arrays  # noqa: E402
 from ood_core.grads.lowdim import HEAD_NAMES, head_grads_closed_form, whiten  # noqa: E402
 from ood_core.models import build_model  # noqa: E402
 
@@ -250,9 +255,18 @@ def methods_for(model, x, dev, bf16):
     def vmap():
         per_sample_sq_norms(model, x, ce_pred_delta(1.0), method="vmap", amp_dtype=amp)
 
+    def activation_grads():
+        activation_arrays(model, x)
+
+    def grid_cell(iodin: bool):
+        return lambda: grodin_grid(model, x, [1000.0], [0.0014], chunk=x.shape[0], amp_dtype=amp, iodin=iodin)
+
     return {
         "forward": forward,
         "fwd_bwd": fwd_bwd,
+        "activation_grads": activation_grads,
+        "grid_cell": grid_cell(False),
+        "grid_cell_iodin": grid_cell(True),
         "lastlayer_closed": _lastlayer_fn(model, x, dev, bf16),
         "lowdim_last_closed": lowdim_last,
         "grodin_allw_hooks": hooks,
