@@ -23,6 +23,7 @@ log = logging.getLogger("analysis.costs")
 COMPONENT_OF = {
     "odin_s": "grodin_one_grid_point",
     "grodin_sqnorm": "grodin_one_grid_point",
+    "iodin_s": "grodin_one_grid_point",
     "kl_allw_sqnorm": "kl_allweights",
     "gaia_z": "activation_grads",
     "gaia_a": "activation_grads",
