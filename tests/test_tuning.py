@@ -331,3 +331,15 @@ def test_params_key_is_order_free_and_keeps_value_types():
     assert params_key({"k": [1, 2]}) == params_key({"k": (1, 2)}) == params_key({"k": np.array([1, 2])})
     assert len({params_key({"k": v}) for v in (1, 1.0, True, "1", None)}) == 5
     hash(params_key({"m": {"a": [1, {"b": 2}]}}))
+
+
+def test_a_training_set_too_small_for_the_fits_is_one_line():
+    from ood_core.evaluation.benchmark import check_training_rows
+
+    with pytest.raises(
+        ValueError, match=r"training set 'train': the fits need at least 2 rows per class \(class 0 has 1\)"
+    ):
+        check_training_rows("train", np.array([0]))
+    with pytest.raises(ValueError, match=r"class 2 has 1"):
+        check_training_rows("train", np.array([0, 0, 1, 1, 2]))
+    check_training_rows("train", np.array([0, 0, 1, 1]))  # enough

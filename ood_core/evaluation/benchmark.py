@@ -167,6 +167,25 @@ class MethodsResult:
     held_out: str | None = None  # the set tuned on under held_out_ood
 
 
+MIN_TRAIN_ROWS_PER_CLASS = 2  # a class mean and a spread, a nearest neighbour other than the row itself
+
+
+def check_training_rows(name: str, y: np.ndarray | None) -> None:
+    """Raise ``ValueError`` (one line naming the set and the minimum) unless every class present in
+    the training labels ``y`` has at least ``MIN_TRAIN_ROWS_PER_CLASS`` rows: with fewer, the fitted
+    statistics (class means, covariances, nearest-neighbour banks) give meaningless scores silently."""
+    if y is None:
+        return
+    y = np.asarray(y).ravel()
+    labels, counts = np.unique(y[y >= 0], return_counts=True)
+    few = [(int(c), int(n)) for c, n in zip(labels, counts) if n < MIN_TRAIN_ROWS_PER_CLASS]
+    if len(y) < MIN_TRAIN_ROWS_PER_CLASS or few:
+        detail = f"class {few[0][0]} has {few[0][1]}" if few else f"it has {len(y)}"
+        raise ValueError(
+            f"training set '{name}': the fits need at least {MIN_TRAIN_ROWS_PER_CLASS} rows per class ({detail})"
+        )
+
+
 def run_methods(
     data: BenchmarkData,
     methods: Sequence[str] | None = None,
@@ -192,6 +211,7 @@ def run_methods(
     names = list(registry.names()) if methods is None else list(methods)
     for m in names:
         registry.get(m)  # unknown names fail loudly, listing the known ones
+    check_training_rows(data.train_name, data.train.get("y"))
     fits = FitCache(data.train) if fits is None else fits
     out = MethodsResult(scores={ds: {} for ds in [data.id_name, *data.ood_names]}, held_out=held_out)
     shown = StageProgress("benchmark", len(names), unit="method", leave=False)
