@@ -7,25 +7,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import toy_data, toy_model
 
 from ood_core.api.evaluation import evaluate, plan, study_settings
 from ood_core.api.inputs import InputError
 from ood_core.api.own_model import OwnModelError
 from ood_core.api.plan import API_N_VAL, WARN_MIN_SECONDS, Costs, make_plan, min_rows, val_rows
 from ood_core.extraction.orchestrator import arrays_needed
-from tests.test_api import FAST, _toy_data, _toy_model
+from tests.test_api import FAST
 
 METHODS = ["msp", "knn", "odin", "grodin_g", "gradnorm_allweights", "lowdim_knn", "gaia_z"]
 
 
 def _inputs(**config) -> dict:
     cfg = {**FAST, "extract": {**FAST["extract"], **config}}
-    ood = {"near": _toy_data(30, 2, shift=1.0)[0], "far": _toy_data(26, 3, shift=3.0)[0]}
-    return dict(train=_toy_data(48, 0), id_test=_toy_data(40, 1), ood=ood, methods=METHODS, config=cfg)
+    ood = {"near": toy_data(30, 2, shift=1.0)[0], "far": toy_data(26, 3, shift=3.0)[0]}
+    return dict(train=toy_data(48, 0), id_test=toy_data(40, 1), ood=ood, methods=METHODS, config=cfg)
 
 
 def test_the_plans_counts_are_the_work_the_passes_do(capsys):
-    ev = evaluate(_toy_model(), verbose=True, **_inputs())
+    ev = evaluate(toy_model(), verbose=True, **_inputs())
     assert ev.plan is not None and ev.plan.counts() == ev.counts
     assert ev.counts["near"]["grid_cells"] == 30 * 4 and "grodin_grid" not in ev.counts["train"]
     err = capsys.readouterr().err
@@ -42,7 +43,7 @@ def test_the_plans_counts_are_the_work_the_passes_do(capsys):
 
 
 def test_selected_cells_stay_within_the_plans_bound():
-    ev = evaluate(_toy_model(), verbose=False, **_inputs(grodin_test_points="selected", odin_T=[1, 10, 100]))
+    ev = evaluate(toy_model(), verbose=False, **_inputs(grodin_test_points="selected", odin_T=[1, 10, 100]))
     planned = ev.plan.counts()
     for name, done in ev.counts.items():
         for comp in ("forward", "kl_allweights", "lowdim_pca", "activation_grads", "grodin_grid"):
@@ -77,7 +78,7 @@ def test_the_warning_names_the_dominant_pass_group_and_its_option():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_a_half_precision_model_runs_on_a_float32_copy(dtype, capsys):
-    model = _toy_model().to(dtype)
+    model = toy_model().to(dtype)
     kw = _inputs()
     assert any("float32 copy" in n for n in plan(model, probe=False, **kw).notes)
     if dtype == torch.bfloat16:
@@ -85,7 +86,7 @@ def test_a_half_precision_model_runs_on_a_float32_copy(dtype, capsys):
     ev = evaluate(model, **kw)
     assert "float32 copy" in capsys.readouterr().err
     assert all(p.dtype == dtype for p in model.parameters())  # the user's model is unchanged
-    ref = evaluate(_toy_model().to(dtype).float(), verbose=False, **kw)
+    ref = evaluate(toy_model().to(dtype).float(), verbose=False, **kw)
     for key in ("logits", "grodin_sqnorm", "kl_allw_sqnorm", "lowdim_pca"):
         np.testing.assert_array_equal(ev.arrays["far"][key], ref.arrays["far"][key])
     with pytest.raises(OwnModelError, match="float16.*model.float"):
@@ -95,12 +96,12 @@ def test_a_half_precision_model_runs_on_a_float32_copy(dtype, capsys):
 def test_the_default_split_is_the_studys_and_small_sets_are_named():
     assert val_rows(10_000, None) == API_N_VAL and val_rows(1_000, None) == 500 and val_rows(40, None) == 20
     assert val_rows(40, 0.2) == 8 and val_rows(40, 12) == 12
-    big = {"train": _toy_data(48, 0), "id_test": _toy_data(1200, 1), "ood": {"o": _toy_data(64, 2)[0]}}
-    p = plan(_toy_model(), probe=False, methods=["msp"], **big)
+    big = {"train": toy_data(48, 0), "id_test": toy_data(1200, 1), "ood": {"o": toy_data(64, 2)[0]}}
+    p = plan(toy_model(), probe=False, methods=["msp"], **big)
     assert p.val == {"id_test": 500, "o": 32} and "500 rows per set" in str(p)
-    kw = dict(train=_toy_data(48, 0), id_test=_toy_data(40, 1), methods=["msp"])
+    kw = dict(train=toy_data(48, 0), id_test=toy_data(40, 1), methods=["msp"])
     with pytest.raises(InputError, match="set 'tiny' has 1 row.*at least 2 rows"):
-        plan(_toy_model(), probe=False, ood={"tiny": _toy_data(1, 2)[0]}, **kw)
+        plan(toy_model(), probe=False, ood={"tiny": toy_data(1, 2)[0]}, **kw)
     with pytest.raises(InputError, match="set 'id_test' has 40 row.*n_val = 50.*at least 51 rows"):
-        plan(_toy_model(), probe=False, ood={"o": _toy_data(60, 2)[0]}, config={"data": {"val": {"n_val": 50}}}, **kw)
+        plan(toy_model(), probe=False, ood={"o": toy_data(60, 2)[0]}, config={"data": {"val": {"n_val": 50}}}, **kw)
     assert min_rows(0.2) == 3 and min_rows(None) == 2
