@@ -4,7 +4,9 @@
 
 Each ``notebooks/NN_*.ipynb`` runs with parameters (profile, analysis_dir, fig_dir, seed, plus the
 profile's ``notebooks.params.<notebook>`` knobs) into ``cache/<profile>/notebooks/``; figures go to
-``figures/<profile>/``. A notebook whose inputs (its own source, meta.json, metrics.csv,
+``figures/<profile>/``, all at once: the notebooks write into ``cache/<profile>/notebooks_staging/``
+and the stage moves their files over only when every notebook has run, so a failed or killed run
+never leaves a mix of new and old figures (a rerun finds the finished notebooks' figures staged). A notebook whose inputs (its own source, meta.json, metrics.csv,
 chosen_hyperparams.json, the library code under ``ood_core/``) are unchanged since its last successful
 run is skipped.
 
@@ -34,6 +36,7 @@ from .common import REPO, Context, add_common_args, make_context, record_run
 NOTEBOOK_DIR = REPO / "notebooks"
 KERNEL = "python3"
 SCRATCH = "scratch"  # cache/<profile>/scratch: fig_dir of a notebook run by hand with its defaults
+STAGING = "notebooks_staging"  # cache/<profile>/notebooks_staging: the notebooks' fig_dir until all ran
 # the benchmark's outputs that notebooks read from their fig_dir (03: chosen_hyperparams.json;
 # 04: metrics.csv; 05: the rest)
 TABLE_PATTERNS = (
@@ -133,12 +136,14 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
         *library_sources(),
     )
     seed_scratch(ctx.fig_dir, ctx.cache_dir / SCRATCH)
+    staging = ctx.cache_dir / STAGING
+    tables = {p.name for p in seed_scratch(ctx.fig_dir, staging)}
     done = []
     for nb in notebook_paths(only):
         params = {
             "profile": ctx.profile,
             "analysis_dir": str(ctx.analysis_dir),
-            "fig_dir": str(ctx.fig_dir),
+            "fig_dir": str(staging),
             "seed": int(ctx.cfg["seed"]),
             **ctx.cfg["notebooks"]["params"].get(nb.stem, {}),
         }
@@ -149,23 +154,46 @@ def run(ctx: Context, only: list[str] | None = None) -> list[Path]:
         t = time.perf_counter()
         out = out_dir / nb.name
         tmp = out.with_name(f".{out.name}.tmp.ipynb")
-        pm.execute_notebook(
-            str(nb),
-            str(tmp),
-            parameters=params,
-            kernel_name=KERNEL,
-            cwd=str(NOTEBOOK_DIR),
-            progress_bar=False,
-            kernel_manager_class=quiet_kernel_manager(),
-            extra_arguments=list(KERNEL_ARGS),
-        )
-        tmp.replace(out)
+        try:
+            pm.execute_notebook(
+                str(nb),
+                str(tmp),
+                parameters=params,
+                kernel_name=KERNEL,
+                cwd=str(NOTEBOOK_DIR),
+                progress_bar=False,
+                kernel_manager_class=quiet_kernel_manager(),
+                extra_arguments=list(KERNEL_ARGS),
+            )
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
         stamps[nb.stem] = stamp
         write_json(stamps_path, stamps)
         print(f"[notebooks] {nb.name} in {time.perf_counter() - t:.1f}s -> {out}")
         done.append(out)
+    published = publish(staging, ctx.fig_dir, tables)
+    if published:
+        print(f"[notebooks] {len(published)} figure files -> {ctx.fig_dir}")
     record_run(ctx, "notebooks", time.perf_counter() - t0, {"executed": [p.name for p in done]})
     return done
+
+
+def publish(staging: Path, fig_dir: Path, tables: set[str]) -> list[Path]:
+    """Move every file the notebooks wrote into ``staging`` (not the benchmark ``tables`` copied
+    there for them) into ``fig_dir``, each by an atomic replace; returns the files moved."""
+    moved: list[Path] = []
+    if not staging.is_dir():
+        return moved
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(p for p in staging.iterdir() if p.is_file() and p.name not in tables):
+        dst = fig_dir / src.name
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+        src.unlink()
+        moved.append(dst)
+    return moved
 
 
 def main(argv: list[str] | None = None) -> None:

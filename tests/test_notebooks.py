@@ -587,3 +587,47 @@ def test_notebook_stage_is_quiet_and_leaves_tables_for_runs_by_hand(tmp_path):
     assert not noisy, "noise in a successful notebook stage:\n" + "\n".join(noisy)
     for name in ("metrics.csv", "metrics.md", "sweep_odin.csv", "chosen_hyperparams.json"):
         assert (cache / SCRATCH / name).read_bytes() == (fig_dir / name).read_bytes(), name
+
+
+def test_a_failed_notebook_run_leaves_the_figures_as_they_were(tmp_path, monkeypatch):
+    """The notebooks write into a staging folder; the figures move to fig_dir only when every notebook
+    has run: a failure in the second leaves fig_dir's old set whole and no temporary file; the rerun
+    skips the finished notebook and publishes both notebooks' figures."""
+    import argparse
+
+    import papermill
+
+    from analysis import notebooks as stage
+    from analysis.common import make_context
+
+    analysis_dir, fig_dir = make_tiny_analysis_cache(tmp_path / "t", seed=0)
+    (fig_dir / "a.png").write_bytes(b"old a")
+    calls: list[str] = []
+
+    def fake_execute(src, out, parameters, **_):
+        calls.append(Path(src).stem)
+        Path(parameters["fig_dir"], f"{Path(src).stem}.png").write_bytes(b"new")
+        Path(out).write_text("{}")
+        if Path(src).stem == "05_benchmark" and calls.count("05_benchmark") == 1:
+            raise RuntimeError("the second notebook fails")
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setattr(stage, "ensure_kernel", lambda: None)
+    args = argparse.Namespace(
+        profile="demo",
+        analysis_dir=str(analysis_dir),
+        fig_dir=str(fig_dir),
+        cache_dir=str(tmp_path / "c"),
+        data_root=None,
+        device="cpu",
+        force=False,
+    )
+    ctx = make_context(args)
+    with pytest.raises(RuntimeError, match="second notebook"):
+        stage.run(ctx, ["02_lowdim_densities", "05_benchmark"])
+    assert not (fig_dir / "02_lowdim_densities.png").exists() and (fig_dir / "a.png").read_bytes() == b"old a"
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    stage.run(ctx, ["02_lowdim_densities", "05_benchmark"])
+    assert calls == ["02_lowdim_densities", "05_benchmark", "05_benchmark"]  # 02 was finished: not rerun
+    assert (fig_dir / "02_lowdim_densities.png").read_bytes() == b"new" == (fig_dir / "05_benchmark.png").read_bytes()
+    assert not list((tmp_path / "c" / stage.STAGING).glob("*.png"))
