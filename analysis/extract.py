@@ -27,13 +27,21 @@ import argparse
 import csv
 import time
 from pathlib import Path
+from typing import Callable
 
 from ood_core.cache import atomic_path, save_npz, write_json
 from ood_core.config import ID_VAL, odin_grid
 from ood_core.data.sources import PreprocessedImages
 from ood_core.extraction.arrays import Preprocess, head_arrays
 from ood_core.extraction.distributed import Ranks, init_ranks, shutdown
-from ood_core.extraction.orchestrator import ID_TEST, TRAIN, extract_sets, grid_test_points
+from ood_core.extraction.orchestrator import (
+    ID_TEST,
+    TRAIN,
+    extract_sets,
+    extract_settings,
+    grid_test_points,
+    wanted_subspaces,
+)
 from ood_core.extraction.store import DiskStore
 from ood_core.progress import ExtractPlan, estimate_seconds, format_duration, read_timings
 
@@ -66,21 +74,11 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     num_classes = int(ctx.cfg["model"]["kwargs"]["num_classes"])
     pre = Preprocess(**ctx.cfg["data"]["preprocessing"])
     memo: dict = {}
-
-    def loader(name: str):
-        def load() -> PreprocessedImages:  # called only for a set that is not cached
-            ds = load_named(ctx, name, memo)
-            if name in (TRAIN, ID_TEST, ID_VAL):
-                ds.check_labels(num_classes)
-            return PreprocessedImages(ds, pre)
-
-        return load
-
     specs = all_specs(ctx.cfg)
     val_oods = list(ctx.cfg["data"]["validation"]["ood"])
     sets = extract_sets(
         model,
-        {name: loader(name) for name in specs},
+        {name: set_loader(ctx, name, pre, num_classes, memo) for name in specs},
         ctx.cfg,
         num_classes=num_classes,
         device=device,
@@ -140,12 +138,31 @@ def _run(ctx: Context, ranks: Ranks) -> Path:
     return out
 
 
+def set_loader(
+    ctx: Context, name: str, pre: Preprocess, num_classes: int, memo: dict
+) -> Callable[[], PreprocessedImages]:
+    """What the orchestrator calls to load set ``name`` of the profile (only when it is not cached):
+    its images (class labels checked on the ID sets) read through ``pre``; ``memo`` keeps loaded sets."""
+
+    def load() -> PreprocessedImages:
+        ds = load_named(ctx, name, memo)
+        if name in (TRAIN, ID_TEST, ID_VAL):
+            ds.check_labels(num_classes)
+        return PreprocessedImages(ds, pre)
+
+    return load
+
+
 TIMINGS_CSV = Path("runs") / "extract_timings.csv"
 
 
-def measured_timings(ctx: Context) -> Path | None:
+def measured_timings(ctx: Context, profile: str | None = None) -> Path | None:
     """The per-image costs measured on this profile: ``<fig_dir>/runs/extract_timings.csv``, else the
-    committed ``figures/<profile>/runs/extract_timings.csv``; None when neither exists."""
+    committed ``figures/<profile>/runs/extract_timings.csv``; None when neither exists. ``profile``:
+    another profile's committed costs instead (one with the same model and device)."""
+    if profile is not None and profile != ctx.profile:
+        path = REPO / "figures" / profile / TIMINGS_CSV
+        return path if path.is_file() else None
     for path in (ctx.fig_dir / TIMINGS_CSV, REPO / "figures" / ctx.profile / TIMINGS_CSV):
         if path.is_file():
             return path
@@ -155,26 +172,42 @@ def measured_timings(ctx: Context) -> Path | None:
 def announce(ctx: Context, plan: ExtractPlan) -> None:
     """Print the work planned, the profile's ``cpu_estimate`` and, from measured per-image costs of
     the same device type, the expected time (saying which numbers it used)."""
-    fits = ", ".join(f"{n} {r:,}" for n, r in plan.subspace_rows.items()) or "none"
-    log(
-        f"work: {plan.units:,} image-passes (subspace fits: {fits}; whitening statistics {plan.stats_rows:,}; "
-        f"set passes {sum(plan.main_rows.values()):,} rows; grid {sum(plan.grid_units.values()):,} rows x cells)"
-    )
+    log(work_line(plan))
     note = profile_estimate_line(ctx, "extract")
     if note:
         print(note, flush=True)
-    path = measured_timings(ctx)
+    line = expected_line(ctx, plan, ctx.cfg)
+    if line:
+        log(line)
+
+
+def work_line(plan: ExtractPlan) -> str:
+    """The plan's work in one line: image-passes in all, then per kind of pass."""
+    fits = ", ".join(f"{n} {r:,}" for n, r in plan.subspace_rows.items()) or "none"
+    return (
+        f"work: {plan.units:,} image-passes (subspace fits: {fits}; whitening statistics {plan.stats_rows:,}; "
+        f"set passes {sum(plan.main_rows.values()):,} rows; grid {sum(plan.grid_units.values()):,} rows x cells)"
+    )
+
+
+def expected_line(
+    ctx: Context, plan: ExtractPlan, cfg: dict, needs: set[str] | None = None, costs_from: str | None = None
+) -> str | None:
+    """The expected time of ``plan`` under settings ``cfg`` (a profile; ``needs``: the arrays computed,
+    ``extract_settings``) from the per-image costs measured on the same device type (``costs_from``:
+    another profile's, :func:`measured_timings`), saying which numbers it used; or why there is none;
+    None when nothing is measured or nothing is to do."""
+    path = measured_timings(ctx, costs_from)
     if path is None or not plan.units:
-        return
+        return None
     device = _timings_device(path)
     if device.split(":")[0] != ctx.device_name.split(":")[0]:
-        log(f"no estimate: {path} was measured on {device}, this run uses {ctx.device_name}")
-        return
-    ecfg = ctx.cfg["extract"]
+        return f"no estimate: {path} was measured on {device}, this run uses {ctx.device_name}"
+    ecfg = extract_settings(cfg["extract"], needs)
     parts = (
         ["forward"]
         + ["kl_allweights"] * bool(ecfg["kl_allweights"])
-        + [f"lowdim_{n}" for n in ctx.cfg["lowdim"]["subspaces"] if ctx.cfg["lowdim"]["enabled"]]
+        + [f"lowdim_{n}" for n in wanted_subspaces(cfg, needs)]
     )
     parts += ["activation_grads"] * bool(ecfg["activation_grads"])
     seconds, used = estimate_seconds(plan, read_timings(path), parts)
@@ -183,7 +216,7 @@ def announce(ctx: Context, plan: ExtractPlan) -> None:
         if grid_test_points(ecfg) == "selected"
         else ""
     )
-    log(f"expected: about {format_duration(seconds)} on {device}{bound}; from {path}, {used}")
+    return f"expected: about {format_duration(seconds)} on {device}{bound}; from {path}, {used}"
 
 
 def _timings_device(path: Path) -> str:

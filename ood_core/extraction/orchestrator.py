@@ -299,7 +299,8 @@ def extract_sets(
 ) -> ExtractedSets:
     """Arrays of every set in ``sources`` (``train``, ``id_test`` and the OOD sets, in that order;
     optionally validation sets: ``id_val`` with labels and the OOD sets named in ``val_oods``, each
-    with the whole grid on every row, :func:`split_of`).
+    with the whole grid on every row, :func:`split_of`; ``id_test`` may be left out beside an
+    ``id_val``: an evaluation of validation rows only).
 
     ``cfg`` is a profile-shaped settings dict (sections ``extract``, ``lowdim``, ``data.val``,
     ``seed``); ``needs`` the array names to compute (:func:`arrays_needed`; None: everything the
@@ -310,18 +311,13 @@ def extract_sets(
     ``"hooks"`` or ``"vmap"`` (:func:`~ood_core.extraction.arrays.extract_arrays`). Every pass reports
     into one display of the whole work (:class:`~ood_core.progress.StageProgress`), planned up front
     and handed to ``on_plan`` before the first pass."""
-    for role in (TRAIN, ID_TEST):
-        if role not in sources:
-            raise ValueError(f"extract_sets: no '{role}' set among {list(sources)}")
+    check_sources(sources)
     store = store if store is not None else MemoryStore()
     identity = identity or {}
     ecfg = extract_settings(cfg["extract"], needs)
     mode = grid_test_points(ecfg)
     Ts, epss = odin_grid(cfg)
-    lcfg = cfg["lowdim"]
-    wanted = list(lcfg["subspaces"]) if lcfg["enabled"] else []
-    if needs is not None and not any(k.startswith(LOWDIM_PREFIX) for k in needs):
-        wanted = []
+    wanted = wanted_subspaces(cfg, needs)
     stored, loaded, plan = _plan(sources, cfg, ecfg, store, wanted, model_id, identity)
     if on_plan is not None and ranks.is_main:
         on_plan(plan)
@@ -380,6 +376,42 @@ def extract_sets(
         )
     progress.close()
     return out
+
+
+def check_sources(sources: Mapping[str, SourceLike]) -> None:
+    """Raise ``ValueError`` unless ``sources`` holds the training set and an ID set to score or tune on
+    (``id_test``, or ``id_val`` alone: an evaluation of validation rows only)."""
+    if TRAIN not in sources:
+        raise ValueError(f"extract_sets: no '{TRAIN}' set among {list(sources)}")
+    if ID_TEST not in sources and ID_VAL not in sources:
+        raise ValueError(f"extract_sets: no '{ID_TEST}' (or '{ID_VAL}') set among {list(sources)}")
+
+
+def wanted_subspaces(cfg: Mapping[str, Any], needs: set[str] | None) -> list[str]:
+    """The subspaces of ``cfg['lowdim']`` to fit: every configured one, none when low-dim is off or
+    ``needs`` names no low-dim array."""
+    lcfg = cfg["lowdim"]
+    if not lcfg["enabled"] or (needs is not None and not any(k.startswith(LOWDIM_PREFIX) for k in needs)):
+        return []
+    return list(lcfg["subspaces"])
+
+
+def plan_sets(
+    sources: Mapping[str, SourceLike],
+    cfg: Mapping[str, Any],
+    *,
+    needs: set[str] | None = None,
+    store: ExtractStore | None = None,
+    model_id: str = "",
+    identity: Mapping[str, Any] | None = None,
+) -> ExtractPlan:
+    """The work :func:`extract_sets` would do with the same arguments (the sets and subspaces not
+    stored yet); loads the data of every set not stored."""
+    check_sources(sources)
+    ecfg = extract_settings(cfg["extract"], needs)
+    wanted = wanted_subspaces(cfg, needs)
+    store = store if store is not None else MemoryStore()
+    return _plan(sources, cfg, ecfg, store, wanted, model_id, identity or {})[2]
 
 
 def _plan(

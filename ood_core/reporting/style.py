@@ -296,7 +296,12 @@ DATASET_NAMES = {
     "gaussian_noise": "Gaussian noise",
     "uniform_noise": "Uniform noise",
 }
-ROLE_NAMES = {"id_test": "ID test", "train": "training set", "id_val": "ID validation"}
+ROLE_NAMES = {
+    "id_test": "ID test",
+    "train": "training set",
+    "id_val": "ID validation",
+    "val_tin": "Tiny ImageNet validation",
+}
 MODEL_NAMES = {
     "resnet18_cifar": "ResNet-18",
     "wrn28_10": "WRN-28-10",
