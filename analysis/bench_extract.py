@@ -16,6 +16,7 @@ import argparse
 import csv
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,13 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     src = src.rows(0, min(args.rows, len(src)))
     ecfg = {**cfg["extract"], "grodin": False}
     subs = random_subspaces(model, cfg["lowdim"], num_classes) if cfg["lowdim"]["enabled"] else []
-    kw = dict(subspaces=subs, lowdim_chunk=int(cfg["lowdim"]["chunk"]), is_ood=True, with_grodin=False)
+    kw: dict[str, Any] = dict(subspaces=subs, lowdim_chunk=int(cfg["lowdim"]["chunk"]), is_ood=True, with_grodin=False)
     extract_arrays(model, src.rows(0, min(len(src), int(ecfg["batch_size"]))), ecfg, device, desc="warm-up", **kw)
     t0 = time.perf_counter()
     res = extract_arrays(model, src, ecfg, device, desc="timed", **kw)
     wall = time.perf_counter() - t0
     before = committed_costs(ctx.profile, ctx.fig_dir.parent)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "component": c,
             "seconds_per_1000": 1000 * s / res.n,
