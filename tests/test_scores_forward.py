@@ -128,9 +128,14 @@ def test_knn_vs_sklearn(train, states, k):
     Z = train["h"] / np.linalg.norm(train["h"], axis=1, keepdims=True)
     test = _arrays(np.abs(RNG.normal(size=(11, D))), train["W"], train["b"])
     Q = test["h"] / np.linalg.norm(test["h"], axis=1, keepdims=True)
-    kk = min(k, len(Z))  # k capped at n_train
+    kk = min(k, len(Z))  # k capped at n_train, with a warning
     dist, _ = NearestNeighbors(n_neighbors=kk, algorithm="brute").fit(Z).kneighbors(Q)
-    assert np.allclose(S.compute("knn", test, states["knn"], k=k), -dist[:, -1], rtol=1e-9, atol=1e-12)
+    if k > len(Z):
+        with pytest.warns(UserWarning, match=f"k = {k} exceeds the {len(Z)} training rows"):
+            got = S.compute("knn", test, states["knn"], k=k)
+    else:
+        got = S.compute("knn", test, states["knn"], k=k)
+    assert np.allclose(got, -dist[:, -1], rtol=1e-9, atol=1e-12)
 
 
 def test_knn_chunked_equals_unchunked(train):

@@ -5,6 +5,7 @@ All return float64 (N,), higher = more in-distribution.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -190,7 +191,13 @@ def knn_score(
 ) -> np.ndarray:
     """-||z - z_(k)||_2 with z = x/||x||, k capped at len(bank) (exact). With ``tables`` (a
     :class:`Memo`) the sorted distances of each query set are kept there and every later k reads
-    them; pass ``bank_key`` = fingerprint(bank), as fitted states hold it, to skip rehashing."""
+    them; pass ``bank_key`` = fingerprint(bank), as fitted states hold it, to skip rehashing. A k
+    above the bank's size warns (the score is then that of k = len(bank))."""
+    if int(k) > len(bank):
+        warnings.warn(
+            f"KNN: k = {int(k)} exceeds the {len(bank)} training rows of the bank; scored with k = {len(bank)}",
+            stacklevel=2,
+        )
     k = int(min(int(k), len(bank)))
     z = l2_normalize(x)
     if tables is None:
