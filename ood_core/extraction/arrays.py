@@ -141,9 +141,6 @@ def _activation_grads_of_batch(
     seconds["activation_grads"] += time.perf_counter() - t
 
 
-# --------------------------------------------------------------------------- end of activation gradients
-
-
 @exact_float32()  # every caller (stage, API, Detector) gets the same float32 arrays
 def extract_arrays(
     model: OODModel,

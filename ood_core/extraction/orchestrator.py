@@ -366,8 +366,10 @@ def extract_sets(
                 store.remove_parts(name)
             out.timings[name] = timing_entry(res)
             if log:
-                shard = f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
-                log(f"{name}: {res.n} images{shard}, " + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items()))
+                log(
+                    f"{name}: {res.n} images{_shard_note(ranks)}, "
+                    + ", ".join(f"{k} {v:.1f}s" for k, v in res.seconds.items())
+                )
         if role != "train":
             out.splits[name] = split_of(cfg, name, n, list(sources), val_oods)
     if mode == "selected" and ecfg["grodin"]:
@@ -453,6 +455,11 @@ def _plan(
     roles = {n: "train" if n == TRAIN else "scored" for n in sizes}
     cells = len(Ts) * len(epss) if ecfg["grodin"] else 0
     return stored, loaded, plan_extract(sizes, roles, grid_cells=cells, subspaces_to_fit=to_fit, fit_rows=fit_rows)
+
+
+def _shard_note(ranks: Ranks) -> str:
+    """What a log line's image count covers under torchrun (rank 0 counts its own shard)."""
+    return f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
 
 
 def join_rows(parts: list[Arrays]) -> Arrays:
@@ -636,8 +643,7 @@ def _fill_selected_cells(
         entry["_grid_cells"] += new.pop("_grid_cells")
         entry.update(new)
         if log:
-            shard = f" (rank 0's shard of {ranks.world})" if ranks.is_distributed else ""
             log(
-                f"{name}: {int(todo.sum())} selected cells on {res.n} rows{shard} in "
+                f"{name}: {int(todo.sum())} selected cells on {res.n} rows{_shard_note(ranks)} in "
                 f"{res.seconds.get('grodin_selected', 0.0):.1f}s"
             )

@@ -141,14 +141,10 @@ class DiskStore:
         path = self._subspace_file(name)
         if self.force:
             return None
-        damage = zip_problem(path)
-        if damage not in (None, "missing"):
+        blob, damage = read_keyed(path, key)
+        if damage:
             self.log(f"recomputing subspace '{name}': lowdim/{path.name} is damaged ({damage})")
-            return None
-        if not path.is_file():
-            return None
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return blob if blob.get("key") == key else None
+        return blob
 
     def has_subspace(self, name: str, key: str) -> bool:
         path = self._subspace_file(name)
@@ -160,8 +156,7 @@ class DiskStore:
             return False
 
     def save_subspace(self, name: str, key: str, blob: dict[str, Any]) -> None:
-        with atomic_path(self._subspace_file(name), ".pt") as tmp:
-            torch.save({**blob, "key": key}, tmp)
+        write_keyed(self._subspace_file(name), key, blob)
 
     def _part_file(self, tag: str) -> Path:
         return self.parts_dir / f"{tag}.npz"
@@ -196,29 +191,43 @@ class PassCheckpoint:
         self.state: dict[str, Any] = self._read()
 
     def _read(self) -> dict[str, Any]:
-        if not self.path.is_file():
-            return {}
-        damage = zip_problem(self.path)
-        if damage is not None:
+        state, damage = read_keyed(self.path, self.key)
+        if damage:
             self.log(f"ignoring {self.path.name}: damaged ({damage}); the fit starts over")
+        if not state:
             return {}
-        blob = torch.load(self.path, map_location="cpu", weights_only=True)
-        if blob.get("key") != self.key:
-            return {}
-        state = {k: v for k, v in blob.items() if k != "key"}
         self.log(f"resuming from {self.path.name}: {', '.join(sorted(state))} kept")
         return state
 
     def update(self, **values: Any) -> None:
         """Merge ``values`` into the state and save it."""
         self.state.update(values)
-        with atomic_path(self.path, ".pt") as tmp:
-            torch.save({**self.state, "key": self.key}, tmp)
+        write_keyed(self.path, self.key, self.state)
 
     def clear(self) -> None:
         """The fit is done (and stored): drop the file."""
         self.state = {}
         self.path.unlink(missing_ok=True)
+
+
+def read_keyed(path: Path, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the dict ``torch.save``d at ``path`` without its ``key`` entry, when stored under ``key``,
+    else None; what is damaged in the file, else None). A missing file is neither."""
+    damage = zip_problem(path)
+    if damage == "missing":
+        return None, None
+    if damage is not None:
+        return None, damage
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("key") != key:
+        return None, None
+    return {k: v for k, v in blob.items() if k != "key"}, None
+
+
+def write_keyed(path: Path, key: str, blob: dict[str, Any]) -> None:
+    """``blob`` with its ``key`` into ``path`` by ``torch.save``, written atomically."""
+    with atomic_path(path, ".pt") as tmp:
+        torch.save({**blob, "key": key}, tmp)
 
 
 def recompute_line(name: str, why: str, finished: bool) -> str | None:
